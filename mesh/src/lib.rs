@@ -1,0 +1,24 @@
+//! The meshgate node: identity and replicated state.
+//!
+//! # Layout
+//!
+//! - [`did`]: `did:key` encoding of ed25519 public keys (multicodec `0xed01`, base58btc).
+//! - [`identity`]: the node's long-term ed25519 identity and signed attestations.
+//! - [`keystore`]: the [`keystore::KeyStore`] trait ("local enclave") and its 0600-file implementation.
+//! - [`state`]: the replicated state document (clients, signing-key records, revocations) and the
+//!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
+//! - [`store`]: crash-safe persistence of the state in the data directory, under an exclusive lock.
+//! - [`clock`]: injected time, so tests can move it.
+//!
+//! The core types here read no clock and do no network I/O; time is passed in as Unix seconds.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod did;
+pub mod identity;
+pub mod keystore;
+pub mod state;
+pub mod store;
+
+mod error;
+pub use error::Error;

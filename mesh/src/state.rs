@@ -1,0 +1,245 @@
+//! The replicated state document: the client registry, the signing-key records and the revocation
+//! set, changed only through [`Change`]s so that every change can be persisted, shipped to peers and
+//! applied to in-memory views the same way.
+//!
+//! Pure data: nothing here reads a clock or touches the file system.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::did::DidKey;
+use crate::identity::{self, NodeIdentity};
+
+/// The schema version of [`State`] this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Schema version, [`SCHEMA_VERSION`] when written by this build.
+    pub schema: u32,
+    /// Registered clients by `client_id`.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientRecord>,
+    /// Signing-key records by `kid`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Revoked token ids (`jti`) with the token's `exp`, after which the entry may be dropped.
+    #[serde(default)]
+    pub revocations: BTreeMap<String, u64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            clients: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            revocations: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Applies one change.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PutClient(client) => {
+                self.clients.insert(client.client_id.clone(), client.clone());
+            }
+            Change::RemoveClient(client_id) => {
+                self.clients.remove(client_id);
+            }
+            Change::PutKey(key) => {
+                self.keys.insert(key.kid.clone(), key.clone());
+            }
+            Change::RemoveKey(kid) => {
+                self.keys.remove(kid);
+            }
+            Change::Revoke { jti, exp } => {
+                self.revocations.insert(jti.clone(), *exp);
+            }
+            Change::DropExpiredRevocations { now } => {
+                self.revocations.retain(|_, exp| *exp > *now);
+            }
+        }
+    }
+}
+
+/// One change to the [`State`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Change {
+    /// Adds or replaces a client.
+    PutClient(ClientRecord),
+    /// Removes a client.
+    RemoveClient(String),
+    /// Adds or replaces a signing-key record.
+    PutKey(KeyRecord),
+    /// Removes a signing-key record (after every token it signed has expired).
+    RemoveKey(String),
+    /// Revokes the token with id `jti`, which expires at `exp`.
+    Revoke {
+        /// The token id.
+        jti: String,
+        /// The token's expiry (Unix seconds).
+        exp: u64,
+    },
+    /// Drops revocations of tokens that expired at or before `now`.
+    DropExpiredRevocations {
+        /// Unix seconds.
+        now: u64,
+    },
+}
+
+/// A registered OAuth client (RFC 6749 §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The client identifier (RFC 6749 §2.2).
+    pub client_id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// Secrets the client may authenticate with; several during a rotation's grace period.
+    #[serde(default)]
+    pub secrets: Vec<SecretRecord>,
+    /// Grant types the client may use, as registered (`client_credentials`, ...).
+    pub grant_types: Vec<String>,
+    /// Scopes the client may be granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Audiences (RFC 8707 resource identifiers) the client may request tokens for.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// JWS algorithm of the client's access tokens: `EdDSA`, `ES256` or `RS256`.
+    pub token_alg: String,
+    /// Public keys for `private_key_jwt` (a JWK Set, RFC 7517 §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// When the client was registered (Unix seconds).
+    pub created_at: u64,
+}
+
+/// A stored client secret: never the secret itself.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// The hash to verify a presented secret against.
+    pub hash: SecretHash,
+    /// After this time (Unix seconds) the secret no longer authenticates; `None` = no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.hash {
+            SecretHash::Sha256(_) => "sha256",
+            SecretHash::Argon2(_) => "argon2",
+        };
+        f.debug_struct("SecretRecord")
+            .field("hash", &kind)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// How a secret is hashed.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SecretHash {
+    /// SHA-256 of a server-generated 256-bit secret, base64url. High entropy makes a slow hash
+    /// unnecessary.
+    Sha256(String),
+    /// An argon2 PHC string, for imported (possibly low-entropy) secrets.
+    Argon2(String),
+}
+
+/// A signing key's public record, attested by the node identity that holds its private half.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint of the public JWK.
+    pub kid: String,
+    /// JWS algorithm (`EdDSA`, `ES256`, `RS256`).
+    pub alg: String,
+    /// The public key as a JWK (RFC 7517).
+    pub jwk: serde_json::Value,
+    /// The node whose identity attested (and which holds) this key.
+    pub node: DidKey,
+    /// When the key was created; it signs from then on (Unix seconds).
+    pub created_at: u64,
+    /// When a newer key replaced it; tokens it signed stay valid until they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
+    /// The node identity's ed25519 signature over [`KeyRecord::attested_bytes`], base64url.
+    pub attestation: String,
+}
+
+impl KeyRecord {
+    /// Builds a record for a new key and signs it with `identity`.
+    pub fn attest(identity: &NodeIdentity, kid: String, alg: String, jwk: serde_json::Value, now: u64) -> Self {
+        let mut record = Self {
+            kid,
+            alg,
+            jwk,
+            node: identity.did(),
+            created_at: now,
+            retired_at: None,
+            attestation: String::new(),
+        };
+        record.attestation = URL_SAFE_NO_PAD.encode(identity.sign(&record.attested_bytes()));
+        record
+    }
+
+    /// The bytes the attestation signs: key id, algorithm, public key, node and creation time.
+    pub fn attested_bytes(&self) -> Vec<u8> {
+        let fields = (&self.kid, &self.alg, &self.jwk, &self.node, self.created_at);
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+
+    /// Checks the attestation against the record's node.
+    pub fn verify(&self) -> Result<(), Error> {
+        let what = format!("signing key {}", self.kid);
+        let signature = URL_SAFE_NO_PAD
+            .decode(&self.attestation)
+            .map_err(|_| Error::BadSignature { what: what.clone() })?;
+        identity::verify(&self.node, &self.attested_bytes(), &signature, &what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestation_verifies_and_detects_tampering() {
+        let id = NodeIdentity::from_seed([1; 32]);
+        let record = KeyRecord::attest(&id, "k1".into(), "EdDSA".into(), serde_json::json!({"x": "a"}), 10);
+        record.verify().unwrap();
+        let mut tampered = record.clone();
+        tampered.jwk = serde_json::json!({"x": "b"});
+        assert!(tampered.verify().is_err());
+        let mut moved = record;
+        moved.node = NodeIdentity::from_seed([2; 32]).did();
+        assert!(moved.verify().is_err());
+    }
+
+    #[test]
+    fn changes_apply() {
+        let mut state = State::default();
+        state.apply(&Change::Revoke { jti: "a".into(), exp: 5 });
+        state.apply(&Change::Revoke { jti: "b".into(), exp: 50 });
+        state.apply(&Change::DropExpiredRevocations { now: 10 });
+        assert_eq!(state.revocations.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let record = SecretRecord { hash: SecretHash::Sha256("c2VjcmV0aGFzaA".into()), expires_at: None };
+        assert!(!format!("{record:?}").contains("c2VjcmV0aGFzaA"));
+    }
+}

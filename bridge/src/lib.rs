@@ -1,1 +1,44 @@
-//! placeholder
+//! meshgate's facade: the OAuth 2.1 / OpenID Connect HTTP endpoints, token minting, client
+//! authentication, configuration, the CLI and the `meshgate` binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: YAML configuration with environment and flag overrides.
+//! - [`node`]: the writable node (state store, identity, keys) and administrative commands.
+//! - [`view`]: the immutable in-memory view the request path reads.
+//! - [`http`]: `fn app(state) -> Router` and the OAuth handlers; [`form`] and [`auth`] parse and
+//!   authenticate requests; [`token`] mints and validates RFC 9068 access tokens with [`keys`].
+//! - [`error`]: [`error::OAuthError`], the one type that becomes an HTTP error response.
+//! - [`serve`]: binding the listeners; [`observability`] and [`metrics`] are the separate metrics plane;
+//!   [`admin`] is the local admin socket the CLI uses while a server runs.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod form;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod observability;
+pub mod serve;
+pub mod token;
+pub mod view;
+
+/// Installs the log subscriber: structured lines on stderr, filtered by `MESHGATE_LOG` (default
+/// `info` for `serve`, `warn` otherwise). Tokens, secrets and `Authorization` headers are never
+/// logged: handlers log reasons, not request contents.
+pub fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

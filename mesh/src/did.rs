@@ -53,7 +53,9 @@ impl FromStr for DidKey {
             .into_vec()
             .map_err(|_| Error::InvalidDid("not base58btc"))?;
         if bytes.len() != 34 || bytes[..2] != ED25519_MULTICODEC {
-            return Err(Error::InvalidDid("not an ed25519 public key (multicodec 0xed01, 32 bytes)"));
+            return Err(Error::InvalidDid(
+                "not an ed25519 public key (multicodec 0xed01, 32 bytes)",
+            ));
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&bytes[2..]);

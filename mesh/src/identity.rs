@@ -51,7 +51,9 @@ impl NodeIdentity {
 
 impl std::fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeIdentity").field("did", &self.did).finish_non_exhaustive()
+        f.debug_struct("NodeIdentity")
+            .field("did", &self.did)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,6 +14,8 @@ pub trait KeyStore: Send + Sync {
     fn load(&self, name: &str) -> Result<Option<Vec<u8>>, Error>;
     /// Stores `bytes` under `name`, durably, replacing what was there.
     fn store(&self, name: &str, bytes: &[u8]) -> Result<(), Error>;
+    /// Deletes `name`; deleting a missing entry is not an error.
+    fn remove(&self, name: &str) -> Result<(), Error>;
     /// Where `name` lives, for error messages.
     fn describe(&self, name: &str) -> PathBuf;
 }
@@ -28,8 +30,7 @@ impl FileKeyStore {
     /// Opens (creating if needed) the key directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         fs::create_dir_all(dir).map_err(Error::io("create key directory", dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(Error::io("set permissions of", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("set permissions of", dir))?;
         Ok(Self { dir: dir.to_path_buf() })
     }
 }
@@ -63,6 +64,14 @@ impl KeyStore for FileKeyStore {
         file.sync_all().map_err(Error::io("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(Error::io("rename into place", &path))?;
         crate::store::sync_dir(&self.dir)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), Error> {
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", &path)(e)),
+            _ => Ok(()),
+        }
     }
 
     fn describe(&self, name: &str) -> PathBuf {

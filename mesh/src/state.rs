@@ -231,15 +231,24 @@ mod tests {
     #[test]
     fn changes_apply() {
         let mut state = State::default();
-        state.apply(&Change::Revoke { jti: "a".into(), exp: 5 });
-        state.apply(&Change::Revoke { jti: "b".into(), exp: 50 });
+        state.apply(&Change::Revoke {
+            jti: "a".into(),
+            exp: 5,
+        });
+        state.apply(&Change::Revoke {
+            jti: "b".into(),
+            exp: 50,
+        });
         state.apply(&Change::DropExpiredRevocations { now: 10 });
         assert_eq!(state.revocations.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
     fn secret_debug_is_redacted() {
-        let record = SecretRecord { hash: SecretHash::Sha256("c2VjcmV0aGFzaA".into()), expires_at: None };
+        let record = SecretRecord {
+            hash: SecretHash::Sha256("c2VjcmV0aGFzaA".into()),
+            expires_at: None,
+        };
         assert!(!format!("{record:?}").contains("c2VjcmV0aGFzaA"));
     }
 }

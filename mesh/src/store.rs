@@ -42,7 +42,11 @@ impl Store {
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path)(e)),
         }
         let state = load(&dir.join(STATE_FILE))?;
-        Ok(Self { dir: dir.to_path_buf(), state, _lock: lock })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            state,
+            _lock: lock,
+        })
     }
 
     /// The current state.
@@ -83,18 +87,30 @@ fn load(path: &Path) -> Result<State, Error> {
     struct Header {
         schema: u32,
     }
-    let header: Header =
-        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path: path.to_path_buf(), source })?;
+    let header: Header = serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if header.schema != SCHEMA_VERSION {
-        return Err(Error::IncompatibleState { path: path.to_path_buf(), found: header.schema, expected: SCHEMA_VERSION });
+        return Err(Error::IncompatibleState {
+            path: path.to_path_buf(),
+            found: header.schema,
+            expected: SCHEMA_VERSION,
+        });
     }
-    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn save(dir: &Path, state: &State) -> Result<(), Error> {
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(".state.json.tmp");
-    let bytes = serde_json::to_vec(state).map_err(|source| Error::CorruptState { path: path.clone(), source })?;
+    let bytes = serde_json::to_vec(state).map_err(|source| Error::CorruptState {
+        path: path.clone(),
+        source,
+    })?;
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -110,7 +126,9 @@ fn save(dir: &Path, state: &State) -> Result<(), Error> {
 
 /// Syncs a directory so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync", dir))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
 }
 
 #[cfg(test)]
@@ -124,7 +142,12 @@ mod tests {
         {
             let mut store = Store::open(&path).unwrap();
             assert!(matches!(Store::open(&path), Err(Error::Locked(_))));
-            store.apply(&[Change::Revoke { jti: "j".into(), exp: 9 }]).unwrap();
+            store
+                .apply(&[Change::Revoke {
+                    jti: "j".into(),
+                    exp: 9,
+                }])
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.state().revocations.get("j"), Some(&9));
@@ -138,6 +161,9 @@ mod tests {
         fs::write(dir.path().join(STATE_FILE), b"{\"schema\":1,\"clients\":").unwrap();
         assert!(matches!(Store::open(dir.path()), Err(Error::CorruptState { .. })));
         fs::write(dir.path().join(STATE_FILE), b"{\"schema\":99}").unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(Error::IncompatibleState { found: 99, .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(Error::IncompatibleState { found: 99, .. })
+        ));
     }
 }

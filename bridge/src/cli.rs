@@ -1,0 +1,301 @@
+//! The `meshgate` command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use mesh::clock::{Clock, SystemClock};
+use serde_json::{Value, json};
+
+use crate::admin;
+use crate::config::{self, Config, Overrides, ProcessEnvironment};
+use crate::error::Error;
+use crate::keys::Alg;
+use crate::node::{AdminRequest, Node};
+
+/// meshgate: an OAuth 2.1 / OpenID Connect issuer backed by a mesh identity.
+#[derive(Debug, Parser)]
+#[command(name = "meshgate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (default: $XDG_DATA_HOME/meshgate, else ~/.local/share/meshgate).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// YAML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OAuth endpoints and the metrics plane.
+    Serve(ServeArgs),
+    /// Manage clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the node's DID (creating the identity if missing).
+    Id,
+    /// Check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address of the OAuth listener [default: 127.0.0.1:8700].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address of the metrics listener [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Issuer URL [default: http:// + the bound listen address].
+    #[arg(long, value_name = "URL")]
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a client and print its id and secret (the secret is shown only this once).
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Grant type the client may use (repeatable); none = introspection/revocation only.
+        #[arg(long = "grant", value_name = "GRANT")]
+        grants: Vec<String>,
+        /// Allowed scopes, space-separated (repeatable).
+        #[arg(long = "scope", value_name = "SCOPES")]
+        scopes: Vec<String>,
+        /// Allowed audience / RFC 8707 resource (repeatable); the default audiences of its tokens.
+        #[arg(long = "audience", value_name = "URL")]
+        audiences: Vec<String>,
+        /// Access-token signing algorithm.
+        #[arg(long, value_name = "EdDSA|ES256|RS256")]
+        token_alg: Option<Alg>,
+        /// JWK Set file with the client's public keys, for private_key_jwt.
+        #[arg(long, value_name = "FILE")]
+        jwks_file: Option<PathBuf>,
+        /// Read the client secret from standard input instead of generating one (stored with argon2).
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+    /// List clients (never secrets).
+    List,
+    /// Show one client.
+    Show {
+        /// The client id.
+        client_id: String,
+    },
+    /// Remove a client; its tokens stop introspecting active.
+    Remove {
+        /// The client id.
+        client_id: String,
+    },
+    /// Issue a new secret; the old one keeps working for the grace period.
+    RotateSecret {
+        /// The client id.
+        client_id: String,
+        /// How long the old secret keeps working (e.g. 10m, 1h; 0 = not at all).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Replace the signing keys; old keys stay published until their tokens have expired.
+    Rotate,
+    /// List signing keys.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and name the key path of every problem.
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let json = cli.json;
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            if json {
+                println!("{}", json!({"error": e.to_string()}));
+            } else {
+                eprintln!("error: {e}");
+            }
+            1
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Error> {
+    let env = ProcessEnvironment;
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        config::check(file)?;
+        return print(
+            cli.json,
+            &json!({"valid": true, "file": file}),
+            &format!("{}: valid", file.display()),
+        );
+    }
+    let overrides = match &cli.command {
+        Command::Serve(args) => Overrides {
+            data_dir: cli.data_dir.clone(),
+            listen: args.listen.clone(),
+            metrics_listen: args.metrics_listen.clone(),
+            issuer: args.issuer.clone(),
+        },
+        _ => Overrides {
+            data_dir: cli.data_dir.clone(),
+            ..Default::default()
+        },
+    };
+    let config = config::load(cli.config.as_deref(), &env, &overrides)?;
+    let data_dir = config.data_dir(&env);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let request = match cli.command {
+        Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
+        Command::Config(_) => unreachable!("handled above"),
+        Command::Id => AdminRequest::Status,
+        Command::Keys(KeysCommand::Rotate) => AdminRequest::KeysRotate,
+        Command::Keys(KeysCommand::List) => AdminRequest::KeysList,
+        Command::Client(ClientCommand::List) => AdminRequest::ClientList,
+        Command::Client(ClientCommand::Show { client_id }) => AdminRequest::ClientShow { client_id },
+        Command::Client(ClientCommand::Remove { client_id }) => AdminRequest::ClientRemove { client_id },
+        Command::Client(ClientCommand::RotateSecret { client_id, grace }) => AdminRequest::ClientRotateSecret {
+            client_id,
+            grace_secs: grace.as_secs(),
+        },
+        Command::Client(ClientCommand::Add {
+            name,
+            grants,
+            scopes,
+            audiences,
+            token_alg,
+            jwks_file,
+            secret_stdin,
+        }) => {
+            let jwks = match jwks_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                        action: format!("read {}", path.display()),
+                        source,
+                    })?;
+                    Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| Error::Admin(format!("{}: not JSON: {e}", path.display())))?,
+                    )
+                }
+                None => None,
+            };
+            let secret = if secret_stdin {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map_err(|source| Error::Io {
+                    action: "read the secret from stdin".into(),
+                    source,
+                })?;
+                Some(s.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            AdminRequest::ClientAdd {
+                name,
+                grants,
+                scopes,
+                audiences,
+                token_alg,
+                jwks,
+                secret,
+            }
+        }
+    };
+    let default_alg = config.bridge.token_alg;
+    let answer = admin::call(&data_dir, &request, || {
+        Node::open(&data_dir, clock.clone(), default_alg)
+    })?;
+    let answer = match request {
+        AdminRequest::Status => json!({"did": answer["did"]}),
+        _ => answer,
+    };
+    print(cli.json, &answer, &human(&answer))
+}
+
+fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            action: "start the runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let running = crate::serve::start(config, &data_dir, clock).await?;
+        let description = running.describe();
+        let text = format!(
+            "meshgate serving\n  issuer:   {}\n  node:     {}\n  metrics:  http://{}/metrics\n  data dir: {}",
+            running.issuer,
+            running.did,
+            running.metrics_listen,
+            running.data_dir.display()
+        );
+        print(json, &description, &text)?;
+        crate::serve::signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn print(json: bool, value: &Value, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let line = if json { value.to_string() } else { text.to_owned() };
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Io {
+            action: "write to stdout".into(),
+            source,
+        })
+}
+
+fn human(value: &Value) -> String {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Array(items) if items.is_empty() => "(none)".into(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| human(i).replace('\n', "  "))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+impl Cli {
+    /// Whether the command is `serve`.
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}

@@ -1,0 +1,99 @@
+//! `POST /introspect` (RFC 7662) and `POST /revoke` (RFC 7009).
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use mesh::state::Change;
+use serde::Serialize;
+
+use super::token::no_store;
+use super::{AppState, server_error};
+use crate::auth::{self, Audiences};
+use crate::error::OAuthError;
+use crate::form::Form;
+use crate::token::{AccessClaims, validate};
+
+#[derive(Serialize)]
+struct Introspection {
+    active: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    claims: Option<AccessClaims>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
+}
+
+pub(super) async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, OAuthError> {
+    let s = &state.0;
+    let now = state.now();
+    let view = state.view();
+    let audiences = Audiences {
+        issuer: &s.settings.issuer,
+        token_endpoint: &s.token_endpoint,
+        endpoint: &s.introspection_endpoint,
+    };
+    auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
+    let token = form.required("token")?;
+    form.single("token_type_hint")?;
+    let body = match validate(token, &view, &s.settings.issuer, now, s.settings.token_ttl) {
+        Ok(claims) => Introspection {
+            active: true,
+            claims: Some(claims),
+            token_type: Some("Bearer"),
+        },
+        Err(reason) => {
+            tracing::debug!(?reason, "introspection: inactive token");
+            Introspection {
+                active: false,
+                claims: None,
+                token_type: None,
+            }
+        }
+    };
+    Ok(no_store(axum::Json(body).into_response()))
+}
+
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, OAuthError> {
+    let s = &state.0;
+    let now = state.now();
+    let view = state.view();
+    let audiences = Audiences {
+        issuer: &s.settings.issuer,
+        token_endpoint: &s.token_endpoint,
+        endpoint: &s.revocation_endpoint,
+    };
+    let client = auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
+    let token = form.required("token")?;
+    form.single("token_type_hint")?;
+    let Ok(claims) = validate(token, &view, &s.settings.issuer, now, s.settings.token_ttl) else {
+        // RFC 7009 §2.2: invalid, expired or unknown tokens need no action.
+        return Ok(no_store(().into_response()));
+    };
+    if claims.client_id != client.record.client_id {
+        return Err(OAuthError::unauthorized_client(
+            "the token was not issued to this client",
+        ));
+    }
+    drop(view);
+    let change = Change::Revoke {
+        jti: claims.jti,
+        exp: claims.exp,
+    };
+    let writer = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        writer.with_node(|node| node.apply(std::slice::from_ref(&change)).map(|()| ((), vec![change])))
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(no_store(().into_response())),
+        Ok(Err(e)) => Ok(server_error(e)),
+        Err(e) => Ok(server_error(e)),
+    }
+}

@@ -1,0 +1,170 @@
+//! The public OAuth listener: `fn app(state) -> Router` and its handlers.
+//!
+//! Handlers read only the immutable [`View`]; writes (revocations) go through the node lock on a
+//! blocking thread and swap in a new view.
+
+mod discovery;
+mod introspect;
+mod token;
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mesh::clock::Clock;
+use mesh::state::Change;
+
+use crate::auth::{ReplayCache, VerifiedSecrets};
+use crate::error::{Error, OAuthError};
+use crate::keys::Alg;
+use crate::metrics::{self, Metrics};
+use crate::node::Node;
+use crate::view::View;
+
+/// Settings the request path needs, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The issuer identifier.
+    pub issuer: String,
+    /// The default audience (RFC 8707 resource) when a client has none and asks for none.
+    pub resource: String,
+    /// Access-token lifetime, seconds.
+    pub token_ttl: u64,
+    /// Algorithm for clients that registered none.
+    pub default_alg: Alg,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Shared state of the OAuth listener.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    settings: Settings,
+    path_prefix: String,
+    token_endpoint: String,
+    introspection_endpoint: String,
+    revocation_endpoint: String,
+    did: String,
+    view: ArcSwap<View>,
+    node: Mutex<Node>,
+    clock: Arc<dyn Clock>,
+    replay: ReplayCache,
+    verified: VerifiedSecrets,
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// State over an opened node.
+    pub fn new(settings: Settings, node: Node, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+        let issuer = settings.issuer.clone();
+        let path_prefix = url::Url::parse(&issuer)
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let view = ArcSwap::from_pointee(node.view());
+        let did = node.did().to_string();
+        Self(Arc::new(Shared {
+            token_endpoint: format!("{issuer}/token"),
+            introspection_endpoint: format!("{issuer}/introspect"),
+            revocation_endpoint: format!("{issuer}/revoke"),
+            path_prefix,
+            settings,
+            did,
+            view,
+            node: Mutex::new(node),
+            clock,
+            replay: ReplayCache::default(),
+            verified: VerifiedSecrets::default(),
+            metrics,
+        }))
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// The current view.
+    pub fn view(&self) -> arc_swap::Guard<Arc<View>> {
+        self.0.view.load()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// The clock.
+    pub fn now(&self) -> u64 {
+        self.0.clock.now()
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.0.settings.max_body_bytes
+    }
+
+    /// Runs `f` on the node under its lock, then applies the changes it returns to the view.
+    /// Blocking (it writes to disk): call from a blocking thread.
+    pub fn with_node<T>(&self, f: impl FnOnce(&mut Node) -> Result<(T, Vec<Change>), Error>) -> Result<T, Error> {
+        let mut node = self.0.node.lock().unwrap_or_else(|e| e.into_inner());
+        let (answer, changes) = f(&mut node)?;
+        if !changes.is_empty() {
+            let mut view = View::clone(&self.0.view.load());
+            for change in &changes {
+                view.apply(change, &*node);
+            }
+            self.0.view.store(Arc::new(view));
+        }
+        Ok(answer)
+    }
+}
+
+/// The OAuth router, mounted under the issuer's path.
+pub fn app(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/.well-known/oauth-authorization-server", get(discovery::metadata))
+        .route("/jwks.json", get(discovery::jwks))
+        .route("/token", post(token::token))
+        .route("/introspect", post(introspect::introspect))
+        .route("/revoke", post(introspect::revoke));
+    let prefix = state.0.path_prefix.clone();
+    let mut router = if prefix.is_empty() {
+        routes
+    } else {
+        Router::new().nest(&prefix, routes)
+    };
+    if !prefix.is_empty() {
+        // RFC 8414 §3: for an issuer with a path, the metadata lives at
+        // /.well-known/oauth-authorization-server{path}.
+        router = router.route(
+            &format!("/.well-known/oauth-authorization-server{prefix}"),
+            get(discovery::metadata),
+        );
+    }
+    router
+        .fallback(|| async { OAuthError::not_found() })
+        .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let start = tokio::time::Instant::now();
+    let endpoint = metrics::endpoint_index(request.uri().path(), &state.0.path_prefix);
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = start.elapsed();
+    let status = response.status().as_u16();
+    state.0.metrics.observe_request(endpoint, status, elapsed);
+    tracing::debug!(endpoint = metrics::ENDPOINTS[endpoint], %method, status, micros = elapsed.as_micros() as u64, "request");
+    response
+}
+
+fn server_error(e: impl std::fmt::Display) -> Response {
+    OAuthError::server_error(&e).into_response()
+}

@@ -1,0 +1,283 @@
+//! Prometheus metrics, kept lock-free on the request path: fixed arrays of atomics indexed by
+//! endpoint, status and grant, encoded through `prometheus-client` at scrape time. Label sets are
+//! bounded by construction: no per-token or per-client labels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Endpoints with their own label value.
+pub const ENDPOINTS: [&str; 7] = ["token", "introspect", "revoke", "metadata", "jwks", "other", "admin"];
+/// Status codes with their own label value; anything else counts as "other".
+const STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503, 0];
+/// Grants counted in `tokens_issued_total`.
+pub const GRANTS: [&str; 1] = ["client_credentials"];
+/// Latency bucket upper bounds, seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// Which endpoint a request path is.
+pub fn endpoint_index(path: &str, prefix: &str) -> usize {
+    let path = path.strip_prefix(prefix).unwrap_or(path);
+    match path {
+        "/token" => 0,
+        "/introspect" => 1,
+        "/revoke" => 2,
+        p if p.starts_with("/.well-known/") => 3,
+        "/jwks.json" => 4,
+        _ => 5,
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1)
+}
+
+/// All of meshgate's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Requests,
+    latency: Latency,
+    tokens: Tokens,
+}
+
+impl Metrics {
+    /// Records one HTTP request.
+    pub fn observe_request(&self, endpoint: usize, status: u16, elapsed: Duration) {
+        self.requests.0[endpoint * STATUSES.len() + status_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.latency.0[endpoint].observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one issued token.
+    pub fn token_issued(&self, grant: usize) {
+        self.tokens.0[grant].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text format, with `key_ages` (algorithm, seconds) of the active
+    /// signing keys and `extra` gauges read at scrape time.
+    pub fn render(&self, key_ages: &[(&'static str, u64)], clients: usize) -> String {
+        let mut registry = Registry::with_prefix("meshgate");
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint and status",
+            self.requests.snapshot(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by endpoint",
+            self.latency.snapshot(),
+        );
+        registry.register(
+            "tokens_issued",
+            "Access tokens issued by grant type",
+            self.tokens.snapshot(),
+        );
+        registry.register(
+            "signing_key_age_seconds",
+            "Age of the active signing key by algorithm",
+            KeyAges(key_ages.to_vec()),
+        );
+        registry.register("clients", "Registered clients", Scalar(clients as u64));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Requests([AtomicU64; ENDPOINTS.len() * STATUSES.len()]);
+impl Default for Requests {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+impl Requests {
+    fn snapshot(&self) -> RequestsSnapshot {
+        RequestsSnapshot(self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+    }
+}
+
+#[derive(Debug)]
+struct RequestsSnapshot(Vec<u64>);
+impl EncodeMetric for RequestsSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (i, value) in self.0.iter().enumerate().filter(|(_, v)| **v > 0) {
+            let endpoint = ENDPOINTS[i / STATUSES.len()];
+            let status = match STATUSES[i % STATUSES.len()] {
+                0 => "other".to_owned(),
+                s => s.to_string(),
+            };
+            let labels = [("endpoint", endpoint), ("status", status.as_str())];
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+#[derive(Debug)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        let i = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Latency([Histogram; ENDPOINTS.len()]);
+impl Latency {
+    fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot(
+            self.0
+                .iter()
+                .map(|h| {
+                    let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+                    (h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, counts)
+                })
+                .collect(),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct LatencySnapshot(Vec<(f64, Vec<u64>)>);
+impl EncodeMetric for LatencySnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (endpoint, (sum, counts)) in ENDPOINTS.iter().zip(&self.0) {
+            let count: u64 = counts.iter().sum();
+            if count == 0 {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(counts.iter().copied())
+                .collect();
+            let labels = [("endpoint", *endpoint)];
+            encoder
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(*sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[derive(Debug)]
+struct Tokens([AtomicU64; GRANTS.len()]);
+impl Default for Tokens {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+impl Tokens {
+    fn snapshot(&self) -> TokensSnapshot {
+        TokensSnapshot(self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+    }
+}
+
+#[derive(Debug)]
+struct TokensSnapshot(Vec<u64>);
+impl EncodeMetric for TokensSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (grant, value) in GRANTS.iter().zip(&self.0) {
+            let labels = [("grant_type", *grant)];
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+#[derive(Debug)]
+struct KeyAges(Vec<(&'static str, u64)>);
+impl EncodeMetric for KeyAges {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (alg, age) in &self.0 {
+            let labels = [("alg", *alg)];
+            encoder.encode_family(&labels)?.encode_gauge(&(*age as i64))?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[derive(Debug)]
+struct Scalar(u64);
+impl EncodeMetric for Scalar {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0 as i64))
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let metrics = Metrics::default();
+        metrics.observe_request(0, 200, Duration::from_micros(300));
+        metrics.observe_request(0, 200, Duration::from_millis(3));
+        metrics.observe_request(1, 418, Duration::from_millis(1));
+        metrics.token_issued(0);
+        let text = metrics.render(&[("EdDSA", 5)], 2);
+        assert!(
+            text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshgate_http_requests_total{endpoint="introspect",status="other"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshgate_http_request_duration_seconds_bucket{le="0.0005",endpoint="token"} 1"#)
+                || text.contains(r#"meshgate_http_request_duration_seconds_bucket{endpoint="token",le="0.0005"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshgate_tokens_issued_total{grant_type="client_credentials"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshgate_signing_key_age_seconds{alg="EdDSA"} 5"#),
+            "{text}"
+        );
+        assert!(text.contains("meshgate_clients 2"), "{text}");
+    }
+}

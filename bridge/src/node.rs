@@ -1,0 +1,475 @@
+//! The node's writable side: the state store, the identity, the key store and the private signing
+//! keys. Administrative commands ([`AdminRequest`]) execute here, whether they arrive over the admin
+//! socket of a running server or from a CLI that opened the data directory itself.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh::clock::Clock;
+use mesh::did::DidKey;
+use mesh::identity::NodeIdentity;
+use mesh::keystore::{FileKeyStore, KeyStore};
+use mesh::state::{Change, ClientRecord, KeyRecord, SecretHash, SecretRecord};
+use mesh::store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::keys::{Alg, SigningKey};
+use crate::view::{LocalKeys, View};
+
+/// Grant types a client may be registered with.
+pub const SUPPORTED_GRANTS: &[&str] = &["client_credentials"];
+
+/// An administrative command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AdminRequest {
+    /// Registers a client; answers its id and its secret (the only time the secret is shown).
+    ClientAdd {
+        /// Display name.
+        name: String,
+        /// Grant types (may be empty: a client that only introspects and revokes).
+        grants: Vec<String>,
+        /// Allowed scopes.
+        scopes: Vec<String>,
+        /// Allowed audiences; the first ones are the default when a request names none.
+        audiences: Vec<String>,
+        /// Access-token algorithm (default: the configured one).
+        token_alg: Option<Alg>,
+        /// JWK Set for `private_key_jwt`.
+        jwks: Option<Value>,
+        /// An operator-chosen (imported) secret, stored with argon2; default a generated one.
+        secret: Option<String>,
+    },
+    /// Lists clients (never secrets).
+    ClientList,
+    /// Shows one client.
+    ClientShow {
+        /// The client.
+        client_id: String,
+    },
+    /// Removes a client; its tokens stop introspecting active.
+    ClientRemove {
+        /// The client.
+        client_id: String,
+    },
+    /// Issues a new secret; the old ones keep working for `grace_secs`.
+    ClientRotateSecret {
+        /// The client.
+        client_id: String,
+        /// Seconds the previous secrets stay valid.
+        grace_secs: u64,
+    },
+    /// Replaces every signing key; old keys stay published until their tokens expire.
+    KeysRotate,
+    /// Lists signing keys.
+    KeysList,
+    /// The node's DID and data directory.
+    Status,
+}
+
+/// The writable node.
+pub struct Node {
+    store: Store,
+    identity: NodeIdentity,
+    keystore: Box<dyn KeyStore>,
+    signing: HashMap<String, Arc<SigningKey>>,
+    clock: Arc<dyn Clock>,
+    default_alg: Alg,
+}
+
+impl Node {
+    /// Opens (creating if needed) the data directory: locks it, loads or creates the identity and
+    /// loads or generates a signing key for every algorithm.
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, default_alg: Alg) -> Result<Self, Error> {
+        let store = Store::open(data_dir)?;
+        let keystore = FileKeyStore::open(&data_dir.join("keys"))?;
+        let identity = NodeIdentity::load_or_generate(&keystore)?;
+        let mut node = Self {
+            store,
+            identity,
+            keystore: Box::new(keystore),
+            signing: HashMap::new(),
+            clock,
+            default_alg,
+        };
+        let did = node.identity.did();
+        let own: Vec<KeyRecord> = node
+            .store
+            .state()
+            .keys
+            .values()
+            .filter(|k| k.node == did)
+            .cloned()
+            .collect();
+        for record in own {
+            let Ok(alg) = record.alg.parse::<Alg>() else { continue };
+            match node.keystore.load(&key_file(&record.kid))? {
+                Some(pkcs8) => {
+                    let key = SigningKey::from_pkcs8(alg, &pkcs8)?;
+                    node.signing.insert(record.kid.clone(), Arc::new(key));
+                }
+                None if record.retired_at.is_none() => {
+                    tracing::warn!(kid = %record.kid, "private half of an active signing key is missing; replacing it");
+                    let retired = KeyRecord {
+                        retired_at: Some(node.clock.now()),
+                        ..record
+                    };
+                    node.store.apply(&[Change::PutKey(retired)])?;
+                }
+                None => {}
+            }
+        }
+        let missing: Vec<Alg> = Alg::ALL
+            .into_iter()
+            .filter(|alg| node.active_kid(*alg).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let changes = missing
+                .into_iter()
+                .map(|alg| node.new_key(alg))
+                .collect::<Result<Vec<_>, _>>()?;
+            node.store.apply(&changes)?;
+        }
+        Ok(node)
+    }
+
+    /// The node's DID.
+    pub fn did(&self) -> DidKey {
+        self.identity.did()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// A full view of the current state.
+    pub fn view(&self) -> View {
+        View::build(self.store.state(), self)
+    }
+
+    /// Applies changes made elsewhere (revocations from `/revoke`, maintenance) and persists them.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), Error> {
+        Ok(self.store.apply(changes)?)
+    }
+
+    /// Changes that drop what has expired at `now`: revocations of expired tokens and signing keys
+    /// retired longer than `token_ttl` ago (their private halves are deleted).
+    pub fn expire(&mut self, now: u64, token_ttl: u64) -> Result<Vec<Change>, Error> {
+        let state = self.store.state();
+        let mut changes = Vec::new();
+        if state.revocations.values().any(|exp| *exp <= now) {
+            changes.push(Change::DropExpiredRevocations { now });
+        }
+        let expired: Vec<String> = state
+            .keys
+            .values()
+            .filter(|k| k.retired_at.is_some_and(|r| now >= r.saturating_add(token_ttl)))
+            .map(|k| k.kid.clone())
+            .collect();
+        for kid in expired {
+            if self.signing.remove(&kid).is_some() {
+                self.keystore.remove(&key_file(&kid))?;
+            }
+            changes.push(Change::RemoveKey(kid));
+        }
+        if !changes.is_empty() {
+            self.store.apply(&changes)?;
+        }
+        Ok(changes)
+    }
+
+    /// Executes an administrative command; returns the answer and the changes it made.
+    pub fn execute(&mut self, request: AdminRequest) -> Result<(Value, Vec<Change>), Error> {
+        let now = self.clock.now();
+        let (answer, changes) = match request {
+            AdminRequest::ClientAdd {
+                name,
+                grants,
+                scopes,
+                audiences,
+                token_alg,
+                jwks,
+                secret,
+            } => {
+                let client_id = random_id();
+                let (secret, hash) = match secret {
+                    Some(s) => {
+                        let hash = hash_imported_secret(&s)?;
+                        (s, hash)
+                    }
+                    None => new_secret(),
+                };
+                let record = ClientRecord {
+                    client_id: client_id.clone(),
+                    name: checked_name(name)?,
+                    secrets: vec![SecretRecord { hash, expires_at: None }],
+                    grant_types: checked_grants(grants)?,
+                    scopes: checked_scopes(scopes)?,
+                    audiences: checked_audiences(audiences)?,
+                    token_alg: token_alg.unwrap_or(self.default_alg).to_string(),
+                    jwks: jwks.map(checked_jwks).transpose()?,
+                    created_at: now,
+                };
+                let answer = json!({"client_id": client_id, "client_secret": secret});
+                (answer, vec![Change::PutClient(record)])
+            }
+            AdminRequest::ClientList => {
+                let list: Vec<Value> = self.store.state().clients.values().map(|c| summary(c, now)).collect();
+                (Value::Array(list), vec![])
+            }
+            AdminRequest::ClientShow { client_id } => (summary(self.client(&client_id)?, now), vec![]),
+            AdminRequest::ClientRemove { client_id } => {
+                self.client(&client_id)?;
+                (json!({"removed": client_id}), vec![Change::RemoveClient(client_id)])
+            }
+            AdminRequest::ClientRotateSecret { client_id, grace_secs } => {
+                let mut record = self.client(&client_id)?.clone();
+                let until = now.saturating_add(grace_secs);
+                record.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
+                for old in &mut record.secrets {
+                    old.expires_at = Some(old.expires_at.map_or(until, |t| t.min(until)));
+                }
+                if grace_secs == 0 {
+                    record.secrets.clear();
+                }
+                let (secret, hash) = new_secret();
+                record.secrets.push(SecretRecord { hash, expires_at: None });
+                let answer =
+                    json!({"client_id": client_id, "client_secret": secret, "previous_secrets_valid_until": until});
+                (answer, vec![Change::PutClient(record)])
+            }
+            AdminRequest::KeysRotate => {
+                let mut changes = Vec::new();
+                for alg in Alg::ALL {
+                    if let Some(kid) = self.active_kid(alg) {
+                        let old = self.store.state().keys[&kid].clone();
+                        changes.push(Change::PutKey(KeyRecord {
+                            retired_at: Some(now),
+                            ..old
+                        }));
+                    }
+                    changes.push(self.new_key(alg)?);
+                }
+                let fresh: Vec<Value> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::PutKey(k) if k.retired_at.is_none() => Some(json!({"kid": k.kid, "alg": k.alg})),
+                        _ => None,
+                    })
+                    .collect();
+                (json!({"active": fresh}), changes)
+            }
+            AdminRequest::KeysList => {
+                let keys: Vec<Value> = self
+                    .store
+                    .state()
+                    .keys
+                    .values()
+                    .map(|k| {
+                        json!({"kid": k.kid, "alg": k.alg, "node": k.node, "created_at": k.created_at,
+                               "retired_at": k.retired_at})
+                    })
+                    .collect();
+                (Value::Array(keys), vec![])
+            }
+            AdminRequest::Status => (
+                json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
+                vec![],
+            ),
+        };
+        if !changes.is_empty() {
+            self.store.apply(&changes)?;
+        }
+        Ok((answer, changes))
+    }
+
+    fn client(&self, client_id: &str) -> Result<&ClientRecord, Error> {
+        self.store
+            .state()
+            .clients
+            .get(client_id)
+            .ok_or_else(|| Error::Admin(format!("no client `{client_id}`")))
+    }
+
+    fn active_kid(&self, alg: Alg) -> Option<String> {
+        let did = self.did();
+        self.store
+            .state()
+            .keys
+            .values()
+            .filter(|k| k.node == did && k.retired_at.is_none() && k.alg == alg.as_str())
+            .filter(|k| self.signing.contains_key(&k.kid))
+            .max_by_key(|k| k.created_at)
+            .map(|k| k.kid.clone())
+    }
+
+    /// Generates a key, stores its private half and returns the attested record to apply.
+    fn new_key(&mut self, alg: Alg) -> Result<Change, Error> {
+        let (key, pkcs8) = SigningKey::generate(alg)?;
+        self.keystore.store(&key_file(key.kid()), &pkcs8)?;
+        let record = KeyRecord::attest(
+            &self.identity,
+            key.kid().to_owned(),
+            alg.to_string(),
+            key.public_jwk().clone(),
+            self.clock.now(),
+        );
+        self.signing.insert(key.kid().to_owned(), Arc::new(key));
+        Ok(Change::PutKey(record))
+    }
+}
+
+impl LocalKeys for Node {
+    fn signing_key(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        self.signing.get(kid).cloned()
+    }
+
+    fn did(&self) -> DidKey {
+        self.identity.did()
+    }
+}
+
+fn key_file(kid: &str) -> String {
+    format!("signing-{kid}.pk8")
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS RNG failing is unrecoverable; getrandom documents it as practically impossible.
+    getrandom::fill(&mut bytes).expect("operating system random number generator failed");
+    bytes
+}
+
+/// A new client id: 20 lowercase letters and digits (about 103 bits).
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    random_bytes::<20>()
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A new 256-bit secret (base64url) and its SHA-256 hash.
+fn new_secret() -> (String, SecretHash) {
+    let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let hash = SecretHash::Sha256(URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes())));
+    (secret, hash)
+}
+
+fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
+    use argon2::PasswordHasher;
+    if secret.is_empty() {
+        return Err(Error::Admin("the secret must not be empty".into()));
+    }
+    let salt = argon2::password_hash::SaltString::encode_b64(&random_bytes::<16>())
+        .map_err(|e| Error::Admin(format!("salt: {e}")))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map_err(|e| Error::Admin(format!("argon2: {e}")))?;
+    Ok(SecretHash::Argon2(hash.to_string()))
+}
+
+fn checked_name(name: String) -> Result<String, Error> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(Error::Admin("--name must be 1 to 200 characters".into()));
+    }
+    Ok(name)
+}
+
+fn checked_grants(grants: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    for grant in grants {
+        if !SUPPORTED_GRANTS.contains(&grant.as_str()) {
+            return Err(Error::Admin(format!(
+                "unsupported grant `{grant}` (supported: {})",
+                SUPPORTED_GRANTS.join(", ")
+            )));
+        }
+        if !out.contains(&grant) {
+            out.push(grant);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits and checks scopes (RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )).
+pub fn checked_scopes(scopes: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+        if !is_scope_token(scope) {
+            return Err(Error::Admin(format!("invalid scope `{scope}`")));
+        }
+        if !out.iter().any(|s| s == scope) {
+            out.push(scope.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `s` is an RFC 6749 §3.3 scope-token.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    for audience in audiences {
+        if audience.is_empty() || audience.chars().any(char::is_control) {
+            return Err(Error::Admin(format!("invalid audience `{audience}`")));
+        }
+        if !out.contains(&audience) {
+            out.push(audience);
+        }
+    }
+    Ok(out)
+}
+
+fn checked_jwks(jwks: Value) -> Result<Value, Error> {
+    let keys = jwks
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or_else(|| Error::Admin("the JWKS must be an object with a `keys` array".into()))?;
+    if keys.is_empty() {
+        return Err(Error::Admin("the JWKS holds no keys".into()));
+    }
+    for key in keys {
+        if key.get("d").is_some() {
+            return Err(Error::Admin(
+                "the JWKS holds a private key; register public keys only".into(),
+            ));
+        }
+        crate::keys::decoding_key(key).map_err(|e| Error::Admin(format!("JWKS: {e}")))?;
+    }
+    Ok(jwks)
+}
+
+fn summary(client: &ClientRecord, now: u64) -> Value {
+    let mut methods = Vec::new();
+    if client.secrets.iter().any(|s| s.expires_at.is_none_or(|t| t > now)) {
+        methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
+    if client.jwks.is_some() {
+        methods.push("private_key_jwt");
+    }
+    json!({
+        "client_id": client.client_id,
+        "name": client.name,
+        "grant_types": client.grant_types,
+        "scopes": client.scopes,
+        "audiences": client.audiences,
+        "token_alg": client.token_alg,
+        "token_endpoint_auth_methods": methods,
+        "secrets": client.secrets.iter().map(|s| json!({"expires_at": s.expires_at})).collect::<Vec<_>>(),
+        "created_at": client.created_at,
+    })
+}

@@ -1,0 +1,191 @@
+//! `meshgate serve`: binds the OAuth listener, the observability listener (on its own thread and
+//! runtime, so it shares no fate with the auth router) and the admin socket, then serves until a
+//! shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mesh::clock::Clock;
+use tokio::sync::watch;
+
+use crate::config::{Config, Issuer};
+use crate::error::Error;
+use crate::http::{self, AppState, Settings};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::{admin, observability};
+
+/// A running server.
+pub struct Running {
+    /// The issuer identifier.
+    pub issuer: String,
+    /// Where the OAuth listener is bound.
+    pub listen: SocketAddr,
+    /// Where the observability listener is bound.
+    pub metrics_listen: SocketAddr,
+    /// The node's DID.
+    pub did: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    observability: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The JSON object `serve --json` prints.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": self.issuer,
+            "listen": self.listen.to_string(),
+            "metrics_listen": self.metrics_listen.to_string(),
+            "did": self.did,
+            "data_dir": self.data_dir,
+        })
+    }
+
+    /// Stops accepting, finishes in-flight requests and returns when everything has stopped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = (&mut self.server).await;
+        if let Some(thread) = self.observability.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Starts serving `config` from `data_dir`.
+pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Running, Error> {
+    let bridge = &config.bridge;
+    let node = {
+        let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
+        tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg))
+            .await
+            .map_err(|e| Error::Io {
+                action: "open data directory".into(),
+                source: std::io::Error::other(e),
+            })??
+    };
+    let bind = |addr: SocketAddr| {
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        listener.set_nonblocking(true).map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        Ok::<_, Error>(listener)
+    };
+    let listener = bind(bridge.listen)?;
+    let listen = listener.local_addr().map_err(|source| Error::Bind {
+        addr: bridge.listen.to_string(),
+        source,
+    })?;
+    let metrics_listener = bind(bridge.metrics_listen)?;
+    let metrics_listen = metrics_listener.local_addr().map_err(|source| Error::Bind {
+        addr: bridge.metrics_listen.to_string(),
+        source,
+    })?;
+    let issuer = match &bridge.issuer {
+        Some(issuer) => issuer.clone(),
+        None => {
+            let host = if listen.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], listen.port()))
+            } else {
+                listen
+            };
+            Issuer::parse(&format!("http://{host}")).map_err(|e| Error::Config(vec![format!("bridge.issuer: {e}")]))?
+        }
+    };
+    let settings = Settings {
+        issuer: issuer.as_str().to_owned(),
+        resource: bridge.resource.clone().unwrap_or_else(|| issuer.as_str().to_owned()),
+        token_ttl: bridge.access_token_ttl.as_secs(),
+        default_alg: bridge.token_alg,
+        max_body_bytes: bridge.max_body_bytes,
+    };
+    let did = node.did().to_string();
+    let data_dir = node.data_dir().to_path_buf();
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState::new(settings, node, clock, metrics);
+    let admin_listener = admin::bind(&data_dir)?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
+
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let app = http::app(state.clone());
+    let signal = wait_for(shutdown_rx.clone());
+    let server = tokio::spawn(async move {
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            state.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
+        let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+            tracing::error!(error = %e, "OAuth listener failed");
+        }
+        let _ = admin_task.await;
+        let _ = maintenance.await;
+    });
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %did, "serving");
+    Ok(Running {
+        issuer: issuer.as_str().to_owned(),
+        listen,
+        metrics_listen,
+        did,
+        data_dir,
+        shutdown,
+        server,
+        observability: Some(observability),
+    })
+}
+
+/// Resolves when the watch flips to `true` (or its sender is gone).
+pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Drops expired revocations and retired keys whose tokens have all expired.
+async fn maintain(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let (state, now, ttl) = (state.clone(), state.now(), state.settings().token_ttl);
+        let result =
+            tokio::task::spawn_blocking(move || state.with_node(|node| node.expire(now, ttl).map(|c| ((), c)))).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "maintenance failed");
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -84,7 +84,10 @@ impl Harness {
                 secret: None,
             })
             .unwrap();
-        (answer["client_id"].as_str().unwrap().into(), answer["client_secret"].as_str().unwrap().into())
+        (
+            answer["client_id"].as_str().unwrap().into(),
+            answer["client_secret"].as_str().unwrap().into(),
+        )
     }
 
     pub async fn send(&self, request: Request<Body>) -> Answer {
@@ -92,7 +95,11 @@ impl Harness {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         Answer { status, headers, json }
     }
 

@@ -20,7 +20,11 @@ fn parts(token: &str) -> (Value, Value, String) {
 }
 
 fn assemble(header: &Value, payload: &Value, signature: &str) -> String {
-    format!("{}.{}.{signature}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()))
+    format!(
+        "{}.{}.{signature}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    )
 }
 
 #[tokio::test]
@@ -36,11 +40,21 @@ async fn forged_and_foreign_tokens_are_inactive() {
 
     let (header, payload, signature) = parts(&token);
     let jwks = h.get("/jwks.json").await.json;
-    let ed = jwks["keys"].as_array().unwrap().iter().find(|k| k["alg"] == "EdDSA").unwrap().clone();
+    let ed = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["alg"] == "EdDSA")
+        .unwrap()
+        .clone();
 
     let mut none_header = header.clone();
     none_header["alg"] = "none".into();
-    let alg_none = format!("{}.{}.", b64(none_header.to_string().as_bytes()), b64(payload.to_string().as_bytes()));
+    let alg_none = format!(
+        "{}.{}.",
+        b64(none_header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    );
 
     let hs = |key: &[u8]| {
         let mut hs_header = header.clone();
@@ -84,7 +98,11 @@ async fn forged_and_foreign_tokens_are_inactive() {
         let answer = h.introspect(&id, &secret, candidate).await;
         assert_eq!(answer, json!({"active": false}), "{name}");
     }
-    assert_eq!(h.introspect(&id, &secret, &token).await["active"], true, "server still healthy");
+    assert_eq!(
+        h.introspect(&id, &secret, &token).await["active"],
+        true,
+        "server still healthy"
+    );
 }
 
 #[tokio::test]
@@ -104,11 +122,19 @@ async fn introspection_requires_client_authentication() {
     let (id, secret) = h.client("read", &[], None);
     let token = issue(&h, &id, &secret).await;
     let answer = h.post_form("/introspect", None, &form(&[("token", &token)])).await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::UNAUTHORIZED, "invalid_client"));
-    let answer = h.post_form("/introspect", Some((&id, "wrong")), &form(&[("token", &token)])).await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_client")
+    );
+    let answer = h
+        .post_form("/introspect", Some((&id, "wrong")), &form(&[("token", &token)]))
+        .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     let answer = h.post_form("/introspect", Some((&id, &secret)), "").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
 }
 
 #[tokio::test]
@@ -118,20 +144,37 @@ async fn revocation_is_per_client_and_persists() {
     let (other, other_secret) = h.client("read", &[], None);
     let token = issue(&h, &id, &secret).await;
 
-    let answer = h.post_form("/revoke", Some((&other, &other_secret)), &form(&[("token", &token)])).await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "unauthorized_client"));
+    let answer = h
+        .post_form("/revoke", Some((&other, &other_secret)), &form(&[("token", &token)]))
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "unauthorized_client")
+    );
     assert_eq!(h.introspect(&id, &secret, &token).await["active"], true);
 
     for unknown in ["garbage", "a.b.c"] {
-        let answer = h.post_form("/revoke", Some((&id, &secret)), &form(&[("token", unknown)])).await;
+        let answer = h
+            .post_form("/revoke", Some((&id, &secret)), &form(&[("token", unknown)]))
+            .await;
         assert_eq!(answer.status, StatusCode::OK);
     }
-    let answer = h.post_form("/revoke", Some((&id, &secret)), &form(&[("token", &token), ("token_type_hint", "access_token")])).await;
+    let answer = h
+        .post_form(
+            "/revoke",
+            Some((&id, &secret)),
+            &form(&[("token", &token), ("token_type_hint", "access_token")]),
+        )
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(h.introspect(&id, &secret, &token).await["active"], false);
 
     let h = h.restart();
-    assert_eq!(h.introspect(&id, &secret, &token).await["active"], false, "revocation survives a restart");
+    assert_eq!(
+        h.introspect(&id, &secret, &token).await["active"],
+        false,
+        "revocation survives a restart"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +216,12 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
     let new_kid = parts(&after).0["kid"].as_str().unwrap().to_owned();
     assert_ne!(old_kid, new_kid);
     let kids = |jwks: Value| -> Vec<String> {
-        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
     };
     let published = kids(h.get("/jwks.json").await.json);
     assert_eq!(published.len(), 6);
@@ -186,7 +234,10 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
     assert_eq!(published.len(), 3, "{published:?}");
     assert!(!published.contains(&old_kid));
     let now = START + 700;
-    let changes = h.state.with_node(|node| node.expire(now, 600).map(|c| (c.clone(), c))).unwrap();
+    let changes = h
+        .state
+        .with_node(|node| node.expire(now, 600).map(|c| (c.clone(), c)))
+        .unwrap();
     assert_eq!(changes.len(), 3);
     let files = std::fs::read_dir(h.dir.path().join("data/keys")).unwrap().count();
     assert_eq!(files, 4, "identity + three active signing keys");
@@ -205,8 +256,17 @@ async fn metrics_count_requests_with_bounded_labels() {
     }
     h.token(&id, "wrong", "").await;
     let text = h.state.metrics().render(&[], 1);
-    assert!(text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 3"#), "{text}");
-    assert!(text.contains(r#"meshgate_http_requests_total{endpoint="token",status="401"} 1"#), "{text}");
-    assert!(text.contains(r#"meshgate_tokens_issued_total{grant_type="client_credentials"} 3"#), "{text}");
+    assert!(
+        text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meshgate_http_requests_total{endpoint="token",status="401"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meshgate_tokens_issued_total{grant_type="client_credentials"} 3"#),
+        "{text}"
+    );
     assert!(!text.contains(&id), "no per-client labels");
 }

@@ -41,14 +41,22 @@ async fn client_credentials_issues_an_rfc9068_token() {
     assert_eq!(c["exp"], START + 600);
     assert!(c["jti"].as_str().unwrap().len() >= 16);
     assert!(c["node"].as_str().unwrap().starts_with("did:key:z6Mk"));
-    assert_eq!(c["cap"], serde_json::json!([{"with": ISSUER, "can": "read"}, {"with": ISSUER, "can": "write"}]));
+    assert_eq!(
+        c["cap"],
+        serde_json::json!([{"with": ISSUER, "can": "read"}, {"with": ISSUER, "can": "write"}])
+    );
 }
 
 #[tokio::test]
 async fn post_authentication_and_scope_narrowing() {
     let h = Harness::new();
     let (id, secret) = h.client("read write", &[], None);
-    let body = form(&[("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &secret), ("scope", "write")]);
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", &id),
+        ("client_secret", &secret),
+        ("scope", "write"),
+    ]);
     let answer = h.post_form("/token", None, &body).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
     assert_eq!(answer.json["scope"], "write");
@@ -60,16 +68,27 @@ async fn resource_and_audience_become_aud() {
     let (id, secret) = h.client("read", &["https://api.one/", "https://api.two/", "urn:three"], None);
     let answer = h.token(&id, &secret, "").await;
     let c = claims(answer.json["access_token"].as_str().unwrap());
-    assert_eq!(c["aud"], serde_json::json!(["https://api.one/", "https://api.two/", "urn:three"]));
-    let answer = h.token(&id, &secret, "&resource=https%3A%2F%2Fapi.two%2F&audience=urn%3Athree").await;
+    assert_eq!(
+        c["aud"],
+        serde_json::json!(["https://api.one/", "https://api.two/", "urn:three"])
+    );
+    let answer = h
+        .token(&id, &secret, "&resource=https%3A%2F%2Fapi.two%2F&audience=urn%3Athree")
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
     let c = claims(answer.json["access_token"].as_str().unwrap());
     assert_eq!(c["aud"], serde_json::json!(["https://api.two/", "urn:three"]));
     assert_eq!(c["cap"].as_array().unwrap().len(), 2);
     let answer = h.token(&id, &secret, "&resource=https%3A%2F%2Fevil.example%2F").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "invalid_target"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "invalid_target")
+    );
     let answer = h.token(&id, &secret, "&resource=not-absolute").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "invalid_target"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "invalid_target")
+    );
 }
 
 #[tokio::test]
@@ -89,22 +108,77 @@ async fn bad_requests_get_exact_errors() {
     let h = Harness::new();
     let (id, secret) = h.client("read", &[], None);
     let cases: Vec<(Option<(&str, &str)>, String, StatusCode, &str)> = vec![
-        (Some((&id, "wrong")), "grant_type=client_credentials".into(), StatusCode::UNAUTHORIZED, "invalid_client"),
-        (Some(("nobody", &secret)), "grant_type=client_credentials".into(), StatusCode::UNAUTHORIZED, "invalid_client"),
-        (None, "grant_type=client_credentials".into(), StatusCode::UNAUTHORIZED, "invalid_client"),
-        (Some((&id, &secret)), "grant_type=password&username=a&password=b".into(), StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-        (Some((&id, &secret)), "grant_type=client_credentials&scope=admin".into(), StatusCode::BAD_REQUEST, "invalid_scope"),
-        (Some((&id, &secret)), "scope=read".into(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Some((&id, &secret)), "grant_type=client_credentials&scope=read&scope=read".into(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Some((&id, &secret)), "grant_type=client_credentials&grant_type=client_credentials".into(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Some((&id, &secret)), format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Some((&id, "wrong")),
+            "grant_type=client_credentials".into(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            Some(("nobody", &secret)),
+            "grant_type=client_credentials".into(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            None,
+            "grant_type=client_credentials".into(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            Some((&id, &secret)),
+            "grant_type=password&username=a&password=b".into(),
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (
+            Some((&id, &secret)),
+            "grant_type=client_credentials&scope=admin".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            Some((&id, &secret)),
+            "scope=read".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some((&id, &secret)),
+            "grant_type=client_credentials&scope=read&scope=read".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some((&id, &secret)),
+            "grant_type=client_credentials&grant_type=client_credentials".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some((&id, &secret)),
+            format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
     ];
     for (basic, body, status, error) in cases {
         let answer = h.post_form("/token", basic, &body).await;
-        assert_eq!((answer.status, answer.error()), (status, error), "{body}: {}", answer.json);
+        assert_eq!(
+            (answer.status, answer.error()),
+            (status, error),
+            "{body}: {}",
+            answer.json
+        );
         assert!(answer.json["error_description"].is_string());
         if status == StatusCode::UNAUTHORIZED {
-            assert!(answer.headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic"));
+            assert!(
+                answer.headers[header::WWW_AUTHENTICATE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Basic")
+            );
         }
     }
 
@@ -120,8 +194,17 @@ async fn bad_requests_get_exact_errors() {
             secret: None,
         })
         .unwrap();
-    let answer = h.token(rs["client_id"].as_str().unwrap(), rs["client_secret"].as_str().unwrap(), "").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "unauthorized_client"));
+    let answer = h
+        .token(
+            rs["client_id"].as_str().unwrap(),
+            rs["client_secret"].as_str().unwrap(),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "unauthorized_client")
+    );
 
     // JSON body.
     let request = Request::post("/token")
@@ -130,7 +213,10 @@ async fn bad_requests_get_exact_errors() {
         .body(Body::from(r#"{"grant_type":"client_credentials"}"#))
         .unwrap();
     let answer = h.send(request).await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
 
     // 2 MiB body, with and without a Content-Length.
     let big = format!("grant_type=client_credentials&pad={}", "a".repeat(2 * 1024 * 1024));
@@ -146,9 +232,15 @@ async fn bad_requests_get_exact_errors() {
 
     // Unknown endpoint and wrong method answer in the OAuth error format too.
     let answer = h.get("/nope").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::NOT_FOUND, "invalid_request"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::NOT_FOUND, "invalid_request")
+    );
     let answer = h.get("/token").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::METHOD_NOT_ALLOWED, "invalid_request")
+    );
 
     // Still healthy.
     assert_eq!(h.token(&id, &secret, "").await.status, StatusCode::OK);
@@ -184,9 +276,15 @@ async fn metadata_follows_rfc8414() {
     assert_eq!(m["revocation_endpoint"], format!("{ISSUER}/revoke"));
     assert!(m["response_types_supported"].is_array());
     assert_eq!(m["grant_types_supported"], serde_json::json!(["client_credentials"]));
-    assert!(m.get("authorization_endpoint").is_none(), "no /authorize yet, so none advertised");
+    assert!(
+        m.get("authorization_endpoint").is_none(),
+        "no /authorize yet, so none advertised"
+    );
     // The OIDC discovery document comes with ID tokens; until then it is not served.
-    assert_eq!(h.get("/.well-known/openid-configuration").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.get("/.well-known/openid-configuration").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -199,7 +297,10 @@ async fn issuer_with_a_path_serves_under_it() {
     assert_eq!(answer.json["token_endpoint"], format!("{issuer}/token"));
     let (id, secret) = h.client("read", &[], None);
     let body = "grant_type=client_credentials";
-    assert_eq!(h.post_form("/tenant-a/token", Some((&id, &secret)), body).await.status, StatusCode::OK);
+    assert_eq!(
+        h.post_form("/tenant-a/token", Some((&id, &secret)), body).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -207,7 +308,12 @@ async fn jwks_lists_every_key_with_thumbprint_kids() {
     let h = Harness::new();
     let answer = h.get("/jwks.json").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert!(answer.headers[header::CACHE_CONTROL].to_str().unwrap().contains("max-age"));
+    assert!(
+        answer.headers[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
     let keys = answer.json["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 3);
     for key in keys {
@@ -221,7 +327,12 @@ async fn jwks_lists_every_key_with_thumbprint_kids() {
 async fn secret_rotation_keeps_the_old_secret_for_the_grace_period() {
     let h = Harness::new();
     let (id, old) = h.client("read", &[], None);
-    let answer = h.admin(AdminRequest::ClientRotateSecret { client_id: id.clone(), grace_secs: 60 }).unwrap();
+    let answer = h
+        .admin(AdminRequest::ClientRotateSecret {
+            client_id: id.clone(),
+            grace_secs: 60,
+        })
+        .unwrap();
     let new = answer["client_secret"].as_str().unwrap().to_owned();
     assert_eq!(h.token(&id, &old, "").await.status, StatusCode::OK);
     assert_eq!(h.token(&id, &new, "").await.status, StatusCode::OK);
@@ -249,7 +360,11 @@ async fn imported_secrets_use_argon2() {
     assert!(state.contains("$argon2"), "{state}");
     assert!(!state.contains("hunter2"));
     assert_eq!(h.token(id, "hunter2", "").await.status, StatusCode::OK);
-    assert_eq!(h.token(id, "hunter2", "").await.status, StatusCode::OK, "cached verification");
+    assert_eq!(
+        h.token(id, "hunter2", "").await.status,
+        StatusCode::OK,
+        "cached verification"
+    );
     assert_eq!(h.token(id, "hunter3", "").await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -283,16 +398,24 @@ async fn private_key_jwt_authenticates_once_per_assertion() {
     let send = |assertion: String| {
         let body = form(&[
             ("grant_type", "client_credentials"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
             ("client_assertion", &assertion),
         ]);
         async move { hr.post_form("/token", None, &body).await }
     };
-    let good = serde_json::json!({"iss": id, "sub": id, "aud": format!("{ISSUER}/token"), "exp": START + 60, "jti": "a1"});
+    let good =
+        serde_json::json!({"iss": id, "sub": id, "aud": format!("{ISSUER}/token"), "exp": START + 60, "jti": "a1"});
     let assertion = sign(good.clone());
     assert_eq!(send(assertion.clone()).await.status, StatusCode::OK);
     let replay = send(assertion).await;
-    assert_eq!((replay.status, replay.error()), (StatusCode::UNAUTHORIZED, "invalid_client"), "replayed jti");
+    assert_eq!(
+        (replay.status, replay.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_client"),
+        "replayed jti"
+    );
 
     let mut issuer_aud = good.clone();
     issuer_aud["aud"] = ISSUER.into();

@@ -87,8 +87,7 @@ impl HttpClient {
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &config.extra_root_ca_pem {
-            let certificates =
-                reqwest::Certificate::from_pem_bundle(pem).map_err(Error::InvalidRootCertificate)?;
+            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(Error::InvalidRootCertificate)?;
             if certificates.is_empty() {
                 return Err(Error::NoRootCertificate);
             }
@@ -108,8 +107,7 @@ impl HttpClient {
     /// are. Fails with [`Error::Connect`], [`Error::Timeout`], [`Error::Transport`] or
     /// [`Error::ResponseTooLarge`]; [`Error::InvalidRequest`] when `request`'s URI is not absolute.
     pub async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, Error> {
-        let request = reqwest::Request::try_from(request)
-            .map_err(|error| Error::InvalidRequest(redact(error)))?;
+        let request = reqwest::Request::try_from(request).map_err(|error| Error::InvalidRequest(redact(error)))?;
         let mut response = self
             .inner
             .execute(request)
@@ -130,11 +128,7 @@ impl HttpClient {
             *headers = std::mem::take(response.headers_mut());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| self.classify(error))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|error| self.classify(error))? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(Error::ResponseTooLarge {
                     limit: self.max_response_bytes,
@@ -246,11 +240,7 @@ AiEAu2l9akEvWWH4sBv/AqzLQN31Oq2rEuR8YV82ZZa0qnI=
         }
     }
 
-    async fn answer(
-        mut stream: TcpStream,
-        response: Option<String>,
-        recorded: Arc<Mutex<Vec<String>>>,
-    ) {
+    async fn answer(mut stream: TcpStream, response: Option<String>, recorded: Arc<Mutex<Vec<String>>>) {
         let mut request = Vec::new();
         let mut buffer = [0u8; 4096];
         loop {
@@ -352,10 +342,7 @@ AiEAu2l9akEvWWH4sBv/AqzLQN31Oq2rEuR8YV82ZZa0qnI=
         let client = HttpClient::new(&HttpConfig::default()).unwrap();
         let response = client.execute(get(&redirecting.url("/token"))).await.unwrap();
         assert_eq!(response.status(), 302);
-        assert_eq!(
-            response.headers()["location"],
-            server.url("/elsewhere").as_str()
-        );
+        assert_eq!(response.headers()["location"], server.url("/elsewhere").as_str());
         assert_eq!(redirecting.requests.lock().await.len(), 1);
         assert_eq!(server.connections.load(Ordering::SeqCst), 0);
     }
@@ -400,10 +387,7 @@ AiEAu2l9akEvWWH4sBv/AqzLQN31Oq2rEuR8YV82ZZa0qnI=
         };
         let client = HttpClient::new(&config).unwrap();
         let error = client.execute(get(&server.url("/big"))).await.unwrap_err();
-        assert!(
-            matches!(error, Error::ResponseTooLarge { limit: 1024 }),
-            "{error:?}"
-        );
+        assert!(matches!(error, Error::ResponseTooLarge { limit: 1024 }), "{error:?}");
     }
 
     #[tokio::test]

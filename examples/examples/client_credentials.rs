@@ -25,14 +25,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scopes: Vec<String> = args.collect();
 
     let http = HttpClient::new(&HttpConfig::default())?;
-    let metadata_url = format!("{}/.well-known/oauth-authorization-server", issuer.trim_end_matches('/'));
+    let metadata_url = format!(
+        "{}/.well-known/oauth-authorization-server",
+        issuer.trim_end_matches('/')
+    );
     let request = oauth2::http::Request::get(&metadata_url).body(Vec::new())?;
     let response = oauth2::AsyncHttpClient::call(&http, request).await?;
     let metadata: serde_json::Value = serde_json::from_slice(response.body())?;
     if metadata["issuer"] != issuer.trim_end_matches('/') {
         return Err(format!("metadata names issuer {} instead of {issuer}", metadata["issuer"]).into());
     }
-    let token_endpoint = metadata["token_endpoint"].as_str().ok_or("metadata has no token_endpoint")?;
+    let token_endpoint = metadata["token_endpoint"]
+        .as_str()
+        .ok_or("metadata has no token_endpoint")?;
 
     let client = BasicClient::new(ClientId::new(client_id))
         .set_client_secret(ClientSecret::new(client_secret))

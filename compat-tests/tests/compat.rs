@@ -1,0 +1,16 @@
+//! Black-box scenarios against the `meshgate` binary with independent clients: the `oauth2` crate
+//! over `adapters::http`, openid-client and jose in node, and raw HTTP for the error contract.
+//!
+//! Needs `compat-tests/js/node_modules` (scripts/test.sh installs it); `MESHGATE_BIN` selects a
+//! prebuilt binary, otherwise the tests build `meshgate` with cargo first.
+
+mod compat {
+    pub mod support;
+
+    mod bad_input;
+    mod lifecycle;
+    mod oauth2_crate;
+    mod openid_client;
+    mod private_key_jwt;
+    mod secrets;
+}

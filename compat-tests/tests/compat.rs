@@ -8,6 +8,7 @@ mod compat {
     pub mod support;
 
     mod bad_input;
+    mod examples;
     mod lifecycle;
     mod oauth2_crate;
     mod openid_client;

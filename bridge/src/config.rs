@@ -141,6 +141,8 @@ pub struct BridgeConfig {
     pub token_alg: Alg,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How many verified access-token signatures introspection remembers (0 = verify every time).
+    pub verified_token_cache: usize,
 }
 
 impl Default for BridgeConfig {
@@ -153,6 +155,7 @@ impl Default for BridgeConfig {
             access_token_ttl: Duration::from_secs(600),
             token_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
+            verified_token_cache: 65_536,
         }
     }
 }

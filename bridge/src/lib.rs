@@ -27,6 +27,7 @@ pub mod node;
 pub mod observability;
 pub mod serve;
 pub mod token;
+pub mod verified;
 pub mod view;
 
 /// Installs the log subscriber: structured lines on stderr, filtered by `MESHGATE_LOG` (default

@@ -107,6 +107,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         token_ttl: bridge.access_token_ttl.as_secs(),
         default_alg: bridge.token_alg,
         max_body_bytes: bridge.max_body_bytes,
+        verified_token_cache: bridge.verified_token_cache,
     };
     let did = node.did().to_string();
     let data_dir = node.data_dir().to_path_buf();

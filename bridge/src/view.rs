@@ -119,6 +119,8 @@ pub struct PublicKey {
     pub alg: Alg,
     /// Ready to verify.
     pub decoding: jsonwebtoken::DecodingKey,
+    /// The holding node's DID as text, as tokens carry it in `node`.
+    pub node: String,
 }
 
 impl PublicKey {
@@ -133,6 +135,7 @@ impl PublicKey {
             record: record.clone(),
             alg,
             decoding,
+            node: record.node.to_string(),
         })
     }
 

@@ -38,7 +38,14 @@ pub(super) async fn introspect(
     auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
     let token = form.required("token")?;
     form.single("token_type_hint")?;
-    let body = match validate(token, &view, &s.settings.issuer, now, s.settings.token_ttl) {
+    let body = match validate(
+        token,
+        &view,
+        &s.settings.issuer,
+        now,
+        s.settings.token_ttl,
+        &s.verified_tokens,
+    ) {
         Ok(claims) => Introspection {
             active: true,
             claims: Some(claims),
@@ -72,7 +79,14 @@ pub(super) async fn revoke(
     let client = auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
     let token = form.required("token")?;
     form.single("token_type_hint")?;
-    let Ok(claims) = validate(token, &view, &s.settings.issuer, now, s.settings.token_ttl) else {
+    let Ok(claims) = validate(
+        token,
+        &view,
+        &s.settings.issuer,
+        now,
+        s.settings.token_ttl,
+        &s.verified_tokens,
+    ) else {
         // RFC 7009 §2.2: invalid, expired or unknown tokens need no action.
         return Ok(no_store(().into_response()));
     };

@@ -23,6 +23,7 @@ use crate::error::{Error, OAuthError};
 use crate::keys::Alg;
 use crate::metrics::{self, Metrics};
 use crate::node::Node;
+use crate::verified::VerifiedTokens;
 use crate::view::View;
 
 /// Settings the request path needs, fixed at start.
@@ -38,6 +39,8 @@ pub struct Settings {
     pub default_alg: Alg,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Size of the memory of verified token signatures (0 = verify every time).
+    pub verified_token_cache: usize,
 }
 
 /// Shared state of the OAuth listener.
@@ -56,6 +59,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     replay: ReplayCache,
     verified: VerifiedSecrets,
+    verified_tokens: VerifiedTokens,
     metrics: Arc<Metrics>,
 }
 
@@ -68,7 +72,9 @@ impl AppState {
             .unwrap_or_default();
         let view = ArcSwap::from_pointee(node.view());
         let did = node.did().to_string();
+        let verified_tokens = VerifiedTokens::new(settings.verified_token_cache);
         Self(Arc::new(Shared {
+            verified_tokens,
             token_endpoint: format!("{issuer}/token"),
             introspection_endpoint: format!("{issuer}/introspect"),
             revocation_endpoint: format!("{issuer}/revoke"),

@@ -55,6 +55,7 @@ impl Harness {
             token_ttl: 600,
             default_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
+            verified_token_cache: 1024,
         };
         AppState::new(settings, node, Arc::new(clock.clone()), Arc::new(Metrics::default()))
     }

@@ -16,7 +16,9 @@ import base64
 import http.client
 import json
 import os
+import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,9 +34,15 @@ def basic(client_id, secret):
     return "Basic " + base64.b64encode(raw).decode()
 
 
+class _NoDelayConnection(http.client.HTTPConnection):
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _conn(url):
     u = urllib.parse.urlsplit(url)
-    return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30), (u.path or "/")
+    return _NoDelayConnection(u.hostname, u.port or 80, timeout=30), (u.path or "/")
 
 
 def _get_json(url):
@@ -235,6 +243,61 @@ def cmd_startup(a):
     print(json.dumps({"json_line_ms": line_ms, "first_200_ms": ready_ms, "sigterm_exit_ms": stop_ms}))
 
 
+def _busy_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+
+
+def _pid_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def cmd_cpuwrap(a):
+    """Runs CMD, then writes where the machine's CPU went meanwhile: the servers (--pids),
+    CMD itself (the load generator) and everything else (other load on the machine)."""
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    pids = [int(p) for p in a.pids.split(",") if p]
+    hz = os.sysconf("SC_CLK_TCK")
+    child = [None]
+
+    def on_signal(signum, _frame):
+        if child[0] and child[0].poll() is None:
+            child[0].kill()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    b0, p0, t0 = _busy_ticks(), sum(_pid_ticks(p) for p in pids), time.monotonic()
+    child[0] = subprocess.Popen(cmd)
+    rc = child[0].wait()
+    b1, p1, t1 = _busy_ticks(), sum(_pid_ticks(p) for p in pids), time.monotonic()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = t1 - t0
+    busy = (b1 - b0) / hz
+    servers = (p1 - p0) / hz
+    loadgen = ru.ru_utime + ru.ru_stime
+    with open(a.out, "w") as f:
+        json.dump(
+            {
+                "wall_s": wall,
+                "cores": os.cpu_count(),
+                "busy_cores": busy / wall,
+                "server_cores": servers / wall,
+                "loadgen_cores": loadgen / wall,
+                "other_cores": max(0.0, busy - servers - loadgen) / wall,
+            },
+            f,
+        )
+    sys.exit(rc)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -310,15 +373,15 @@ def cmd_report(a):
     )
     w(f"tokens: meshgate {m.get('meshgate_token_format', '?')}; oidc-provider {m.get('oidc_token_format', '?')}")
     w("")
-    hdr = f"{'':<22}{'meshgate/s':>12}{'oidc-provider/s':>17}{'ratio':>8}{'p99 meshgate':>15}{'p99 oidc-provider':>19}"
+    hdr = f"{'':<22}{'meshgate/s':>12}{'oidc-provider/s':>17}{'ratio':>8}{'p99 meshgate':>16}{'p99 oidc-provider':>20}"
     w(hdr)
     w("-" * len(hdr))
     for phase, label in (("token", "client_credentials"), ("introspect", "introspection")):
         rt = ratio(phase)
         w(
             f"{label:<22}{_fmt_rate(res[(phase, 'meshgate')]):>12}{_fmt_rate(res[(phase, 'oidc')]):>17}"
-            f"{('n/a' if rt is None else f'{rt:.2f}x'):>8}{_fmt_ms(p99(phase, 'meshgate')):>15}"
-            f"{_fmt_ms(p99(phase, 'oidc')):>19}"
+            f"{('n/a' if rt is None else f'{rt:.2f}x'):>8}{_fmt_ms(p99(phase, 'meshgate')):>16}"
+            f"{_fmt_ms(p99(phase, 'oidc')):>20}"
         )
     w("")
     su = {}
@@ -375,6 +438,35 @@ def cmd_report(a):
             v = m.get(f"{srv}_active_{when}")
             if v and v.split("/")[0] != v.split("/")[1]:
                 notes.append(f"introspect/{srv}: only {v} sampled tokens active {when} the phase")
+    cpu = {}
+    for phase in ("token", "introspect"):
+        for srv in ("meshgate", "oidc"):
+            try:
+                with open(os.path.join(d, f"{phase}.{srv}.cpu")) as f:
+                    cpu[(phase, srv)] = json.load(f)
+            except (OSError, ValueError):
+                pass
+    if cpu:
+        w("CPU during each measured phase (cores busy: server / wrk / anything else on the machine)")
+        for phase, label in (("token", "client_credentials"), ("introspect", "introspection")):
+            cells = []
+            for srv, name in (("meshgate", "meshgate"), ("oidc", "oidc-provider")):
+                c = cpu.get((phase, srv))
+                if c:
+                    cells.append(
+                        f"{name} {c['server_cores']:.2f} / {c['loadgen_cores']:.2f} / {c['other_cores']:.2f}"
+                    )
+            w(f"  {label:<20}" + "    ".join(cells))
+        w("")
+        for (phase, srv), c in cpu.items():
+            if c["other_cores"] > 0.15:
+                notes.append(
+                    f"{phase}/{srv}: other processes used {c['other_cores']:.2f} of {c['cores']} cores during "
+                    f"the phase; the machine was not quiet, numbers are low and noisy"
+                )
+    eb = int(m.get("meshgate_stderr_bytes") or 0)
+    if eb > 64 * 1024:
+        notes.append(f"meshgate wrote {eb:,} bytes to stderr during the run (logging on the hot path?)")
     for n in notes:
         w("WARNING: " + n)
     if notes:
@@ -398,9 +490,9 @@ def cmd_report(a):
     tgt.append(("serving < 100 ms after start (median)", "n/a" if s is None else f"{s[1]:.1f} ms", None if s is None else s[1] < 100))
     r = rss("meshgate_rss_kb")
     tgt.append(("idle RSS <= 30 MB", fmt_rss(r), None if r is None else r <= 30))
-    w(f"{'target':<46}{'meshgate':>14}  result")
+    w(f"{'target':<46}{'meshgate':>16}  result")
     for name, val, ok in tgt:
-        w(f"{name:<46}{val:>14}  {chk(ok)}")
+        w(f"{name:<46}{val:>16}  {chk(ok)}")
     passed = sum(1 for t in tgt if t[2])
     w(f"{passed}/{len(tgt)} targets met (a measurement, not a test)")
 
@@ -437,6 +529,11 @@ def main():
     p.add_argument("--probe", default="/.well-known/oauth-authorization-server")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(f=cmd_startup)
+    p = sp.add_parser("cpuwrap")
+    p.add_argument("--pids", default="")
+    p.add_argument("--out", required=True)
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(f=cmd_cpuwrap)
     p = sp.add_parser("report")
     p.add_argument("dir")
     p.set_defaults(f=cmd_report)

@@ -107,7 +107,8 @@ async fn per_client_algorithms() {
 async fn bad_requests_get_exact_errors() {
     let h = Harness::new();
     let (id, secret) = h.client("read", &[], None);
-    let cases: Vec<(Option<(&str, &str)>, String, StatusCode, &str)> = vec![
+    type Case<'a> = (Option<(&'a str, &'a str)>, String, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Some((&id, "wrong")),
             "grant_type=client_credentials".into(),

@@ -383,6 +383,16 @@ def cmd_report(a):
             f"{('n/a' if rt is None else f'{rt:.2f}x'):>8}{_fmt_ms(p99(phase, 'meshgate')):>16}"
             f"{_fmt_ms(p99(phase, 'oidc')):>20}"
         )
+    nc = _wrk(os.path.join(d, "introspect.meshgate-nocache.wrk"))
+    if nc:
+        oi = res[("introspect", "oidc")]
+        rt = f"{nc['rps'] / oi['rps']:.2f}x" if oi and oi["rps"] > 0 else "n/a"
+        w(
+            f"{'  cache off (info)':<22}{_fmt_rate(nc):>12}{'':>17}{rt:>8}"
+            f"{_fmt_ms(nc['p99_us'] if conns == 32 else None):>16}"
+        )
+        w("  (cache off: meshgate restarted with MESHGATE_BRIDGE__VERIFIED_TOKEN_CACHE=0, every")
+        w("   introspection verifies the EdDSA signature; not a target row)")
     w("")
     su = {}
     for srv in ("meshgate", "oidc"):
@@ -422,6 +432,8 @@ def cmd_report(a):
 
     # Validity notes: errors during a phase, tokens that stopped being active.
     notes = []
+    if nc and _errs(nc):
+        notes.append(f"introspect/meshgate cache off: {_errs(nc)} errors of {nc['requests']} requests")
     for phase in ("token", "introspect"):
         for srv in ("meshgate", "oidc"):
             r = res[(phase, srv)]
@@ -434,7 +446,7 @@ def cmd_report(a):
                     f"of {r['requests']} requests"
                 )
     for srv in ("meshgate", "oidc"):
-        for when in ("before", "after"):
+        for when in ("before", "after", "after-nocache"):
             v = m.get(f"{srv}_active_{when}")
             if v and v.split("/")[0] != v.split("/")[1]:
                 notes.append(f"introspect/{srv}: only {v} sampled tokens active {when} the phase")
@@ -446,6 +458,11 @@ def cmd_report(a):
                     cpu[(phase, srv)] = json.load(f)
             except (OSError, ValueError):
                 pass
+    try:
+        with open(os.path.join(d, "introspect.meshgate-nocache.cpu")) as f:
+            cpu[("introspect", "meshgate-nocache")] = json.load(f)
+    except (OSError, ValueError):
+        pass
     if cpu:
         w("CPU during each measured phase (cores busy: server / wrk / anything else on the machine)")
         for phase, label in (("token", "client_credentials"), ("introspect", "introspection")):
@@ -457,6 +474,9 @@ def cmd_report(a):
                         f"{name} {c['server_cores']:.2f} / {c['loadgen_cores']:.2f} / {c['other_cores']:.2f}"
                     )
             w(f"  {label:<20}" + "    ".join(cells))
+        c = cpu.get(("introspect", "meshgate-nocache"))
+        if c:
+            w(f"  {'  cache off':<20}meshgate {c['server_cores']:.2f} / {c['loadgen_cores']:.2f} / {c['other_cores']:.2f}")
         w("")
         for (phase, srv), c in cpu.items():
             if c["other_cores"] > 0.15:

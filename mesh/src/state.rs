@@ -31,6 +31,15 @@ pub struct State {
     /// Revoked token ids (`jti`) with the token's `exp`, after which the entry may be dropped.
     #[serde(default)]
     pub revocations: BTreeMap<String, u64>,
+    /// Admissions of nodes to the mesh, by DID.
+    #[serde(default)]
+    pub admissions: BTreeMap<String, Admission>,
+    /// What each node says about itself (issuer, sync address), by DID.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Nodes removed from the mesh, by DID.
+    #[serde(default)]
+    pub removals: BTreeMap<String, Removal>,
 }
 
 impl Default for State {
@@ -40,6 +49,9 @@ impl Default for State {
             clients: BTreeMap::new(),
             keys: BTreeMap::new(),
             revocations: BTreeMap::new(),
+            admissions: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            removals: BTreeMap::new(),
         }
     }
 }
@@ -65,6 +77,15 @@ impl State {
             }
             Change::DropExpiredRevocations { now } => {
                 self.revocations.retain(|_, exp| *exp > *now);
+            }
+            Change::Admit(admission) => {
+                self.admissions.insert(admission.did.to_string(), admission.clone());
+            }
+            Change::PutNode(info) => {
+                self.nodes.insert(info.did.to_string(), info.clone());
+            }
+            Change::RemoveNode(removal) => {
+                self.removals.insert(removal.did.to_string(), removal.clone());
             }
         }
     }
@@ -95,6 +116,173 @@ pub enum Change {
         /// Unix seconds.
         now: u64,
     },
+    /// Admits a node to the mesh.
+    Admit(Admission),
+    /// Adds or replaces what a node says about itself.
+    PutNode(NodeInfo),
+    /// Removes a node from the mesh, for good.
+    RemoveNode(Removal),
+}
+
+/// A member's signed statement that `did` belongs to the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The admitted node.
+    pub did: DidKey,
+    /// The member that admitted it.
+    pub admitted_by: DidKey,
+    /// When (Unix seconds).
+    pub admitted_at: u64,
+    /// `admitted_by`'s signature over the other fields, base64url.
+    pub signature: String,
+}
+
+impl Admission {
+    /// `admitter` admits `did` at `now`.
+    pub fn sign(admitter: &NodeIdentity, did: DidKey, now: u64) -> Self {
+        let mut record = Self {
+            did,
+            admitted_by: admitter.did(),
+            admitted_at: now,
+            signature: String::new(),
+        };
+        let signature = sign_fields(admitter, &record.signed_fields());
+        record.signature = signature;
+        record
+    }
+
+    fn signed_fields(&self) -> impl Serialize + '_ {
+        ("admission", &self.did, &self.admitted_by, self.admitted_at)
+    }
+
+    /// Checks the signature against `admitted_by`.
+    pub fn verify(&self) -> Result<(), Error> {
+        verify_fields(&self.admitted_by, &self.signed_fields(), &self.signature, "admission")
+    }
+}
+
+/// What a node says about itself, signed by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node.
+    pub did: DidKey,
+    /// The issuer identifier its tokens carry.
+    pub issuer: String,
+    /// Where it listens for mesh sync (`host:port`).
+    pub sync_addr: String,
+    /// When it said so (Unix seconds).
+    pub updated_at: u64,
+    /// The node's signature over the other fields, base64url.
+    pub signature: String,
+}
+
+impl NodeInfo {
+    /// `node` describes itself.
+    pub fn sign(node: &NodeIdentity, issuer: String, sync_addr: String, now: u64) -> Self {
+        let mut record = Self {
+            did: node.did(),
+            issuer,
+            sync_addr,
+            updated_at: now,
+            signature: String::new(),
+        };
+        let signature = sign_fields(node, &record.signed_fields());
+        record.signature = signature;
+        record
+    }
+
+    fn signed_fields(&self) -> impl Serialize + '_ {
+        ("node", &self.did, &self.issuer, &self.sync_addr, self.updated_at)
+    }
+
+    /// Checks the signature against `did`.
+    pub fn verify(&self) -> Result<(), Error> {
+        verify_fields(&self.did, &self.signed_fields(), &self.signature, "node info")
+    }
+}
+
+/// A member's signed statement that `did` is removed from the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The removed node.
+    pub did: DidKey,
+    /// The member that removed it.
+    pub removed_by: DidKey,
+    /// When (Unix seconds).
+    pub removed_at: u64,
+    /// `removed_by`'s signature over the other fields, base64url.
+    pub signature: String,
+}
+
+impl Removal {
+    /// `remover` removes `did` at `now`.
+    pub fn sign(remover: &NodeIdentity, did: DidKey, now: u64) -> Self {
+        let mut record = Self {
+            did,
+            removed_by: remover.did(),
+            removed_at: now,
+            signature: String::new(),
+        };
+        let signature = sign_fields(remover, &record.signed_fields());
+        record.signature = signature;
+        record
+    }
+
+    fn signed_fields(&self) -> impl Serialize + '_ {
+        ("removal", &self.did, &self.removed_by, self.removed_at)
+    }
+
+    /// Checks the signature against `removed_by`.
+    pub fn verify(&self) -> Result<(), Error> {
+        verify_fields(&self.removed_by, &self.signed_fields(), &self.signature, "removal")
+    }
+}
+
+fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
+    URL_SAFE_NO_PAD.encode(identity.sign(&serde_json::to_vec(fields).unwrap_or_default()))
+}
+
+fn verify_fields(author: &DidKey, fields: &impl Serialize, signature: &str, what: &str) -> Result<(), Error> {
+    let bad = || Error::BadSignature { what: what.to_owned() };
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| bad())?;
+    identity::verify(
+        author,
+        &serde_json::to_vec(fields).unwrap_or_default(),
+        &signature,
+        what,
+    )
+}
+
+impl State {
+    /// The members of the mesh as `me` sees it: `me`, the `trusted` DIDs, and every node admitted by
+    /// a member through a verified admission — minus every node removed by a member through a
+    /// verified removal.
+    pub fn members(&self, me: &DidKey, trusted: &[DidKey]) -> std::collections::BTreeSet<DidKey> {
+        use std::collections::BTreeSet;
+        let mut members: BTreeSet<DidKey> = trusted.iter().copied().chain([*me]).collect();
+        let admissions: Vec<&Admission> = self.admissions.values().filter(|a| a.verify().is_ok()).collect();
+        loop {
+            let before = members.len();
+            for admission in &admissions {
+                if members.contains(&admission.admitted_by) {
+                    members.insert(admission.did);
+                }
+            }
+            if members.len() == before {
+                break;
+            }
+        }
+        let removed: Vec<DidKey> = self
+            .removals
+            .values()
+            .filter(|r| r.verify().is_ok() && members.contains(&r.removed_by))
+            .map(|r| r.did)
+            .collect();
+        for did in removed {
+            members.remove(&did);
+        }
+        members
+    }
 }
 
 /// A registered OAuth client (RFC 6749 §2).
@@ -226,6 +414,34 @@ mod tests {
         let mut moved = record;
         moved.node = NodeIdentity::from_seed([2; 32]).did();
         assert!(moved.verify().is_err());
+    }
+
+    #[test]
+    fn membership_follows_signed_admissions_and_removals() {
+        let a = NodeIdentity::from_seed([1; 32]);
+        let b = NodeIdentity::from_seed([2; 32]);
+        let c = NodeIdentity::from_seed([3; 32]);
+        let outsider = NodeIdentity::from_seed([4; 32]);
+        let mut state = State::default();
+        state.apply(&Change::Admit(Admission::sign(&a, b.did(), 1)));
+        state.apply(&Change::Admit(Admission::sign(&b, c.did(), 2)));
+        let members = state.members(&a.did(), &[]);
+        assert!(members.contains(&b.did()) && members.contains(&c.did()));
+        // An outsider cannot admit itself or others.
+        let mut other = State::default();
+        other.apply(&Change::Admit(Admission::sign(&outsider, outsider.did(), 3)));
+        assert_eq!(other.members(&a.did(), &[]).len(), 1);
+        // A tampered admission is ignored.
+        let mut forged = Admission::sign(&a, b.did(), 1);
+        forged.did = outsider.did();
+        let mut tampered = State::default();
+        tampered.apply(&Change::Admit(forged));
+        assert!(!tampered.members(&a.did(), &[]).contains(&outsider.did()));
+        // Removal by a member removes.
+        state.apply(&Change::RemoveNode(Removal::sign(&a, c.did(), 4)));
+        assert!(!state.members(&a.did(), &[]).contains(&c.did()));
+        let info = NodeInfo::sign(&b, "http://127.0.0.2:8700".into(), "127.0.0.2:7946".into(), 5);
+        info.verify().unwrap();
     }
 
     #[test]

@@ -161,7 +161,7 @@ wait_json_line() { # file pid timeout_s name
 json_get() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 # ------------------------------------------------------------------ 3. start both servers
-MG_ARGS=(serve --data-dir "$DATA" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --json)
+MG_ARGS=(serve --data-dir "$DATA" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --sync-listen 127.0.0.1:0 --json)
 log "starting meshgate"
 "$MESHGATE" "${MG_ARGS[@]}" >"$WORK/meshgate.out" 2>"$WORK/meshgate.err" &
 MG_PID=$!
@@ -276,7 +276,7 @@ if [ "$NOCACHE" = 1 ]; then
   for i in $(seq 1 100); do kill -0 "$MG_PID" 2>/dev/null || break; sleep 0.05; done
   kill -KILL "$MG_PID" 2>/dev/null || true
   MESHGATE_BRIDGE__VERIFIED_TOKEN_CACHE=0 "$MESHGATE" serve --data-dir "$DATA" --listen "127.0.0.1:$MG_PORT" \
-    --metrics-listen 127.0.0.1:0 --json >"$WORK/meshgate-nocache.out" 2>"$WORK/meshgate-nocache.err" &
+    --metrics-listen 127.0.0.1:0 --sync-listen 127.0.0.1:0 --json >"$WORK/meshgate-nocache.out" 2>"$WORK/meshgate-nocache.err" &
   MG_PID=$!
   PIDS+=("$MG_PID")
   if wait_json_line "$WORK/meshgate-nocache.out" "$MG_PID" 30 "meshgate (cache off)" \

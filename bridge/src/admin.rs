@@ -72,10 +72,17 @@ async fn handle(state: &AppState, line: &str) -> Value {
         Err(e) => return json!({"error": format!("malformed admin request: {e}")}),
     };
     tracing::info!(command = command_name(&request), "admin command");
+    let status = matches!(request, AdminRequest::MeshStatus);
+    let peers = state.mesh_peers();
     let state = state.clone();
     let result = tokio::task::spawn_blocking(move || state.with_node(|node| node.execute(request))).await;
     match result {
-        Ok(Ok(value)) => json!({"ok": value}),
+        Ok(Ok(mut value)) => {
+            if status {
+                value["peers"] = serde_json::to_value(peers).unwrap_or_default();
+            }
+            json!({"ok": value})
+        }
         Ok(Err(e)) => json!({"error": e.to_string()}),
         Err(e) => json!({"error": format!("admin command failed: {e}")}),
     }

@@ -43,6 +43,9 @@ enum Command {
     Keys(KeysCommand),
     /// Print the node's DID (creating the identity if missing).
     Id,
+    /// Manage the mesh: admit and remove nodes, show peers.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -59,6 +62,9 @@ struct ServeArgs {
     /// Issuer URL [default: http:// + the bound listen address].
     #[arg(long, value_name = "URL")]
     issuer: Option<String>,
+    /// Address of the mesh sync listener [default: 127.0.0.1:7946].
+    #[arg(long, value_name = "ADDR")]
+    sync_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +124,22 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Admit a node (by DID) to the mesh; signed by this node and replicated to every member.
+    Admit {
+        /// The node's DID (`meshgate id` on that node prints it).
+        did: mesh::did::DidKey,
+    },
+    /// Remove a node from the mesh everywhere: its keys leave every JWKS, its tokens go inactive.
+    Remove {
+        /// The node's DID.
+        did: mesh::did::DidKey,
+    },
+    /// Members, peers (alive/suspect/dead), the last sync per peer and the document's heads.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check a configuration file and name the key path of every problem.
     Check {
@@ -158,6 +180,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             listen: args.listen.clone(),
             metrics_listen: args.metrics_listen.clone(),
             issuer: args.issuer.clone(),
+            sync_listen: args.sync_listen.clone(),
         },
         _ => Overrides {
             data_dir: cli.data_dir.clone(),
@@ -171,6 +194,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Config(_) => unreachable!("handled above"),
         Command::Id => AdminRequest::Status,
+        Command::Mesh(MeshCommand::Admit { did }) => AdminRequest::MeshAdmit { did },
+        Command::Mesh(MeshCommand::Remove { did }) => AdminRequest::MeshRemove { did },
+        Command::Mesh(MeshCommand::Status) => AdminRequest::MeshStatus,
         Command::Keys(KeysCommand::Rotate) => AdminRequest::KeysRotate,
         Command::Keys(KeysCommand::List) => AdminRequest::KeysList,
         Command::Client(ClientCommand::List) => AdminRequest::ClientList,
@@ -224,8 +250,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
         }
     };
     let default_alg = config.bridge.token_alg;
+    let trusted = config.node.sync.trusted_peers.clone();
     let answer = admin::call(&data_dir, &request, || {
-        Node::open(&data_dir, clock.clone(), default_alg)
+        Node::open(&data_dir, clock.clone(), default_alg, trusted.clone())
     })?;
     let answer = match request {
         AdminRequest::Status => json!({"did": answer["did"]}),
@@ -246,10 +273,11 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
         let running = crate::serve::start(config, &data_dir, clock).await?;
         let description = running.describe();
         let text = format!(
-            "meshgate serving\n  issuer:   {}\n  node:     {}\n  metrics:  http://{}/metrics\n  data dir: {}",
+            "meshgate serving\n  issuer:   {}\n  node:     {}\n  metrics:  http://{}/metrics\n  mesh:     {}\n  data dir: {}",
             running.issuer,
             running.did,
             running.metrics_listen,
+            running.sync_listen,
             running.data_dir.display()
         );
         print(json, &description, &text)?;

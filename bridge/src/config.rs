@@ -251,6 +251,8 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     /// `--issuer`.
     pub issuer: Option<String>,
+    /// `--sync-listen`.
+    pub sync_listen: Option<String>,
 }
 
 /// Loads the configuration: defaults, then `file`, then the environment, then `overrides`.
@@ -290,6 +292,7 @@ pub fn load(file: Option<&Path>, env: &dyn Environment, overrides: &Overrides) -
         (&["bridge", "listen"][..], overrides.listen.clone()),
         (&["bridge", "metrics_listen"][..], overrides.metrics_listen.clone()),
         (&["bridge", "issuer"][..], overrides.issuer.clone()),
+        (&["node", "sync", "listen"][..], overrides.sync_listen.clone()),
     ];
     for (path, flag) in flags {
         if let Some(v) = flag {

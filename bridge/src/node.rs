@@ -12,7 +12,7 @@ use mesh::clock::Clock;
 use mesh::did::DidKey;
 use mesh::identity::NodeIdentity;
 use mesh::keystore::{FileKeyStore, KeyStore};
-use mesh::state::{Change, ClientRecord, KeyRecord, SecretHash, SecretRecord};
+use mesh::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, SecretHash, SecretRecord};
 use mesh::store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -72,12 +72,25 @@ pub enum AdminRequest {
     KeysList,
     /// The node's DID and data directory.
     Status,
+    /// Admits a node to the mesh (signed by this node).
+    MeshAdmit {
+        /// The node to admit.
+        did: DidKey,
+    },
+    /// Removes a node from the mesh for good (signed by this node).
+    MeshRemove {
+        /// The node to remove.
+        did: DidKey,
+    },
+    /// Mesh members, peers and the document's heads.
+    MeshStatus,
 }
 
 /// The writable node.
 pub struct Node {
     store: Store,
-    identity: NodeIdentity,
+    identity: Arc<NodeIdentity>,
+    trusted: Vec<DidKey>,
     keystore: Box<dyn KeyStore>,
     signing: HashMap<String, Arc<SigningKey>>,
     clock: Arc<dyn Clock>,
@@ -87,13 +100,14 @@ pub struct Node {
 impl Node {
     /// Opens (creating if needed) the data directory: locks it, loads or creates the identity and
     /// loads or generates a signing key for every algorithm.
-    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, default_alg: Alg) -> Result<Self, Error> {
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, default_alg: Alg, trusted: Vec<DidKey>) -> Result<Self, Error> {
         let store = Store::open(data_dir)?;
         let keystore = FileKeyStore::open(&data_dir.join("keys"))?;
-        let identity = NodeIdentity::load_or_generate(&keystore)?;
+        let identity = Arc::new(NodeIdentity::load_or_generate(&keystore)?);
         let mut node = Self {
             store,
             identity,
+            trusted,
             keystore: Box::new(keystore),
             signing: HashMap::new(),
             clock,
@@ -121,7 +135,7 @@ impl Node {
                         retired_at: Some(node.clock.now()),
                         ..record
                     };
-                    node.store.apply(&[Change::PutKey(retired)])?;
+                    node.store.apply(&[Change::PutKey(retired)], node.clock.now())?;
                 }
                 None => {}
             }
@@ -135,7 +149,7 @@ impl Node {
                 .into_iter()
                 .map(|alg| node.new_key(alg))
                 .collect::<Result<Vec<_>, _>>()?;
-            node.store.apply(&changes)?;
+            node.store.apply(&changes, node.clock.now())?;
         }
         Ok(node)
     }
@@ -150,14 +164,76 @@ impl Node {
         self.store.dir()
     }
 
+    /// The node identity, shared with the mesh driver for handshakes.
+    pub fn identity(&self) -> Arc<NodeIdentity> {
+        self.identity.clone()
+    }
+
+    /// Whether `did` is a member of the mesh now.
+    pub fn is_member(&self, did: &DidKey) -> bool {
+        self.store
+            .state()
+            .members(&self.identity.did(), &self.trusted)
+            .contains(did)
+    }
+
+    /// Other members with the sync address they announced.
+    pub fn peer_addresses(&self) -> Vec<(DidKey, String)> {
+        let me = self.identity.did();
+        let members = self.store.state().members(&me, &self.trusted);
+        self.store
+            .state()
+            .nodes
+            .values()
+            .filter(|n| n.did != me && members.contains(&n.did) && n.verify().is_ok())
+            .map(|n| (n.did, n.sync_addr.clone()))
+            .collect()
+    }
+
+    /// Publishes this node's issuer and sync address if they changed; returns the change made.
+    pub fn announce(&mut self, issuer: &str, sync_addr: &str) -> Result<Vec<Change>, Error> {
+        let current = self.store.state().nodes.get(&self.identity.did().to_string());
+        if current.is_some_and(|n| n.issuer == issuer && n.sync_addr == sync_addr) {
+            return Ok(vec![]);
+        }
+        let info = NodeInfo::sign(
+            &self.identity,
+            issuer.to_owned(),
+            sync_addr.to_owned(),
+            self.clock.now(),
+        );
+        let changes = vec![Change::PutNode(info)];
+        self.store.apply(&changes, self.clock.now())?;
+        Ok(changes)
+    }
+
     /// A full view of the current state.
     pub fn view(&self) -> View {
         View::build(self.store.state(), self)
     }
 
+    /// The next sync message for a mesh peer.
+    pub fn generate_sync_message(&mut self, peer: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+        self.store.generate_sync_message(peer)
+    }
+
+    /// Applies a mesh peer's sync message; returns how the state changed.
+    pub fn receive_sync_message(
+        &mut self,
+        peer: &mut mesh::doc::PeerSync,
+        message: &[u8],
+    ) -> Result<Vec<Change>, Error> {
+        Ok(self.store.receive_sync_message(peer, message)?)
+    }
+
+    /// Size of the replicated document in bytes.
+    pub fn document_size(&self) -> usize {
+        self.store.document_size()
+    }
+
     /// Applies changes made elsewhere (revocations from `/revoke`, maintenance) and persists them.
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), Error> {
-        Ok(self.store.apply(changes)?)
+        Ok(self.store.apply(changes, self.clock.now())?)
     }
 
     /// Changes that drop what has expired at `now`: revocations of expired tokens and signing keys
@@ -181,7 +257,7 @@ impl Node {
             changes.push(Change::RemoveKey(kid));
         }
         if !changes.is_empty() {
-            self.store.apply(&changes)?;
+            self.store.apply(&changes, self.clock.now())?;
         }
         Ok(changes)
     }
@@ -280,13 +356,46 @@ impl Node {
                     .collect();
                 (Value::Array(keys), vec![])
             }
+            AdminRequest::MeshAdmit { did } => {
+                let admission = Admission::sign(&self.identity, did, now);
+                (json!({"admitted": did}), vec![Change::Admit(admission)])
+            }
+            AdminRequest::MeshRemove { did } => {
+                if did == self.did() {
+                    return Err(Error::Admin(
+                        "a node cannot remove itself; run `mesh remove` on another member".into(),
+                    ));
+                }
+                if !self.is_member(&did) {
+                    return Err(Error::Admin(format!("{did} is not a member of the mesh")));
+                }
+                let removal = Removal::sign(&self.identity, did, now);
+                (json!({"removed": did}), vec![Change::RemoveNode(removal)])
+            }
+            AdminRequest::MeshStatus => {
+                let state = self.store.state();
+                let me = self.did();
+                let members: Vec<Value> = state
+                    .members(&me, &self.trusted)
+                    .into_iter()
+                    .map(|did| {
+                        let info = state.nodes.get(&did.to_string());
+                        json!({"did": did, "issuer": info.map(|i| &i.issuer),
+                               "sync_addr": info.map(|i| &i.sync_addr), "self": did == me})
+                    })
+                    .collect();
+                (
+                    json!({"did": me, "members": members, "heads": self.store.heads()}),
+                    vec![],
+                )
+            }
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
             ),
         };
         if !changes.is_empty() {
-            self.store.apply(&changes)?;
+            self.store.apply(&changes, self.clock.now())?;
         }
         Ok((answer, changes))
     }
@@ -334,6 +443,21 @@ impl LocalKeys for Node {
 
     fn did(&self) -> DidKey {
         self.identity.did()
+    }
+
+    fn members(&self) -> std::collections::BTreeSet<DidKey> {
+        self.store.state().members(&self.identity.did(), &self.trusted)
+    }
+
+    fn issuers(&self) -> HashMap<DidKey, String> {
+        let members = self.members();
+        self.store
+            .state()
+            .nodes
+            .values()
+            .filter(|n| members.contains(&n.did) && n.verify().is_ok())
+            .map(|n| (n.did, n.issuer.clone()))
+            .collect()
     }
 }
 

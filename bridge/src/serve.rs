@@ -26,6 +26,8 @@ pub struct Running {
     pub listen: SocketAddr,
     /// Where the observability listener is bound.
     pub metrics_listen: SocketAddr,
+    /// Where the mesh sync listener is bound.
+    pub sync_listen: SocketAddr,
     /// The node's DID.
     pub did: String,
     /// The data directory.
@@ -42,6 +44,7 @@ impl Running {
             "issuer": self.issuer,
             "listen": self.listen.to_string(),
             "metrics_listen": self.metrics_listen.to_string(),
+            "sync_listen": self.sync_listen.to_string(),
             "did": self.did,
             "data_dir": self.data_dir,
         })
@@ -62,7 +65,8 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let bridge = &config.bridge;
     let node = {
         let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
-        tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg))
+        let trusted = config.node.sync.trusted_peers.clone();
+        tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg, trusted))
             .await
             .map_err(|e| Error::Io {
                 action: "open data directory".into(),
@@ -86,6 +90,16 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         source,
     })?;
     let metrics_listener = bind(bridge.metrics_listen)?;
+    let sync_listener = bind(config.node.sync.listen)?;
+    let sync_addr = sync_listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.node.sync.listen.to_string(),
+        source,
+    })?;
+    let sync_addr = if sync_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], sync_addr.port()))
+    } else {
+        sync_addr
+    };
     let metrics_listen = metrics_listener.local_addr().map_err(|source| Error::Bind {
         addr: bridge.metrics_listen.to_string(),
         source,
@@ -110,12 +124,35 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         verified_token_cache: bridge.verified_token_cache,
     };
     let did = node.did().to_string();
+    let identity = node.identity();
     let data_dir = node.data_dir().to_path_buf();
     let metrics = Arc::new(Metrics::default());
     let state = AppState::new(settings, node, clock, metrics);
     let admin_listener = admin::bind(&data_dir)?;
+    {
+        let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());
+        tokio::task::spawn_blocking(move || {
+            state.with_node(|node| node.announce(&issuer, &sync_addr).map(|c| ((), c)))
+        })
+        .await
+        .map_err(|e| Error::Io {
+            action: "announce the node".into(),
+            source: std::io::Error::other(e),
+        })??;
+    }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let driver_config = mesh::driver::DriverConfig {
+        bootstrap: config.node.sync.gossip_peers.clone(),
+        ..Default::default()
+    };
+    let replica = Arc::new(http::MeshReplica(state.clone()));
+    let driver = mesh::driver::Driver::start(sync_listener, identity, replica, driver_config, shutdown_rx.clone())
+        .map_err(|source| Error::Bind {
+            addr: sync_addr.to_string(),
+            source,
+        })?;
+    state.set_driver(driver);
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
 
@@ -139,11 +176,12 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         let _ = maintenance.await;
     });
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %did, "serving");
+    tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");
     Ok(Running {
         issuer: issuer.as_str().to_owned(),
         listen,
         metrics_listen,
+        sync_listen: sync_addr,
         did,
         data_dir,
         shutdown,

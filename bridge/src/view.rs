@@ -4,6 +4,7 @@
 //! A view is updated by applying the same [`Change`]s that change the stored state, one at a time;
 //! persistent maps make each update cost O(log n) instead of a rebuild.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use argon2::PasswordVerifier;
@@ -25,6 +26,10 @@ pub struct View {
     pub keys: imbl::HashMap<String, Arc<PublicKey>>,
     /// Revoked token ids with their expiry.
     pub revoked: imbl::HashMap<String, u64>,
+    /// The mesh's members as this node sees them (itself included).
+    pub members: Arc<BTreeSet<DidKey>>,
+    /// The issuer each member announced.
+    pub issuers: Arc<HashMap<DidKey, String>>,
     /// This node's active signing key per algorithm.
     signing: [Option<Arc<SigningKey>>; 3],
 }
@@ -35,6 +40,10 @@ pub trait LocalKeys {
     fn signing_key(&self, kid: &str) -> Option<Arc<SigningKey>>;
     /// This node's DID.
     fn did(&self) -> DidKey;
+    /// The current members of the mesh.
+    fn members(&self) -> BTreeSet<DidKey>;
+    /// The issuer each member announced.
+    fn issuers(&self) -> HashMap<DidKey, String>;
 }
 
 impl View {
@@ -48,6 +57,8 @@ impl View {
             view.apply(&Change::PutKey(key.clone()), local);
         }
         view.revoked = state.revocations.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        view.members = Arc::new(local.members());
+        view.issuers = Arc::new(local.issuers());
         view
     }
 
@@ -77,8 +88,17 @@ impl View {
                 self.revoked.insert(jti.clone(), *exp);
             }
             Change::DropExpiredRevocations { now } => self.revoked.retain(|_, exp| *exp > *now),
+            Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) => {
+                self.members = Arc::new(local.members());
+                self.issuers = Arc::new(local.issuers());
+            }
             _ => {}
         }
+    }
+
+    /// Whether `key` may be trusted now: its node is a member and the key is still published.
+    pub fn trusts(&self, key: &PublicKey, now: u64, token_ttl: u64) -> bool {
+        self.members.contains(&key.record.node) && key.published(now, token_ttl)
     }
 
     /// This node's active signing key for `alg`.

@@ -37,7 +37,15 @@ impl Server {
         let mut child = meshgate()
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--sync-listen",
+                "127.0.0.1:0",
+                "--json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -151,7 +159,7 @@ fn default_data_dir_follows_xdg_then_home() {
         .output()
         .unwrap();
     json(&output);
-    assert!(home.join(".local/share/meshgate/state.json").exists());
+    assert!(home.join(".local/share/meshgate/state.automerge").exists());
 }
 
 #[test]
@@ -288,7 +296,14 @@ fn two_servers_cannot_share_a_data_directory() {
     let output = meshgate()
         .args(["serve", "--data-dir"])
         .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -156,13 +156,33 @@ impl Meshgate {
     /// [`Meshgate::spawn_with_env`] with the OAuth listener on `listen` (e.g. the address of a
     /// previous run, so the issuer stays the same across a restart).
     pub fn spawn_listening(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
+        let args = [
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+        ];
+        Self::spawn_args(data_dir, &args, env)
+    }
+
+    /// Starts `meshgate serve --data-dir DATA_DIR --config CONFIG --json`: every address comes from
+    /// the configuration file, as an operator would run it.
+    pub fn spawn_with_config(data_dir: &Path, config: &Path, env: &[(&str, &str)]) -> Self {
+        let config = config.to_string_lossy().into_owned();
+        Self::spawn_args(data_dir, &["--config", &config], env)
+    }
+
+    /// Starts `meshgate serve --data-dir DATA_DIR ARGS... --json`.
+    pub fn spawn_args(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = meshgate_bin();
         let mut command = Command::new(&bin);
         command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -307,6 +327,16 @@ impl Meshgate {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Kills the server with SIGKILL (a crash: no graceful shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = child.kill();
+        let _ = child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
     }
 
     /// Sends SIGTERM, waits up to [`STOP_TIMEOUT`] for the process to exit and for its output to

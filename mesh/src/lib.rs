@@ -9,16 +9,21 @@
 //!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
 //! - [`store`]: crash-safe persistence of the state in the data directory, under an exclusive lock.
 //! - [`clock`]: injected time, so tests can move it.
+//! - [`wire`]: the mesh wire protocol, sans-IO: stream frames, the mutual-authentication handshake,
+//!   and signed, replay-protected datagrams.
 //!
 //! The core types here read no clock and do no network I/O; time is passed in as Unix seconds.
 #![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod did;
+pub mod doc;
+pub mod driver;
 pub mod identity;
 pub mod keystore;
 pub mod state;
 pub mod store;
+pub mod wire;
 
 mod error;
 pub use error::Error;

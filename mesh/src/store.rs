@@ -1,8 +1,10 @@
-//! Crash-safe persistence of the [`State`] in the data directory.
+//! Crash-safe persistence of the replicated [`Doc`] in the data directory, with its materialized
+//! [`State`] kept beside it in memory.
 //!
-//! The state lives in `state.json`; every change is written to a temporary file, synced, renamed
-//! over the old file and the directory synced, so a crash leaves either the old or the new state.
-//! One process at a time owns a data directory: [`Store::open`] takes an exclusive lock on `lock`.
+//! The document lives in `state.automerge`; every change is written to a temporary file, synced,
+//! renamed over the old file and the directory synced, so a crash leaves either the old or the new
+//! document. One process at a time owns a data directory: [`Store::open`] takes an exclusive lock on
+//! `lock`.
 
 use std::fs;
 use std::io::Write;
@@ -10,15 +12,17 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
-use crate::state::{Change, SCHEMA_VERSION, State};
+use crate::doc::{Doc, PeerSync};
+use crate::state::{Change, State};
 
-const STATE_FILE: &str = "state.json";
+const STATE_FILE: &str = "state.automerge";
 const LOCK_FILE: &str = "lock";
 
 /// The state of one data directory, owned exclusively by this process while it lives.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    doc: Doc,
     state: State,
     _lock: fs::File,
 }
@@ -41,9 +45,13 @@ impl Store {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path)(e)),
         }
-        let state = load(&dir.join(STATE_FILE))?;
+        let mut actor = [0u8; 16];
+        getrandom::fill(&mut actor).map_err(|_| Error::Random)?;
+        let doc = load(&dir.join(STATE_FILE), actor)?;
+        let state = doc.state();
         Ok(Self {
             dir: dir.to_path_buf(),
+            doc,
             state,
             _lock: lock,
         })
@@ -59,15 +67,45 @@ impl Store {
         &self.dir
     }
 
-    /// Applies `changes` and persists the result before returning; on error nothing changes.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<(), Error> {
-        let mut next = self.state.clone();
-        for change in changes {
-            next.apply(change);
+    /// Applies local `changes` (as one document change stamped `now`) and persists the document
+    /// before returning.
+    pub fn apply(&mut self, changes: &[Change], now: u64) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
         }
-        save(&self.dir, &next)?;
-        self.state = next;
+        self.doc.apply(changes, now)?;
+        save(&self.dir, &self.doc.save())?;
+        for change in changes {
+            self.state.apply(change);
+        }
         Ok(())
+    }
+
+    /// The document's heads, hex.
+    pub fn heads(&self) -> Vec<String> {
+        self.doc.heads()
+    }
+
+    /// The next sync message for a peer.
+    pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<Vec<u8>> {
+        self.doc.generate_sync_message(peer)
+    }
+
+    /// Applies a peer's sync message, persists the document and returns how the state changed.
+    pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
+        let changes = self.doc.receive_sync_message(peer, message)?;
+        if !changes.is_empty() {
+            save(&self.dir, &self.doc.save())?;
+            for change in &changes {
+                self.state.apply(change);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Size of the saved document in bytes.
+    pub fn document_size(&self) -> usize {
+        self.doc.save().len()
     }
 }
 
@@ -77,40 +115,17 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("set permissions of", dir))
 }
 
-fn load(path: &Path) -> Result<State, Error> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-        Err(e) => return Err(Error::io("read", path)(e)),
-    };
-    #[derive(serde::Deserialize)]
-    struct Header {
-        schema: u32,
+fn load(path: &Path, actor: [u8; 16]) -> Result<Doc, Error> {
+    match fs::read(path) {
+        Ok(bytes) => Doc::load(&bytes, actor),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Doc::new(actor)),
+        Err(e) => Err(Error::io("read", path)(e)),
     }
-    let header: Header = serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if header.schema != SCHEMA_VERSION {
-        return Err(Error::IncompatibleState {
-            path: path.to_path_buf(),
-            found: header.schema,
-            expected: SCHEMA_VERSION,
-        });
-    }
-    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
-fn save(dir: &Path, state: &State) -> Result<(), Error> {
+fn save(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
     let path = dir.join(STATE_FILE);
-    let tmp = dir.join(".state.json.tmp");
-    let bytes = serde_json::to_vec(state).map_err(|source| Error::CorruptState {
-        path: path.clone(),
-        source,
-    })?;
+    let tmp = dir.join(".state.automerge.tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -118,7 +133,7 @@ fn save(dir: &Path, state: &State) -> Result<(), Error> {
         .mode(0o600)
         .open(&tmp)
         .map_err(Error::io("create", &tmp))?;
-    file.write_all(&bytes).map_err(Error::io("write", &tmp))?;
+    file.write_all(bytes).map_err(Error::io("write", &tmp))?;
     file.sync_all().map_err(Error::io("sync", &tmp))?;
     fs::rename(&tmp, &path).map_err(Error::io("rename into place", &path))?;
     sync_dir(dir)
@@ -143,10 +158,13 @@ mod tests {
             let mut store = Store::open(&path).unwrap();
             assert!(matches!(Store::open(&path), Err(Error::Locked(_))));
             store
-                .apply(&[Change::Revoke {
-                    jti: "j".into(),
-                    exp: 9,
-                }])
+                .apply(
+                    &[Change::Revoke {
+                        jti: "j".into(),
+                        exp: 9,
+                    }],
+                    1,
+                )
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
@@ -158,12 +176,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(STATE_FILE), b"{\"schema\":1,\"clients\":").unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(Error::CorruptState { .. })));
-        fs::write(dir.path().join(STATE_FILE), b"{\"schema\":99}").unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(Error::IncompatibleState { found: 99, .. })
-        ));
+        fs::write(dir.path().join(STATE_FILE), b"not an automerge document").unwrap();
+        assert!(Store::open(dir.path()).is_err());
     }
 }

@@ -39,7 +39,7 @@ pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let now = state.now();
     let ttl = state.settings().token_ttl;
     let view = state.view();
-    let mut keys: Vec<_> = view.keys.values().filter(|k| k.published(now, ttl)).collect();
+    let mut keys: Vec<_> = view.keys.values().filter(|k| view.trusts(k, now, ttl)).collect();
     keys.sort_by(|a, b| {
         b.record
             .created_at

@@ -61,6 +61,7 @@ struct Shared {
     verified: VerifiedSecrets,
     verified_tokens: VerifiedTokens,
     metrics: Arc<Metrics>,
+    driver: std::sync::OnceLock<mesh::driver::Driver>,
 }
 
 impl AppState {
@@ -87,6 +88,7 @@ impl AppState {
             replay: ReplayCache::default(),
             verified: VerifiedSecrets::default(),
             metrics,
+            driver: std::sync::OnceLock::new(),
         }))
     }
 
@@ -125,8 +127,54 @@ impl AppState {
                 view.apply(change, &*node);
             }
             self.0.view.store(Arc::new(view));
+            if let Some(driver) = self.0.driver.get() {
+                driver.notify_changed();
+            }
         }
         Ok(answer)
+    }
+
+    /// Attaches the mesh driver, so local changes are sent to peers at once.
+    pub fn set_driver(&self, driver: mesh::driver::Driver) {
+        let _ = self.0.driver.set(driver);
+    }
+
+    /// The mesh driver's view of its peers (empty before it starts).
+    pub fn mesh_peers(&self) -> Vec<mesh::driver::PeerStatus> {
+        self.0.driver.get().map(|d| d.status()).unwrap_or_default()
+    }
+}
+
+/// The node's replicated document as the mesh driver sees it.
+pub struct MeshReplica(pub AppState);
+
+impl mesh::driver::Replica for MeshReplica {
+    fn is_member(&self, did: &mesh::did::DidKey) -> bool {
+        self.0.view().members.contains(did)
+    }
+
+    fn peer_addresses(&self) -> Vec<(mesh::did::DidKey, String)> {
+        self.0.0.node.lock().unwrap_or_else(|e| e.into_inner()).peer_addresses()
+    }
+
+    fn generate(&self, _peer: &mesh::did::DidKey, sync: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+        self.0
+            .0
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generate_sync_message(sync)
+    }
+
+    fn receive(&self, peer: &mesh::did::DidKey, sync: &mut mesh::doc::PeerSync, message: &[u8]) -> Result<(), String> {
+        let changes = self
+            .0
+            .with_node(|node| node.receive_sync_message(sync, message).map(|c| (c.len(), c)))
+            .map_err(|e| e.to_string())?;
+        if changes > 0 {
+            tracing::debug!(%peer, changes, "mesh: applied changes from peer");
+        }
+        Ok(())
     }
 }
 

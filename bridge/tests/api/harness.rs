@@ -48,7 +48,7 @@ impl Harness {
     }
 
     fn state(dir: &std::path::Path, clock: &ManualClock, issuer: &str) -> AppState {
-        let node = Node::open(&dir.join("data"), Arc::new(clock.clone()), Alg::EdDSA).unwrap();
+        let node = Node::open(&dir.join("data"), Arc::new(clock.clone()), Alg::EdDSA, vec![]).unwrap();
         let settings = Settings {
             issuer: issuer.into(),
             resource: issuer.into(),

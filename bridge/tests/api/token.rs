@@ -357,9 +357,11 @@ async fn imported_secrets_use_argon2() {
         })
         .unwrap();
     let id = answer["client_id"].as_str().unwrap();
-    let state = std::fs::read_to_string(h.dir.path().join("data/state.json")).unwrap();
-    assert!(state.contains("$argon2"), "{state}");
-    assert!(!state.contains("hunter2"));
+    let bytes = std::fs::read(h.dir.path().join("data/state.automerge")).unwrap();
+    let state = mesh::doc::Doc::load(&bytes, [9; 16]).unwrap().state();
+    let stored = serde_json::to_string(&state.clients[id]).unwrap();
+    assert!(stored.contains("$argon2id$"), "no argon2 hash stored: {stored}");
+    assert!(!stored.contains("hunter2"), "the plaintext secret is stored");
     assert_eq!(h.token(id, "hunter2", "").await.status, StatusCode::OK);
     assert_eq!(
         h.token(id, "hunter2", "").await.status,

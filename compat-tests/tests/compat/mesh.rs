@@ -1,0 +1,257 @@
+//! Three real `meshgate serve` processes on 127.0.0.1-3, configured as an operator would (YAML
+//! with trusted and gossip peers, the CLI): tokens and clients cross nodes, revocations propagate,
+//! a killed node restarts without losing anything, a removed node's tokens die everywhere, and a
+//! node that was never admitted gets nowhere.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use compat_tests::{ClientOptions, Meshgate, Registered, cli, client_add};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::support::{self, basic, form, introspect, jwks, kids, post_form};
+
+/// Everything a mesh test waits for gets this long before it fails.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    /// The OAuth port of every node (on 127.0.0.N).
+    port: u16,
+    /// The sync port of every node.
+    sync_port: u16,
+    dids: Vec<String>,
+}
+
+/// A port that is free on 127.0.0.1 now (the nodes use it on 127.0.0.1-3).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Mesh {
+    /// Creates `n` identities and one config per node, each trusting all and gossiping to all.
+    fn new(n: usize) -> Self {
+        let dir = support::temp_dir();
+        let (port, sync_port) = (free_port(), free_port());
+        let dids = (1..=n)
+            .map(|i| {
+                let data = dir.path().join(format!("node{i}"));
+                let out = cli(&data, &["id", "--json"]);
+                serde_json::from_str::<Value>(&out).unwrap()["did"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let mesh = Self {
+            dir,
+            port,
+            sync_port,
+            dids,
+        };
+        for i in 1..=n {
+            mesh.write_config(i, &mesh.dids.clone());
+        }
+        mesh
+    }
+
+    fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.yaml"))
+    }
+
+    fn write_config(&self, i: usize, trusted: &[String]) {
+        let peers: Vec<String> = (1..=3).map(|j| format!("\"127.0.0.{j}:{}\"", self.sync_port)).collect();
+        let trusted: Vec<String> = trusted.iter().map(|d| format!("\"{d}\"")).collect();
+        let config = format!(
+            "node:\n  sync:\n    listen: \"127.0.0.{i}:{sync}\"\n    gossip_peers: [{peers}]\n    trusted_peers: [{trusted}]\n\
+             bridge:\n  listen: \"127.0.0.{i}:{http}\"\n  metrics_listen: \"127.0.0.{i}:0\"\n",
+            sync = self.sync_port,
+            http = self.port,
+            peers = peers.join(", "),
+            trusted = trusted.join(", "),
+        );
+        std::fs::write(self.config_path(i), config).unwrap();
+    }
+
+    fn start(&self, i: usize) -> Meshgate {
+        Meshgate::spawn_with_config(&self.data(i), &self.config_path(i), &[])
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns true or [`CONVERGE`] passes.
+async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("not within {CONVERGE:?}: {what}");
+}
+
+async fn token_status(server: &Meshgate, client: &Registered) -> StatusCode {
+    let body = form(&[("grant_type", "client_credentials")]);
+    post_form(
+        &server.url("/token"),
+        Some(&basic(&client.client_id, &client.client_secret)),
+        body,
+    )
+    .await
+    .status
+}
+
+async fn active(server: &Meshgate, client: &Registered, token: &str) -> bool {
+    introspect(server, client, token).await["active"] == true
+}
+
+fn add_client(data: &Path, name: &str) -> Registered {
+    client_add(data, name, "read write", &ClientOptions::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_clients_keys_and_revocations() {
+    let mesh = Mesh::new(3);
+    let a = mesh.start(1);
+    let b = mesh.start(2);
+    let mut c = mesh.start(3);
+    assert_eq!(a.issuer(), format!("http://127.0.0.1:{}", mesh.port));
+
+    // A client added on A gets tokens on C.
+    let client = add_client(&mesh.data(1), "mesh-client");
+    eventually("the client added on A authenticates on C", || async {
+        token_status(&c, &client).await == StatusCode::OK
+    })
+    .await;
+
+    // A token minted on A introspects active on B, and B's JWKS holds A's key.
+    let token = support::access_token(&a, &client, &[]).await;
+    let header = support::Jwt::parse(&token).header;
+    let kid = header["kid"].as_str().unwrap().to_owned();
+    eventually("A's signing key is in B's JWKS", || async {
+        kids(&jwks(&b).await).contains(&kid)
+    })
+    .await;
+    eventually("A's token introspects active on B", || async {
+        active(&b, &client, &token).await
+    })
+    .await;
+
+    // A revocation at C is enforced at A.
+    let answer = post_form(
+        &c.url("/revoke"),
+        Some(&basic(&client.client_id, &client.client_secret)),
+        form(&[("token", &token)]),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    eventually("the revocation at C reaches A", || async {
+        !active(&a, &client, &token).await
+    })
+    .await;
+
+    // mesh status on A lists both peers alive.
+    eventually("A sees B and C alive", || async {
+        let status: Value = serde_json::from_str(&cli(&mesh.data(1), &["mesh", "status", "--json"])).unwrap();
+        let alive = status["peers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["state"] == "alive").count());
+        alive == 2
+    })
+    .await;
+
+    // C is killed; A and B keep issuing and validating; a client added meanwhile reaches C after restart.
+    c.kill();
+    let later = add_client(&mesh.data(2), "added-while-c-was-down");
+    eventually("the new client works on A", || async {
+        token_status(&a, &later).await == StatusCode::OK
+    })
+    .await;
+    let fresh = support::access_token(&a, &client, &[]).await;
+    assert!(
+        active(&b, &client, &fresh).await || {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            active(&b, &client, &fresh).await
+        }
+    );
+    let c = mesh.start(3);
+    eventually("C catches up after its restart", || async {
+        token_status(&c, &later).await == StatusCode::OK
+    })
+    .await;
+    assert!(
+        !active(&c, &client, &token).await,
+        "C still knows the revocation it persisted"
+    );
+
+    // Removing C from A: C's keys leave every JWKS and C's tokens go inactive everywhere.
+    let c_token = support::access_token(&c, &client, &[]).await;
+    let c_kid = support::Jwt::parse(&c_token).header["kid"].as_str().unwrap().to_owned();
+    eventually("C's token is active on B", || async {
+        active(&b, &client, &c_token).await
+    })
+    .await;
+    cli(&mesh.data(1), &["mesh", "remove", &mesh.dids[2], "--json"]);
+    eventually("C's key left B's JWKS", || async {
+        !kids(&jwks(&b).await).contains(&c_kid)
+    })
+    .await;
+    eventually("C's token is inactive on A", || async {
+        !active(&a, &client, &c_token).await
+    })
+    .await;
+    drop((a, b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_never_admitted_gets_nowhere() {
+    let mesh = Mesh::new(3);
+    // Node 3 trusts everyone, but nodes 1 and 2 do not trust node 3.
+    let trusted_by_1_and_2 = vec![mesh.dids[0].clone(), mesh.dids[1].clone()];
+    mesh.write_config(1, &trusted_by_1_and_2);
+    mesh.write_config(2, &trusted_by_1_and_2);
+    let a = mesh.start(1);
+    let b = mesh.start(2);
+    let intruder = mesh.start(3);
+    let client = add_client(&mesh.data(1), "member-client");
+    eventually("the client reaches B", || async {
+        token_status(&b, &client).await == StatusCode::OK
+    })
+    .await;
+    let rogue = add_client(&mesh.data(3), "rogue-client");
+    let rogue_token = support::access_token(&intruder, &rogue, &[]).await;
+    let rogue_kid = support::Jwt::parse(&rogue_token).header["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Give the intruder ample time to try.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        token_status(&a, &rogue).await,
+        StatusCode::UNAUTHORIZED,
+        "the intruder's client reached A"
+    );
+    assert!(
+        !kids(&jwks(&a).await).contains(&rogue_kid),
+        "the intruder's key reached A's JWKS"
+    );
+    assert!(!active(&a, &client, &rogue_token).await);
+    assert!(
+        intruder.stderr().contains("refused") || a.stderr().contains("refused"),
+        "a refusal is logged:\n{}",
+        a.stderr()
+    );
+}

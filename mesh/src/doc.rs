@@ -1,0 +1,207 @@
+//! The replicated state as one Automerge document, synchronised with each peer by Automerge's sync
+//! protocol.
+//!
+//! # Schema (major 1, minor 0)
+//!
+//! The root map holds `schema` (a map `{major, minor}` of `uint`s) and one map per [`State`] field:
+//! `clients`, `keys`, `admissions`, `nodes` and `removals` map an id to its record as a JSON string
+//! scalar; `revocations` maps a `jti` to the token's `exp` as a `uint`. A record whose JSON does not
+//! parse, or whose own id differs from its key, is skipped when the state is read.
+//!
+//! # Genesis
+//!
+//! Every node creates the root objects with one deterministic change: actor [`GENESIS_ACTOR`],
+//! sequence number 1, time 0, a fixed message and fixed operations in a fixed order. Two nodes
+//! started independently therefore hold the same genesis change (same hash) and merge into one
+//! `clients` map rather than two conflicting ones. Entries are always read and written through the
+//! genesis objects. The genesis change never changes within a schema major version; a later minor
+//! version records itself with an ordinary change.
+//!
+//! # Received changes
+//!
+//! [`Doc::receive_sync_message`] turns the patches Automerge logs while applying a peer's changes
+//! into [`Change`]s that take the previous [`State`] to the new one, so in-memory views are updated
+//! incrementally:
+//!
+//! - an entry that was put (or whose winning value changed) becomes the put-change that recreates
+//!   it; one left malformed becomes `RemoveClient`/`RemoveKey` for clients and keys;
+//! - a deleted client or key becomes `RemoveClient`/`RemoveKey`;
+//! - revocations have no single-entry removal: deleted revocations, whose greatest expiry was `m`,
+//!   become `DropExpiredRevocations { now: m }` followed by a `Revoke` for each revocation that is
+//!   still in the document with an expiry at or before `m` (one written concurrently with the
+//!   peer's drop), so the view matches the document exactly;
+//! - admissions, node information and removals only grow: a peer cannot express their deletion as
+//!   a [`Change`], so a deleted or malformed one is logged and reported as nothing.
+
+mod received;
+mod schema;
+
+use std::fmt;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, PatchLog, ReadDoc};
+
+use crate::Error;
+use crate::state::{Change, State};
+use schema::{Field, Maps, Stored, Write};
+
+/// The schema major version this build reads and writes; documents of another major are refused.
+pub const SCHEMA_MAJOR: u64 = 1;
+/// The schema minor version this build writes; documents of any minor of [`SCHEMA_MAJOR`] are read.
+pub const SCHEMA_MINOR: u64 = 0;
+/// The actor of the genesis change. A node's own actor must differ from it.
+pub const GENESIS_ACTOR: [u8; 16] = [0; 16];
+
+/// The replicated state document.
+pub struct Doc {
+    doc: Automerge,
+    maps: Maps,
+}
+
+/// The sync protocol's state for one peer: what it has and what is in flight to it.
+///
+/// Start each connection with a fresh one (`PeerSync::default()`).
+#[derive(Debug, Default)]
+pub struct PeerSync(sync::State);
+
+impl Doc {
+    /// A fresh document holding only the deterministic genesis change; this node writes as `actor`
+    /// (16 bytes, e.g. derived from its DID; never [`GENESIS_ACTOR`]).
+    pub fn new(actor: [u8; 16]) -> Self {
+        debug_assert_ne!(actor, GENESIS_ACTOR, "a node cannot write as the genesis actor");
+        let doc = schema::genesis().with_actor(ActorId::from(actor));
+        let maps = Maps::of(&doc).expect("the genesis document holds the genesis maps");
+        Self { doc, maps }
+    }
+
+    /// Loads a document saved by [`Doc::save`]; this node writes as `actor`.
+    ///
+    /// Fails with [`Error::IncompatibleDocument`] if it was written under another schema major
+    /// version (any minor version of [`SCHEMA_MAJOR`] is accepted), and with
+    /// [`Error::CorruptDocument`] if it is not an Automerge document with meshgate's genesis.
+    pub fn load(bytes: &[u8], actor: [u8; 16]) -> Result<Self, Error> {
+        debug_assert_ne!(actor, GENESIS_ACTOR, "a node cannot write as the genesis actor");
+        let doc = Automerge::load(bytes).map_err(|e| Error::CorruptDocument { reason: e.to_string() })?;
+        let Some((major, _minor)) = schema::schema_version(&doc) else {
+            return Err(Error::CorruptDocument {
+                reason: "it has no schema version".to_owned(),
+            });
+        };
+        if major != SCHEMA_MAJOR {
+            return Err(Error::IncompatibleDocument {
+                found: major,
+                expected: SCHEMA_MAJOR,
+            });
+        }
+        let maps = Maps::of(&doc)?;
+        Ok(Self {
+            doc: doc.with_actor(ActorId::from(actor)),
+            maps,
+        })
+    }
+
+    /// Applies local `changes` as one Automerge change stamped with `now` (Unix seconds); does
+    /// nothing for an empty slice or when nothing would change. On error the document is unchanged.
+    pub fn apply(&mut self, changes: &[Change], now: u64) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let failed = |e: automerge::AutomergeError| Error::DocumentChange { reason: e.to_string() };
+        let mut tx = self.doc.transaction();
+        for change in changes {
+            match schema::write(change)? {
+                Write::Put(field, key, value) => {
+                    let map = self.maps.get(field);
+                    let current = tx.get(map, key.as_str()).map_err(failed)?;
+                    if !current.is_some_and(|(current, _)| schema::unchanged(&current, &value)) {
+                        tx.put(map, key, value).map_err(failed)?;
+                    }
+                }
+                Write::Delete(field, key) => {
+                    let map = self.maps.get(field);
+                    if tx.get(map, key.as_str()).map_err(failed)?.is_some() {
+                        tx.delete(map, key).map_err(failed)?;
+                    }
+                }
+                Write::DropExpiredRevocations(now) => {
+                    let map = self.maps.get(Field::Revocations);
+                    let expired: Vec<String> = tx
+                        .map_range(map, ..)
+                        .filter(|item| matches!(Stored::from(&item.value), Stored::Uint(exp) if exp <= now))
+                        .map(|item| item.key.into_owned())
+                        .collect();
+                    for key in expired {
+                        tx.delete(map, key).map_err(failed)?;
+                    }
+                }
+            }
+        }
+        let time = i64::try_from(now).unwrap_or(i64::MAX);
+        tx.commit_with(CommitOptions::default().with_time(time));
+        Ok(())
+    }
+
+    /// Applies a peer's sync message and returns the [`Change`]s that take the state as it was
+    /// before to the state after (see the module documentation for how they are derived).
+    ///
+    /// Fails with [`Error::BadSyncMessage`] if the message does not decode or none of its changes
+    /// can be applied; never panics on malformed input. If some of its changes were applied before
+    /// an error, the error is logged and their [`Change`]s are returned, so views never diverge.
+    pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
+        let bad = |e: &dyn fmt::Display| Error::BadSyncMessage { reason: e.to_string() };
+        let message = sync::Message::decode(message).map_err(|e| bad(&e))?;
+        let before = self.doc.get_heads();
+        let mut log = PatchLog::active();
+        let result = self
+            .doc
+            .receive_sync_message_log_patches(&mut peer.0, message, &mut log);
+        if self.doc.get_heads() == before {
+            return result.map(|()| Vec::new()).map_err(|e| bad(&e));
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "sync message from a peer was applied only in part");
+        }
+        let patches = self.doc.make_patches(&mut log);
+        Ok(received::changes(&self.doc, &self.maps, &before, &patches))
+    }
+
+    /// The document, saved whole (compressed Automerge format), for [`Doc::load`].
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Materializes the whole state, skipping (and logging) malformed entries.
+    pub fn state(&self) -> State {
+        let mut state = State::default();
+        for field in Field::ALL {
+            for item in self.doc.map_range(self.maps.get(field), ..) {
+                match schema::decode(field, &item.key, (&item.value).into()) {
+                    Some(change) => schema::insert(&mut state, change),
+                    None => tracing::warn!(map = field.name(), key = %item.key, "skipping a malformed entry"),
+                }
+            }
+        }
+        state
+    }
+
+    /// The current heads of the document, as hex change hashes.
+    pub fn heads(&self) -> Vec<String> {
+        self.doc.get_heads().iter().map(ToString::to_string).collect()
+    }
+
+    /// The next sync message for `peer`, or `None` when it is up to date or a message to it is
+    /// still unanswered.
+    pub fn generate_sync_message(&self, peer: &mut PeerSync) -> Option<Vec<u8>> {
+        self.doc.generate_sync_message(&mut peer.0).map(sync::Message::encode)
+    }
+}
+
+impl fmt::Debug for Doc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Doc")
+            .field("actor", &self.doc.get_actor().to_hex_string())
+            .field("heads", &self.heads())
+            .finish_non_exhaustive()
+    }
+}

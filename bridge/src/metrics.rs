@@ -59,8 +59,34 @@ impl Metrics {
 
     /// Renders the Prometheus text format, with `key_ages` (algorithm, seconds) of the active
     /// signing keys and `extra` gauges read at scrape time.
-    pub fn render(&self, key_ages: &[(&'static str, u64)], clients: usize) -> String {
+    pub fn render(&self, key_ages: &[(&'static str, u64)], clients: usize, mesh: &MeshGauges) -> String {
         let mut registry = Registry::with_prefix("meshgate");
+        registry.register("mesh_peers", "Mesh peers by state", PeerStates(mesh.peers));
+        registry.register(
+            "mesh_members",
+            "Members of the mesh, this node included",
+            Scalar(mesh.members),
+        );
+        registry.register(
+            "mesh_sync_lag_seconds",
+            "Longest time since the last sync message with a connected peer",
+            Scalar(mesh.sync_lag_secs),
+        );
+        registry.register(
+            "mesh_document_bytes",
+            "Size of the replicated document",
+            Scalar(mesh.document_bytes),
+        );
+        registry.register(
+            "mesh_sync_sent_bytes",
+            "Bytes of sync messages sent to peers",
+            Total(mesh.bytes_sent),
+        );
+        registry.register(
+            "mesh_received_bytes",
+            "Bytes received from peers",
+            Total(mesh.bytes_received),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by endpoint and status",
@@ -234,6 +260,49 @@ impl EncodeMetric for KeyAges {
     }
 }
 
+/// Mesh figures read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct MeshGauges {
+    /// Peers alive, suspect, dead.
+    pub peers: [u64; 3],
+    /// Members, this node included.
+    pub members: u64,
+    /// Longest time since the last sync with a connected peer.
+    pub sync_lag_secs: u64,
+    /// Size of the replicated document.
+    pub document_bytes: u64,
+    /// Bytes of sync messages sent.
+    pub bytes_sent: u64,
+    /// Bytes received from peers.
+    pub bytes_received: u64,
+}
+
+#[derive(Debug)]
+struct PeerStates([u64; 3]);
+impl EncodeMetric for PeerStates {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (state, value) in ["alive", "suspect", "dead"].iter().zip(self.0) {
+            let labels = [("state", *state)];
+            encoder.encode_family(&labels)?.encode_gauge(&(value as i64))?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[derive(Debug)]
+struct Total(u64);
+impl EncodeMetric for Total {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 #[derive(Debug)]
 struct Scalar(u64);
 impl EncodeMetric for Scalar {
@@ -256,7 +325,12 @@ mod tests {
         metrics.observe_request(0, 200, Duration::from_millis(3));
         metrics.observe_request(1, 418, Duration::from_millis(1));
         metrics.token_issued(0);
-        let text = metrics.render(&[("EdDSA", 5)], 2);
+        let mesh = MeshGauges {
+            peers: [2, 0, 1],
+            members: 4,
+            ..Default::default()
+        };
+        let text = metrics.render(&[("EdDSA", 5)], 2, &mesh);
         assert!(
             text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 2"#),
             "{text}"
@@ -279,5 +353,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("meshgate_clients 2"), "{text}");
+        assert!(text.contains(r#"meshgate_mesh_peers{state="alive"} 2"#), "{text}");
+        assert!(text.contains("meshgate_mesh_members 4"), "{text}");
     }
 }

@@ -79,7 +79,7 @@ fn metrics(state: &AppState) -> axum::response::Response {
             Some((alg.as_str(), now.saturating_sub(record.created_at)))
         })
         .collect();
-    let body = state.metrics().render(&ages, view.clients.len());
+    let body = state.metrics().render(&ages, view.clients.len(), &state.mesh_gauges());
     (
         [(
             header::CONTENT_TYPE,

@@ -105,6 +105,20 @@ struct Inner {
     changed: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
     next_id: std::sync::atomic::AtomicU64,
+    traffic: Traffic,
+}
+
+/// Bytes and sync messages the driver has sent and received, since start.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes of sync frames written to peers.
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Bytes read from peers (all frames).
+    pub bytes_received: std::sync::atomic::AtomicU64,
+    /// Sync messages sent.
+    pub sync_messages_sent: std::sync::atomic::AtomicU64,
+    /// Sync messages received.
+    pub sync_messages_received: std::sync::atomic::AtomicU64,
 }
 
 /// The running driver.
@@ -134,6 +148,7 @@ impl Driver {
             changed,
             shutdown,
             next_id: std::sync::atomic::AtomicU64::new(1),
+            traffic: Traffic::default(),
         });
         let driver = Driver(inner);
         tokio::spawn(driver.clone().accept_loop(listener));
@@ -149,6 +164,11 @@ impl Driver {
     /// Tells every session that the local document changed, so they send what their peer lacks.
     pub fn notify_changed(&self) {
         self.0.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Traffic counters since start.
+    pub fn traffic(&self) -> &Traffic {
+        &self.0.traffic
     }
 
     /// Every connected peer and every known member without a session.
@@ -419,10 +439,12 @@ impl Driver {
                     }
                     last_heard = Instant::now();
                     self.touch(peer, id, false);
+                    self.0.traffic.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     decoder.push(&buf[..n]);
                     while let Some(frame) = decoder.next().map_err(|e| e.to_string())? {
                         match frame {
                             Frame::Sync(message) => {
+                                self.0.traffic.sync_messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let replica = self.0.replica.clone();
                                 let (back, result) = tokio::task::spawn_blocking(move || {
                                     let mut sync = sync;
@@ -474,6 +496,14 @@ impl Driver {
         .await
         .map_err(|e| e.to_string())?;
         if !messages.is_empty() {
+            let traffic = &self.0.traffic;
+            traffic
+                .sync_messages_sent
+                .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let bytes: usize = messages.iter().map(|m| m.encode().len()).sum();
+            traffic
+                .bytes_sent
+                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
             write_frames(writer, &messages).await?;
             self.touch(peer, id, true);
         }

@@ -22,6 +22,7 @@ const LOCK_FILE: &str = "lock";
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    saved_size: usize,
     doc: Doc,
     state: State,
     _lock: fs::File,
@@ -74,7 +75,7 @@ impl Store {
             return Ok(());
         }
         self.doc.apply(changes, now)?;
-        save(&self.dir, &self.doc.save())?;
+        self.persist()?;
         for change in changes {
             self.state.apply(change);
         }
@@ -95,7 +96,7 @@ impl Store {
     pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
         let changes = self.doc.receive_sync_message(peer, message)?;
         if !changes.is_empty() {
-            save(&self.dir, &self.doc.save())?;
+            self.persist()?;
             for change in &changes {
                 self.state.apply(change);
             }
@@ -103,9 +104,16 @@ impl Store {
         Ok(changes)
     }
 
-    /// Size of the saved document in bytes.
+    /// Size of the document as last saved, in bytes.
     pub fn document_size(&self) -> usize {
-        self.doc.save().len()
+        self.saved_size
+    }
+
+    fn persist(&mut self) -> Result<(), Error> {
+        let bytes = self.doc.save();
+        save(&self.dir, &bytes)?;
+        self.saved_size = bytes.len();
+        Ok(())
     }
 }
 

@@ -62,6 +62,7 @@ struct Shared {
     verified_tokens: VerifiedTokens,
     metrics: Arc<Metrics>,
     driver: std::sync::OnceLock<mesh::driver::Driver>,
+    document_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -89,6 +90,7 @@ impl AppState {
             verified: VerifiedSecrets::default(),
             metrics,
             driver: std::sync::OnceLock::new(),
+            document_bytes: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -121,6 +123,9 @@ impl AppState {
     pub fn with_node<T>(&self, f: impl FnOnce(&mut Node) -> Result<(T, Vec<Change>), Error>) -> Result<T, Error> {
         let mut node = self.0.node.lock().unwrap_or_else(|e| e.into_inner());
         let (answer, changes) = f(&mut node)?;
+        self.0
+            .document_bytes
+            .store(node.document_size() as u64, std::sync::atomic::Ordering::Relaxed);
         if !changes.is_empty() {
             let mut view = View::clone(&self.0.view.load());
             for change in &changes {
@@ -137,6 +142,32 @@ impl AppState {
     /// Attaches the mesh driver, so local changes are sent to peers at once.
     pub fn set_driver(&self, driver: mesh::driver::Driver) {
         let _ = self.0.driver.set(driver);
+    }
+
+    /// Mesh figures for `/metrics`; lock-free (the document size is recorded after each write).
+    pub fn mesh_gauges(&self) -> crate::metrics::MeshGauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut gauges = crate::metrics::MeshGauges {
+            members: self.view().members.len() as u64,
+            document_bytes: self.0.document_bytes.load(Relaxed),
+            ..Default::default()
+        };
+        if let Some(driver) = self.0.driver.get() {
+            for peer in driver.status() {
+                let slot = match peer.state {
+                    mesh::driver::PeerState::Alive => 0,
+                    mesh::driver::PeerState::Suspect => 1,
+                    _ => 2,
+                };
+                gauges.peers[slot] += 1;
+                if slot < 2 {
+                    gauges.sync_lag_secs = gauges.sync_lag_secs.max(peer.last_sync_secs_ago.unwrap_or(0));
+                }
+            }
+            gauges.bytes_sent = driver.traffic().bytes_sent.load(Relaxed);
+            gauges.bytes_received = driver.traffic().bytes_received.load(Relaxed);
+        }
+        gauges
     }
 
     /// The mesh driver's view of its peers (empty before it starts).

@@ -50,8 +50,12 @@ impl Store {
         getrandom::fill(&mut actor).map_err(|_| Error::Random)?;
         let doc = load(&dir.join(STATE_FILE), actor)?;
         let state = doc.state();
+        let saved_size = fs::metadata(dir.join(STATE_FILE))
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         Ok(Self {
             dir: dir.to_path_buf(),
+            saved_size,
             doc,
             state,
             _lock: lock,

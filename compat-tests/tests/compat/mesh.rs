@@ -255,3 +255,129 @@ async fn a_node_that_was_never_admitted_gets_nowhere() {
         a.stderr()
     );
 }
+
+fn signal(server: &Meshgate, name: &str) {
+    let pid = server.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill").args([name, &pid]).status().unwrap();
+    assert!(status.success(), "kill {name} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_catches_up_when_it_heals() {
+    let mesh = Mesh::new(3);
+    let a = mesh.start(1);
+    let b = mesh.start(2);
+    let c = mesh.start(3);
+    let client = add_client(&mesh.data(1), "partition-client");
+    eventually("the client reaches C", || async {
+        token_status(&c, &client).await == StatusCode::OK
+    })
+    .await;
+    let token = support::access_token(&c, &client, &[]).await;
+    eventually("C's token is active on A", || async {
+        active(&a, &client, &token).await
+    })
+    .await;
+
+    // Cut C off: it is frozen, so it neither sends nor receives.
+    signal(&c, "-STOP");
+    let answer = post_form(
+        &a.url("/revoke"),
+        Some(&basic(&client.client_id, &client.client_secret)),
+        form(&[("token", &token)]),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let during = add_client(&mesh.data(2), "added-during-the-partition");
+    eventually("B learns the revocation while C is cut off", || async {
+        !active(&b, &client, &token).await
+    })
+    .await;
+
+    // Heal: C learns both.
+    signal(&c, "-CONT");
+    eventually("C enforces the revocation made during the partition", || async {
+        !active(&c, &client, &token).await
+    })
+    .await;
+    eventually("C knows the client added during the partition", || async {
+        token_status(&c, &during).await == StatusCode::OK
+    })
+    .await;
+    drop((a, b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shared_issuer_for_the_whole_mesh() {
+    let mesh = Mesh::new(3);
+    let issuer = format!("http://auth.mesh.test:{}", mesh.port);
+    for i in 1..=3 {
+        let path = mesh.config_path(i);
+        let config = std::fs::read_to_string(&path).unwrap();
+        let config = config.replace("bridge:\n", &format!("bridge:\n  issuer: \"{issuer}\"\n"));
+        std::fs::write(&path, config).unwrap();
+    }
+    let nodes: Vec<Meshgate> = (1..=3).map(|i| mesh.start(i)).collect();
+    let direct = |node: &Meshgate, path: &str| format!("http://{}{path}", node.info().listen);
+    // A client that maps the issuer's host name to node 2, as local DNS or /etc/hosts would.
+    let http = reqwest::Client::builder()
+        .resolve("auth.mesh.test", nodes[1].info().listen.parse().unwrap())
+        .build()
+        .unwrap();
+    let metadata: Value = http
+        .get(format!("{issuer}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata["issuer"],
+        issuer.as_str(),
+        "strict clients need the issuer to equal the URL"
+    );
+    assert_eq!(metadata["token_endpoint"], format!("{issuer}/token"));
+
+    let client = add_client(&mesh.data(1), "shared-issuer-client");
+    let authorization = basic(&client.client_id, &client.client_secret);
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    eventually("the client gets a token through the shared name", || {
+        let (http, authorization, issuer) = (http.clone(), authorization.clone(), issuer.clone());
+        let slot = slot.clone();
+        async move {
+            let response = http
+                .post(format!("{issuer}/token"))
+                .header("Authorization", authorization)
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap();
+            if response.status() != StatusCode::OK {
+                return false;
+            }
+            let body: Value = response.json().await.unwrap();
+            *slot.lock().unwrap() = body["access_token"].as_str().unwrap().to_owned();
+            true
+        }
+    })
+    .await;
+    let token = slot.lock().unwrap().clone();
+    let claims = support::Jwt::parse(&token).payload;
+    assert_eq!(claims["iss"], issuer.as_str());
+    // Every node accepts it at introspection, and every node's JWKS holds its key.
+    let kid = support::Jwt::parse(&token).header["kid"].as_str().unwrap().to_owned();
+    for node in &nodes {
+        let url = direct(node, "/introspect");
+        eventually("the token introspects active on every node", || {
+            let (url, authorization, token) = (url.clone(), authorization.clone(), token.clone());
+            async move {
+                let answer = post_form(&url, Some(&authorization), form(&[("token", &token)])).await;
+                answer.status == StatusCode::OK && answer.json()["active"] == true
+            }
+        })
+        .await;
+        let jwks: Value = support::get(&direct(node, "/jwks.json")).await.json();
+        assert!(kids(&jwks).contains(&kid));
+    }
+}

@@ -188,7 +188,10 @@ impl mesh::driver::Replica for MeshReplica {
         self.0.0.node.lock().unwrap_or_else(|e| e.into_inner()).peer_addresses()
     }
 
-    fn generate(&self, _peer: &mesh::did::DidKey, sync: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+    fn generate(&self, peer: &mesh::did::DidKey, sync: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+        if !self.is_member(peer) {
+            return None; // removed since the session opened: it gets nothing more
+        }
         self.0
             .0
             .node
@@ -198,6 +201,9 @@ impl mesh::driver::Replica for MeshReplica {
     }
 
     fn receive(&self, peer: &mesh::did::DidKey, sync: &mut mesh::doc::PeerSync, message: &[u8]) -> Result<(), String> {
+        if !self.is_member(peer) {
+            return Err(format!("{peer} is no longer a member of the mesh"));
+        }
         let changes = self
             .0
             .with_node(|node| node.receive_sync_message(sync, message).map(|c| (c.len(), c)))

@@ -213,6 +213,18 @@ async fn three_nodes_share_clients_keys_and_revocations() {
         !active(&a, &client, &c_token).await
     })
     .await;
+    // A removed node gets nothing more from the mesh.
+    let after_removal = add_client(&mesh.data(1), "added-after-c-was-removed");
+    eventually("B learns the new client", || async {
+        token_status(&b, &after_removal).await == StatusCode::OK
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        token_status(&c, &after_removal).await,
+        StatusCode::UNAUTHORIZED,
+        "the removed node still syncs"
+    );
     drop((a, b, c));
 }
 

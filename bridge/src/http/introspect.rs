@@ -8,10 +8,9 @@ use serde::Serialize;
 
 use super::token::no_store;
 use super::{AppState, server_error};
-use crate::auth::{self, Audiences};
 use crate::error::OAuthError;
 use crate::form::Form;
-use crate::token::{AccessClaims, validate};
+use crate::token::AccessClaims;
 
 #[derive(Serialize)]
 struct Introspection {
@@ -27,25 +26,12 @@ pub(super) async fn introspect(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, OAuthError> {
-    let s = &state.0;
     let now = state.now();
     let view = state.view();
-    let audiences = Audiences {
-        issuer: &s.settings.issuer,
-        token_endpoint: &s.token_endpoint,
-        endpoint: &s.introspection_endpoint,
-    };
-    auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
+    state.authenticate(&view, &headers, &form, &state.0.introspection_endpoint, now)?;
     let token = form.required("token")?;
     form.single("token_type_hint")?;
-    let body = match validate(
-        token,
-        &view,
-        &s.settings.issuer,
-        now,
-        s.settings.token_ttl,
-        &s.verified_tokens,
-    ) {
+    let body = match state.validate(&view, token, now) {
         Ok(claims) => Introspection {
             active: true,
             claims: Some(claims),
@@ -68,25 +54,12 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, OAuthError> {
-    let s = &state.0;
     let now = state.now();
     let view = state.view();
-    let audiences = Audiences {
-        issuer: &s.settings.issuer,
-        token_endpoint: &s.token_endpoint,
-        endpoint: &s.revocation_endpoint,
-    };
-    let client = auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
+    let client = state.authenticate(&view, &headers, &form, &state.0.revocation_endpoint, now)?;
     let token = form.required("token")?;
     form.single("token_type_hint")?;
-    let Ok(claims) = validate(
-        token,
-        &view,
-        &s.settings.issuer,
-        now,
-        s.settings.token_ttl,
-        &s.verified_tokens,
-    ) else {
+    let Ok(claims) = state.validate(&view, token, now) else {
         // RFC 7009 §2.2: invalid, expired or unknown tokens need no action.
         return Ok(no_store(().into_response()));
     };

@@ -114,6 +114,43 @@ impl AppState {
         self.0.clock.now()
     }
 
+    /// Authenticates the client of a request that arrived at `endpoint` (the assertion `aud` may
+    /// name the issuer, the token endpoint or `endpoint`).
+    fn authenticate(
+        &self,
+        view: &View,
+        headers: &axum::http::HeaderMap,
+        form: &crate::form::Form,
+        endpoint: &str,
+        now: u64,
+    ) -> Result<Arc<crate::view::Client>, OAuthError> {
+        let s = &self.0;
+        let audiences = crate::auth::Audiences {
+            issuer: &s.settings.issuer,
+            token_endpoint: &s.token_endpoint,
+            endpoint,
+        };
+        crate::auth::authenticate(headers, form, view, now, &audiences, &s.replay, &s.verified)
+    }
+
+    /// Validates an access token presented to this node.
+    fn validate(
+        &self,
+        view: &View,
+        token: &str,
+        now: u64,
+    ) -> Result<crate::token::AccessClaims, crate::token::Inactive> {
+        let s = &self.0;
+        crate::token::validate(
+            token,
+            view,
+            &s.settings.issuer,
+            now,
+            s.settings.token_ttl,
+            &s.verified_tokens,
+        )
+    }
+
     pub(crate) fn max_body_bytes(&self) -> usize {
         self.0.settings.max_body_bytes
     }

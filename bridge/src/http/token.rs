@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::{AppState, server_error};
-use crate::auth::{self, Audiences};
 use crate::error::OAuthError;
 use crate::form::Form;
 use crate::node::is_scope_token;
@@ -30,12 +29,7 @@ pub(super) async fn token(
     let grant_type = form.required("grant_type")?;
     let now = state.now();
     let view = state.view();
-    let audiences = Audiences {
-        issuer: &s.settings.issuer,
-        token_endpoint: &s.token_endpoint,
-        endpoint: &s.token_endpoint,
-    };
-    let client = auth::authenticate(&headers, &form, &view, now, &audiences, &s.replay, &s.verified)?;
+    let client = state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?;
     if grant_type != "client_credentials" {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant type `{grant_type}` is not supported"

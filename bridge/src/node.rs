@@ -164,6 +164,11 @@ impl Node {
         self.store.dir()
     }
 
+    /// The materialized replicated state.
+    pub fn state(&self) -> &mesh::state::State {
+        self.store.state()
+    }
+
     /// The node identity, shared with the mesh driver for handshakes.
     pub fn identity(&self) -> Arc<NodeIdentity> {
         self.identity.clone()

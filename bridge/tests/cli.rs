@@ -159,7 +159,7 @@ fn default_data_dir_follows_xdg_then_home() {
         .output()
         .unwrap();
     json(&output);
-    assert!(home.join(".local/share/meshgate/state.automerge").exists());
+    assert!(home.join(".local/share/meshgate/keys/node.ed25519").exists());
 }
 
 #[test]

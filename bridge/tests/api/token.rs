@@ -357,9 +357,10 @@ async fn imported_secrets_use_argon2() {
         })
         .unwrap();
     let id = answer["client_id"].as_str().unwrap();
-    let bytes = std::fs::read(h.dir.path().join("data/state.automerge")).unwrap();
-    let state = mesh::doc::Doc::load(&bytes, [9; 16]).unwrap().state();
-    let stored = serde_json::to_string(&state.clients[id]).unwrap();
+    let stored = h
+        .state
+        .with_node(|node| Ok((serde_json::to_string(&node.state().clients[id]).unwrap(), vec![])))
+        .unwrap();
     assert!(stored.contains("$argon2id$"), "no argon2 hash stored: {stored}");
     assert!(!stored.contains("hunter2"), "the plaintext secret is stored");
     assert_eq!(h.token(id, "hunter2", "").await.status, StatusCode::OK);

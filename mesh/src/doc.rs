@@ -40,7 +40,7 @@ use std::fmt;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Automerge, PatchLog, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, PatchLog, ReadDoc};
 
 use crate::Error;
 use crate::state::{Change, State};
@@ -64,6 +64,11 @@ pub struct Doc {
 /// Start each connection with a fresh one (`PeerSync::default()`).
 #[derive(Debug, Default)]
 pub struct PeerSync(sync::State);
+
+/// A point in the document's history (its heads at one moment), from which [`Doc::save_after`]
+/// saves what changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavePoint(Vec<ChangeHash>);
 
 impl Doc {
     /// A fresh document holding only the deterministic genesis change; this node writes as `actor`
@@ -169,6 +174,31 @@ impl Doc {
     /// The document, saved whole (compressed Automerge format), for [`Doc::load`].
     pub fn save(&self) -> Vec<u8> {
         self.doc.save()
+    }
+
+    /// The document's current point in history, for a later [`Doc::save_after`].
+    pub fn save_point(&self) -> SavePoint {
+        SavePoint(self.doc.get_heads())
+    }
+
+    /// The changes made since `point` (those it has not seen), as a sequence of Automerge change
+    /// chunks for [`Doc::load_incremental`]; empty when there are none.
+    pub fn save_after(&self, point: &SavePoint) -> Vec<u8> {
+        self.doc.save_after(&point.0)
+    }
+
+    /// Adds the changes in `bytes` (saved by [`Doc::save_after`] or [`Doc::save`]) to the document.
+    /// Changes it already holds are ignored, so loading the same bytes twice is harmless.
+    ///
+    /// Fails with [`Error::CorruptDocument`] if Automerge cannot apply the changes. Bytes that stop
+    /// parsing part-way are loaded up to that point (Automerge logs a warning), so callers that must
+    /// detect damage check their own framing first. Changes whose dependencies are missing are held
+    /// back by Automerge until they arrive.
+    pub fn load_incremental(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.doc
+            .load_incremental(bytes)
+            .map(|_| ())
+            .map_err(|e| Error::CorruptDocument { reason: e.to_string() })
     }
 
     /// Materializes the whole state, skipping (and logging) malformed entries.

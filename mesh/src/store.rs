@@ -1,79 +1,134 @@
 //! Crash-safe persistence of the replicated [`Doc`] in the data directory, with its materialized
 //! [`State`] kept beside it in memory.
 //!
-//! The document lives in `state.automerge`; every change is written to a temporary file, synced,
-//! renamed over the old file and the directory synced, so a crash leaves either the old or the new
-//! document. One process at a time owns a data directory: [`Store::open`] takes an exclusive lock on
-//! `lock`.
+//! # Files
+//!
+//! - `state.automerge`, the snapshot: the whole document as of the last compaction (absent until
+//!   the first one: the document is then the genesis document plus the log). It is only ever
+//!   replaced whole: written to a temporary file, synced, renamed over the old one and the
+//!   directory synced, so a crash leaves either the old or the new snapshot.
+//! - `state.log`, the log: every change set persisted since the snapshot, one checksummed frame
+//!   each (format in `store/log.rs`). [`Store::apply`] and [`Store::receive_sync_message`] append one frame
+//!   with the changes made since the last one and sync it before returning: a change is
+//!   acknowledged only once it is on disk.
+//! - `lock`: one process at a time owns a data directory; [`Store::open`] takes an exclusive lock on
+//!   it.
+//!
+//! # Loading
+//!
+//! The snapshot (or the genesis document) is loaded, then every intact frame of the log in order.
+//! A snapshot that does not load is an error naming the file. A frame that is cut short or fails
+//! its checksum (a crash during an append, or damage) ends the log: it is logged with what was
+//! dropped, the rest is ignored and everything before it is kept. The damaged log is then set
+//! aside as `state.log.damaged` and replaced by a compaction, so new frames never follow damage.
+//!
+//! # Compaction
+//!
+//! Once the log is larger than both the snapshot and [`Config::compaction_min_log_bytes`], the
+//! whole document is written as a new snapshot (atomically, as above) and only then is the log
+//! replaced by an empty one (also atomically). A crash between the two steps leaves the new
+//! snapshot and the old log: replaying the log's changes over a snapshot that already holds them
+//! is harmless, since Automerge ignores changes it has. Each step is durable (file and directory
+//! synced) before the next starts, so no order of crash loses an acknowledged change.
+//!
+//! # Failures
+//!
+//! If an append or sync fails, the log may end in a partial frame, and a failed sync may have lost
+//! pages it reported clean: the log is no longer appended to, and the next persist compacts
+//! instead (a new snapshot and a new log), which also retries the changes that failed.
+
+mod log;
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use self::log::{Log, Replay};
 use crate::Error;
-use crate::doc::{Doc, PeerSync};
+use crate::doc::{Doc, PeerSync, SavePoint};
 use crate::state::{Change, State};
 
 const STATE_FILE: &str = "state.automerge";
+const LOG_FILE: &str = "state.log";
+const DAMAGED_LOG_FILE: &str = "state.log.damaged";
 const LOCK_FILE: &str = "lock";
+
+/// How a [`Store`] persists its document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The log is compacted into a new snapshot once it is larger than both the snapshot and this
+    /// many bytes. Default 1 MiB.
+    pub compaction_min_log_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            compaction_min_log_bytes: 1 << 20,
+        }
+    }
+}
 
 /// The state of one data directory, owned exclusively by this process while it lives.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    saved_size: usize,
+    config: Config,
     doc: Doc,
     state: State,
+    /// Everything up to this point is on disk (snapshot and log).
+    saved: SavePoint,
+    snapshot_size: u64,
+    /// The log to append to; `None` when it must be replaced first (after a failed write).
+    log: Option<Log>,
     _lock: fs::File,
 }
 
 impl Store {
-    /// Opens the data directory `dir` (creating it, mode 0700), locks it and loads its state.
-    /// Fails with [`Error::Locked`] if another process holds it.
+    /// Opens the data directory `dir` (creating it, mode 0700), locks it and loads its state, with
+    /// the default [`Config`]. Fails with [`Error::Locked`] if another process holds it.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, Config::default())
+    }
+
+    /// Like [`Store::open`], persisting as `config` says.
+    pub fn open_with(dir: &Path, config: Config) -> Result<Self, Error> {
         create_private_dir(dir)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(Error::io("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path)(e)),
-        }
+        let lock = lock(dir)?;
         let mut actor = [0u8; 16];
         getrandom::fill(&mut actor).map_err(|_| Error::Random)?;
-        let doc = load(&dir.join(STATE_FILE), actor)?;
+        let (mut doc, snapshot_size) = load_snapshot(&dir.join(STATE_FILE), actor)?;
+        let log_path = dir.join(LOG_FILE);
+        let replay = Replay::read(&log_path)?;
+        let damage = match &replay {
+            Some(replay) => replay_log(&mut doc, replay, &log_path),
+            None => None,
+        };
         let state = doc.state();
-        let saved_size = fs::metadata(dir.join(STATE_FILE))
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
-        Ok(Self {
+        let mut store = Self {
             dir: dir.to_path_buf(),
-            saved_size,
+            config,
+            saved: doc.save_point(),
             doc,
             state,
+            snapshot_size,
+            log: None,
             _lock: lock,
-        })
+        };
+        match (replay, damage) {
+            (Some(_), Some(_)) => store.replace_damaged_log(),
+            (Some(replay), None) if replay.len() >= log::MAGIC.len() as u64 => {
+                store.log = Some(Log::open(&log_path, replay.len())?);
+            }
+            // No log (a directory written before there was one) or an empty file.
+            _ => store.log = Some(Log::create(dir, LOG_FILE)?),
+        }
+        Ok(store)
     }
 
-    /// The current state.
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Applies local `changes` (as one document change stamped `now`) and persists the document
-    /// before returning.
+    /// Applies local `changes` (as one document change stamped `now`) and persists them before
+    /// returning.
     pub fn apply(&mut self, changes: &[Change], now: u64) -> Result<(), Error> {
         if changes.is_empty() {
             return Ok(());
@@ -86,38 +141,108 @@ impl Store {
         Ok(())
     }
 
-    /// The document's heads, hex.
-    pub fn heads(&self) -> Vec<String> {
-        self.doc.heads()
-    }
-
     /// The next sync message for a peer.
     pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<Vec<u8>> {
         self.doc.generate_sync_message(peer)
     }
 
-    /// Applies a peer's sync message, persists the document and returns how the state changed.
+    /// Applies a peer's sync message, persists what it added and returns how the state changed.
     pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
         let changes = self.doc.receive_sync_message(peer, message)?;
-        if !changes.is_empty() {
-            self.persist()?;
-            for change in &changes {
-                self.state.apply(change);
-            }
+        self.persist()?;
+        for change in &changes {
+            self.state.apply(change);
         }
         Ok(changes)
     }
 
-    /// Size of the document as last saved, in bytes.
-    pub fn document_size(&self) -> usize {
-        self.saved_size
+    /// Writes the whole document as a new snapshot and starts an empty log. Done automatically
+    /// when the log grows past its threshold (see [`Config`]).
+    pub fn compact(&mut self) -> Result<(), Error> {
+        self.write_snapshot()?;
+        self.start_log()
     }
 
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The document's heads, hex.
+    pub fn heads(&self) -> Vec<String> {
+        self.doc.heads()
+    }
+
+    /// Size of the document on disk (snapshot and log) as last persisted, in bytes.
+    pub fn document_size(&self) -> usize {
+        let log = self.log.as_ref().map_or(0, Log::len);
+        usize::try_from(self.snapshot_size + log).unwrap_or(usize::MAX)
+    }
+
+    /// Makes everything the document holds durable: one frame appended to the log, or a
+    /// compaction when the log cannot be appended to or has grown past its threshold.
     fn persist(&mut self) -> Result<(), Error> {
-        let bytes = self.doc.save();
-        save(&self.dir, &bytes)?;
-        self.saved_size = bytes.len();
+        let point = self.doc.save_point();
+        if point == self.saved {
+            return Ok(());
+        }
+        let Some(log) = &mut self.log else {
+            return self.compact();
+        };
+        let chunk = self.doc.save_after(&self.saved);
+        if let Err(e) = log.append(&chunk) {
+            self.log = None;
+            return Err(e);
+        }
+        self.saved = point;
+        if log.len() > self.snapshot_size.max(self.config.compaction_min_log_bytes)
+            && let Err(e) = self.compact()
+        {
+            // The change is already durable in the log; compaction is retried on the next persist.
+            tracing::warn!(error = %e, dir = %self.dir.display(), "compacting the state log failed");
+        }
         Ok(())
+    }
+
+    /// Writes the whole document as the snapshot, atomically.
+    fn write_snapshot(&mut self) -> Result<(), Error> {
+        let point = self.doc.save_point();
+        let bytes = self.doc.save();
+        write_atomically(&self.dir, STATE_FILE, &bytes)?;
+        self.saved = point;
+        self.snapshot_size = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the log by an empty one; only once the snapshot holds everything the log does.
+    fn start_log(&mut self) -> Result<(), Error> {
+        self.log = None;
+        self.log = Some(Log::create(&self.dir, LOG_FILE)?);
+        Ok(())
+    }
+
+    /// After loading a damaged log: writes a snapshot of what was kept, sets the damaged log aside
+    /// and starts a new one. On failure the store still works: the next persist compacts.
+    fn replace_damaged_log(&mut self) {
+        let damaged = self.dir.join(DAMAGED_LOG_FILE);
+        let result = self.write_snapshot().and_then(|()| {
+            fs::rename(self.dir.join(LOG_FILE), &damaged).map_err(Error::io("rename aside", &damaged))?;
+            self.start_log()
+        });
+        match result {
+            Ok(()) => tracing::warn!(
+                copy = %damaged.display(),
+                "wrote a new snapshot of the state kept from the damaged log and set the log aside"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot replace the damaged state log; will retry on the next change")
+            }
+        }
     }
 }
 
@@ -127,17 +252,84 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(Error::io("set permissions of", dir))
 }
 
-fn load(path: &Path, actor: [u8; 16]) -> Result<Doc, Error> {
+/// Syncs a directory so that a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("sync", dir))
+}
+
+/// Takes the exclusive lock on the data directory `dir`.
+fn lock(dir: &Path) -> Result<fs::File, Error> {
+    let path = dir.join(LOCK_FILE);
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path)(e)),
+    }
+}
+
+/// The snapshot at `path` and its size, or the genesis document if there is none.
+fn load_snapshot(path: &Path, actor: [u8; 16]) -> Result<(Doc, u64), Error> {
     match fs::read(path) {
-        Ok(bytes) => Doc::load(&bytes, actor),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Doc::new(actor)),
+        Ok(bytes) => match Doc::load(&bytes, actor) {
+            Ok(doc) => Ok((doc, bytes.len() as u64)),
+            Err(Error::CorruptDocument { reason }) => Err(Error::CorruptDocument {
+                reason: format!("{}: {reason}", path.display()),
+            }),
+            Err(e) => Err(e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Doc::new(actor), 0)),
         Err(e) => Err(Error::io("read", path)(e)),
     }
 }
 
-fn save(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let path = dir.join(STATE_FILE);
-    let tmp = dir.join(".state.automerge.tmp");
+/// Loads the intact frames of the log at `path` into `doc`, up to the first damaged one or the
+/// first Automerge refuses, and returns whether (and why) anything was dropped, having logged it.
+fn replay_log(doc: &mut Doc, replay: &Replay, path: &Path) -> Option<log::Damage> {
+    let mut damage = replay.damage.clone();
+    let mut kept = replay.frames();
+    if let Err(e) = doc.load_incremental(&replay.concatenated()) {
+        // Find the frame Automerge refuses; reloading the frames before it is harmless.
+        tracing::warn!(error = %e, "the state log does not load as a whole; loading it frame by frame");
+        for (frame, (offset, chunk)) in replay.chunks().enumerate() {
+            if let Err(e) = doc.load_incremental(chunk) {
+                let end = replay.damage.as_ref().map_or(replay.len(), |d| d.offset + d.dropped);
+                kept = frame;
+                damage = Some(log::Damage {
+                    offset,
+                    dropped: end - offset,
+                    reason: format!("frame {frame}: {e}"),
+                });
+                break;
+            }
+        }
+    }
+    if let Some(damage) = &damage {
+        tracing::warn!(
+            file = %path.display(),
+            offset = damage.offset,
+            dropped_bytes = damage.dropped,
+            kept_frames = kept,
+            reason = %damage.reason,
+            "dropping the damaged tail of the state log; everything before it is kept"
+        );
+    }
+    damage
+}
+
+/// Replaces `dir/name` by `bytes` atomically: a temporary file is written and synced, renamed over
+/// it and the directory synced, so a crash leaves either the old or the new content.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -151,16 +343,13 @@ fn save(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
     sync_dir(dir)
 }
 
-/// Syncs a directory so that a rename inside it is durable.
-pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("sync", dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn revoke(jti: &str, exp: u64) -> Change {
+        Change::Revoke { jti: jti.into(), exp }
+    }
 
     #[test]
     fn persists_and_locks() {
@@ -169,15 +358,7 @@ mod tests {
         {
             let mut store = Store::open(&path).unwrap();
             assert!(matches!(Store::open(&path), Err(Error::Locked(_))));
-            store
-                .apply(
-                    &[Change::Revoke {
-                        jti: "j".into(),
-                        exp: 9,
-                    }],
-                    1,
-                )
-                .unwrap();
+            store.apply(&[revoke("j", 9)], 1).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.state().revocations.get("j"), Some(&9));
@@ -189,6 +370,68 @@ mod tests {
     fn corrupt_state_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(STATE_FILE), b"not an automerge document").unwrap();
-        assert!(Store::open(dir.path()).is_err());
+        let error = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(STATE_FILE), "{error}");
+    }
+
+    #[test]
+    fn a_log_with_a_foreign_header_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LOG_FILE), b"something else entirely").unwrap();
+        let error = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(LOG_FILE), "{error}");
+    }
+
+    #[test]
+    fn each_change_appends_one_frame_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert!(
+            !dir.path().join(STATE_FILE).exists(),
+            "no snapshot before the first compaction"
+        );
+        store.apply(&[revoke("a", 9)], 1).unwrap();
+        store.apply(&[revoke("b", 9)], 2).unwrap();
+        // A change that changes nothing is not persisted.
+        store.apply(&[revoke("b", 9)], 3).unwrap();
+        let replay = Replay::read(&dir.path().join(LOG_FILE)).unwrap().unwrap();
+        assert_eq!(store.document_size() as u64, replay.len());
+        assert_eq!((replay.frames(), replay.damage), (2, None));
+    }
+
+    #[test]
+    fn the_log_is_compacted_past_its_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            compaction_min_log_bytes: 2_000,
+        };
+        let mut store = Store::open_with(dir.path(), config).unwrap();
+        for i in 0..100 {
+            store.apply(&[revoke(&format!("jti-{i}"), 9)], i).unwrap();
+            assert!(Replay::read(&dir.path().join(LOG_FILE)).unwrap().unwrap().len() <= 2_000 + 1_000);
+        }
+        assert!(dir.path().join(STATE_FILE).exists());
+        assert!(store.snapshot_size > 0);
+        let heads = store.heads();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.state().revocations.len(), 100);
+        assert_eq!(store.heads(), heads);
+    }
+
+    #[test]
+    fn a_failed_append_makes_the_next_persist_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.apply(&[revoke("a", 9)], 1).unwrap();
+        // As after a failed write: the log is no longer trusted.
+        store.log = None;
+        store.apply(&[revoke("b", 9)], 2).unwrap();
+        assert!(dir.path().join(STATE_FILE).exists());
+        let replay = Replay::read(&dir.path().join(LOG_FILE)).unwrap().unwrap();
+        assert_eq!(replay.frames(), 0);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.state().revocations.len(), 2);
     }
 }

@@ -1,7 +1,8 @@
 //! The tokio driver of mesh sync: listens on `node.sync.listen`, dials bootstrap peers and every
-//! known member, authenticates each connection with the [`crate::wire`] handshake, and runs
-//! Automerge's sync protocol per peer over it. The document itself stays behind the [`Replica`]
-//! trait, which the node implements.
+//! known member, and runs one [`Session`] per connection — the sans-IO core that authenticates the
+//! peer with the [`crate::wire`] handshake, runs Automerge's sync protocol, pings and notices
+//! silence. The driver keeps only what needs I/O: sockets, timers, the registry of sessions and
+//! dialing. The document itself stays behind the [`Replica`] trait, which the node implements.
 //!
 //! One session per peer: when two nodes dial each other at once, both keep the session initiated
 //! by the smaller DID. Sessions ping; a peer silent for `dead_after` is dropped and redialed with
@@ -9,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +23,7 @@ use tokio::time::Instant;
 use crate::did::DidKey;
 use crate::doc::PeerSync;
 use crate::identity::NodeIdentity;
-use crate::wire::{Frame, FrameDecoder, Handshake, Step};
+use crate::session::{self, CloseReason, Event, Output, Session, SessionConfig};
 
 /// What the driver needs from the node's replicated document.
 pub trait Replica: Send + Sync + 'static {
@@ -86,7 +89,8 @@ pub struct PeerStatus {
     pub last_sync_secs_ago: Option<u64>,
 }
 
-struct Session {
+/// A session in the registry: the one session kept per peer.
+struct Registered {
     id: u64,
     initiator: DidKey,
     addr: String,
@@ -100,7 +104,9 @@ struct Inner {
     replica: Arc<dyn Replica>,
     config: DriverConfig,
     local_addr: SocketAddr,
-    sessions: Mutex<HashMap<DidKey, Session>>,
+    sessions: Mutex<HashMap<DidKey, Registered>>,
+    /// The origin of the sessions' time.
+    started: Instant,
     dialing: Mutex<HashSet<String>>,
     changed: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
@@ -144,6 +150,7 @@ impl Driver {
             config,
             local_addr,
             sessions: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             dialing: Mutex::new(HashSet::new()),
             changed,
             shutdown,
@@ -293,79 +300,176 @@ impl Driver {
         }
     }
 
+    /// Runs one connection from connect to close: feeds a [`Session`] what the socket, the timers
+    /// and the rest of the node produce, and carries out what it answers.
     async fn run_session(&self, stream: TcpStream, initiator: bool, addr: String) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
-        let mut decoder = FrameDecoder::new(self.0.config.max_frame);
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-        let (mut handshake, first) = if initiator {
-            Handshake::initiator(&self.0.identity, nonce)
-        } else {
-            Handshake::responder(&self.0.identity, nonce)
+        let identity = self.0.identity.clone();
+        let mut session = Session::new(&identity, self.session_config());
+        let mut link = SessionLink {
+            initiator,
+            addr,
+            registered: None,
         };
-        write_frames(&mut writer, &first).await?;
-        let replica = self.0.replica.clone();
-        let is_member = move |did: &DidKey| replica.is_member(did);
+        let result = self
+            .drive(&mut session, &mut link, nonce, &mut reader, &mut writer)
+            .await;
+        if let Some((peer, id, _)) = link.registered {
+            self.unregister(peer, id);
+            tracing::info!(%peer, "mesh peer disconnected");
+        }
+        result
+    }
+
+    async fn drive(
+        &self,
+        session: &mut Session<'_>,
+        link: &mut SessionLink,
+        nonce: [u8; 32],
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(), String> {
+        let mut changed = self.0.changed.subscribe();
+        let mut shutdown = self.0.shutdown.clone();
         let mut buf = vec![0u8; 64 * 1024];
-        let peer = loop {
-            let frame = match decoder.next().map_err(|e| e.to_string())? {
-                Some(frame) => frame,
-                None => {
-                    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
-                        .await
-                        .map_err(|_| "handshake timed out".to_string())?
-                        .map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        return Err("closed during handshake".into());
-                    }
-                    decoder.push(&buf[..n]);
-                    continue;
+        let mut event = Event::Connected {
+            initiator: link.initiator,
+            nonce,
+        };
+        loop {
+            let outputs = self.handle(session, event);
+            if let ControlFlow::Break(result) = self.carry_out(outputs, link, writer).await {
+                return result;
+            }
+            let deadline = session
+                .next_timeout()
+                .map_or_else(|| Instant::now() + Duration::from_secs(3600), |t| self.0.started + t);
+            let registered = link.registered.is_some();
+            let close = async {
+                match &mut link.registered {
+                    Some((_, _, close)) => flipped(close).await,
+                    None => std::future::pending().await,
                 }
             };
-            match handshake.handle(frame, &is_member) {
-                Ok(Step::Send(frames)) => write_frames(&mut writer, &frames).await?,
-                Ok(Step::Done { peer, send, .. }) => {
-                    write_frames(&mut writer, &send).await?;
-                    break peer;
+            event = tokio::select! {
+                _ = flipped(&mut shutdown) => Event::Shutdown,
+                _ = close => return Ok(()), // replaced by a preferred session
+                result = changed.changed(), if registered => {
+                    if result.is_err() {
+                        return Ok(());
+                    }
+                    Event::LocalChange
                 }
-                Err(e) => {
-                    tracing::warn!(peer = %addr, error = %e, "mesh handshake refused");
-                    let _ = write_frames(&mut writer, &[Frame::Bye { reason: e.to_string() }]).await;
-                    return Err(e.to_string());
+                _ = tokio::time::sleep_until(deadline) => Event::Tick,
+                read = reader.read(&mut buf) => {
+                    let n = read.map_err(|e| e.to_string())?;
+                    if let Some((peer, id, _)) = &link.registered {
+                        self.touch(*peer, *id, false);
+                        self.0.traffic.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    if n == 0 { Event::Eof } else { Event::Bytes(&buf[..n]) }
+                }
+            };
+        }
+    }
+
+    /// Hands `event` to the session; events that may touch the document run where blocking is
+    /// allowed (the replica persists what it receives).
+    fn handle(&self, session: &mut Session<'_>, event: Event<'_>) -> Vec<Output> {
+        let now = self.0.started.elapsed();
+        let mut doc = ReplicaDocument(&*self.0.replica);
+        match event {
+            Event::Bytes(_) | Event::LocalChange => blocking(|| session.handle(event, now, &mut doc)),
+            _ => session.handle(event, now, &mut doc),
+        }
+    }
+
+    /// Carries out the session's outputs in order; breaks with the session's result once it is over.
+    async fn carry_out(
+        &self,
+        outputs: Vec<Output>,
+        link: &mut SessionLink,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> ControlFlow<Result<(), String>> {
+        for output in outputs {
+            match output {
+                Output::Transmit { bytes, sync_messages } => {
+                    if let Err(e) = write_bytes(writer, &bytes).await {
+                        return ControlFlow::Break(Err(e));
+                    }
+                    if sync_messages > 0 {
+                        let traffic = &self.0.traffic;
+                        traffic
+                            .sync_messages_sent
+                            .fetch_add(sync_messages as u64, Ordering::Relaxed);
+                        traffic.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if let Some((peer, id, _)) = &link.registered {
+                            self.touch(*peer, *id, true);
+                        }
+                    }
+                }
+                Output::Established { peer } => {
+                    let initiator_did = if link.initiator { self.0.identity.did() } else { peer };
+                    match self.register(peer, initiator_did, link.addr.clone()) {
+                        Some((id, close)) => link.registered = Some((peer, id, close)),
+                        None => return ControlFlow::Break(Ok(())), // a preferred session to this peer exists
+                    }
+                    tracing::info!(%peer, addr = %link.addr, "mesh peer connected");
+                }
+                Output::Applied => {
+                    self.0.traffic.sync_messages_received.fetch_add(1, Ordering::Relaxed);
+                    if let Some((peer, id, _)) = &link.registered {
+                        self.touch(*peer, *id, true);
+                    }
+                    // What this peer sent may be news for the others.
+                    self.notify_changed();
+                }
+                Output::Closed(reason) => {
+                    return ControlFlow::Break(match reason {
+                        CloseReason::Shutdown => Ok(()),
+                        CloseReason::Refused(e) => {
+                            tracing::warn!(peer = %link.addr, error = %e, "mesh handshake refused");
+                            Err(e.to_string())
+                        }
+                        CloseReason::SyncRefused(e) => {
+                            let peer = link.registered.as_ref().map(|(peer, _, _)| *peer);
+                            tracing::warn!(peer = ?peer, error = %e, "mesh sync message refused");
+                            Err(e)
+                        }
+                        other => Err(other.to_string()),
+                    });
                 }
             }
-        };
-        let initiator_did = if initiator { self.0.identity.did() } else { peer };
-        let (id, mut close) = match self.register(peer, initiator_did, addr.clone()) {
-            Some(registered) => registered,
-            None => return Ok(()), // a preferred session to this peer exists
-        };
-        tracing::info!(%peer, %addr, "mesh peer connected");
-        let result = self
-            .sync_loop(peer, id, &mut reader, &mut writer, &mut decoder, &mut close)
-            .await;
-        self.unregister(peer, id);
-        tracing::info!(%peer, "mesh peer disconnected");
-        result
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            max_frame: self.0.config.max_frame,
+            ping_interval: self.0.config.ping_interval,
+            dead_after: self.0.config.dead_after,
+            ..SessionConfig::default()
+        }
     }
 
     fn register(&self, peer: DidKey, initiator: DidKey, addr: String) -> Option<(u64, watch::Receiver<bool>)> {
         let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = sessions.get(&peer) {
-            let me = self.0.identity.did();
-            let preferred = me.min(peer);
-            if existing.initiator == preferred || initiator != preferred {
+            if !session::supersedes(self.0.identity.did(), peer, existing.initiator, initiator) {
                 return None;
             }
             let _ = existing.close.send(true);
         }
-        let id = self.0.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let (close, close_rx) = watch::channel(false);
         let now = Instant::now();
         sessions.insert(
             peer,
-            Session {
+            Registered {
                 id,
                 initiator,
                 addr,
@@ -394,120 +498,42 @@ impl Driver {
             }
         }
     }
+}
 
-    async fn sync_loop(
-        &self,
-        peer: DidKey,
-        id: u64,
-        reader: &mut tokio::net::tcp::OwnedReadHalf,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
-        decoder: &mut FrameDecoder,
-        close: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let mut sync = PeerSync::default();
-        let mut changed = self.0.changed.subscribe();
-        let mut shutdown = self.0.shutdown.clone();
-        let mut ping = tokio::time::interval(self.0.config.ping_interval);
-        let mut last_heard = Instant::now();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut counter = 0u64;
-        sync = self.send_generated(peer, id, sync, writer).await?;
-        loop {
-            tokio::select! {
-                _ = flipped(&mut shutdown) => {
-                    let _ = write_frames(writer, &[Frame::Bye { reason: "shutting down".into() }]).await;
-                    return Ok(());
-                }
-                _ = flipped(close) => return Ok(()),
-                result = changed.changed() => {
-                    if result.is_err() {
-                        return Ok(());
-                    }
-                    sync = self.send_generated(peer, id, sync, writer).await?;
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > self.0.config.dead_after {
-                        return Err("peer silent".into());
-                    }
-                    counter += 1;
-                    write_frames(writer, &[Frame::Ping(counter)]).await?;
-                }
-                read = reader.read(&mut buf) => {
-                    let n = read.map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        return Err("peer closed the connection".into());
-                    }
-                    last_heard = Instant::now();
-                    self.touch(peer, id, false);
-                    self.0.traffic.bytes_received.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    decoder.push(&buf[..n]);
-                    while let Some(frame) = decoder.next().map_err(|e| e.to_string())? {
-                        match frame {
-                            Frame::Sync(message) => {
-                                self.0.traffic.sync_messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let replica = self.0.replica.clone();
-                                let (back, result) = tokio::task::spawn_blocking(move || {
-                                    let mut sync = sync;
-                                    let result = replica.receive(&peer, &mut sync, &message);
-                                    (sync, result)
-                                })
-                                .await
-                                .map_err(|e| e.to_string())?;
-                                sync = back;
-                                if let Err(e) = result {
-                                    tracing::warn!(%peer, error = %e, "mesh sync message refused");
-                                    return Err(e);
-                                }
-                                self.touch(peer, id, true);
-                                sync = self.send_generated(peer, id, sync, writer).await?;
-                                // What this peer sent may be news for the others.
-                                self.notify_changed();
-                            }
-                            Frame::Ping(n) => write_frames(writer, &[Frame::Pong(n)]).await?,
-                            Frame::Pong(_) => {}
-                            Frame::Bye { reason } => return Err(format!("peer said bye: {reason}")),
-                            other => return Err(format!("unexpected frame after handshake: {}", other.name())),
-                        }
-                    }
-                }
-            }
-        }
+/// What the driver knows about one connection besides its session.
+struct SessionLink {
+    initiator: bool,
+    /// As dialed, or as seen when accepted.
+    addr: String,
+    /// The peer, the registry id and the close signal, once registered.
+    registered: Option<(DidKey, u64, watch::Receiver<bool>)>,
+}
+
+/// The node's replica as a session's [`session::Document`].
+struct ReplicaDocument<'r>(&'r dyn Replica);
+
+impl session::Document for ReplicaDocument<'_> {
+    fn is_member(&self, did: &DidKey) -> bool {
+        self.0.is_member(did)
     }
 
-    async fn send_generated(
-        &self,
-        peer: DidKey,
-        id: u64,
-        sync: PeerSync,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    ) -> Result<PeerSync, String> {
-        let replica = self.0.replica.clone();
-        let (sync, messages) = tokio::task::spawn_blocking(move || {
-            let mut sync = sync;
-            let mut messages = Vec::new();
-            while let Some(m) = replica.generate(&peer, &mut sync) {
-                messages.push(Frame::Sync(m));
-                if messages.len() >= 16 {
-                    break;
-                }
-            }
-            (sync, messages)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        if !messages.is_empty() {
-            let traffic = &self.0.traffic;
-            traffic
-                .sync_messages_sent
-                .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let bytes: usize = messages.iter().map(|m| m.encode().len()).sum();
-            traffic
-                .bytes_sent
-                .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
-            write_frames(writer, &messages).await?;
-            self.touch(peer, id, true);
+    fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
+        self.0.generate(peer, sync)
+    }
+
+    fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+        self.0.receive(peer, sync, message)
+    }
+}
+
+/// Runs `f`, which may block (lock the document, write it to disk), without stalling the other
+/// tasks of a multi-threaded runtime; on a current-thread runtime it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
         }
-        Ok(sync)
+        _ => f(),
     }
 }
 
@@ -516,12 +542,8 @@ async fn flipped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }
 
-async fn write_frames(writer: &mut tokio::net::tcp::OwnedWriteHalf, frames: &[Frame]) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    for frame in frames {
-        bytes.extend_from_slice(&frame.encode());
-    }
-    tokio::time::timeout(Duration::from_secs(10), writer.write_all(&bytes))
+async fn write_bytes(writer: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(10), writer.write_all(bytes))
         .await
         .map_err(|_| "write timed out".to_string())?
         .map_err(|e| e.to_string())

@@ -9,6 +9,8 @@
 //!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
 //! - [`store`]: crash-safe persistence of the state in the data directory, under an exclusive lock.
 //! - [`clock`]: injected time, so tests can move it.
+//! - [`session`]: one sync session with one peer (handshake, Automerge sync, pings, silence
+//!   timeout) as a sans-IO state machine; [`driver`] runs it over tokio TCP.
 //! - [`wire`]: the mesh wire protocol, sans-IO: stream frames, the mutual-authentication handshake,
 //!   and signed, replay-protected datagrams.
 //!
@@ -21,6 +23,7 @@ pub mod doc;
 pub mod driver;
 pub mod identity;
 pub mod keystore;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod wire;

@@ -266,6 +266,7 @@ async fn a_node_that_was_never_admitted_gets_nowhere() {
         "a refusal is logged:\n{}",
         a.stderr()
     );
+    assert!(!a.stderr().contains('\u{1b}'), "colour codes in logs written to a pipe");
 }
 
 fn signal(server: &Meshgate, name: &str) {

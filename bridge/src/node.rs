@@ -131,10 +131,7 @@ impl Node {
                 }
                 None if record.retired_at.is_none() => {
                     tracing::warn!(kid = %record.kid, "private half of an active signing key is missing; replacing it");
-                    let retired = KeyRecord {
-                        retired_at: Some(node.clock.now()),
-                        ..record
-                    };
+                    let retired = record.retire(&node.identity, node.clock.now());
                     node.store.apply(&[Change::PutKey(retired)], node.clock.now())?;
                 }
                 None => {}
@@ -332,10 +329,7 @@ impl Node {
                 for alg in Alg::ALL {
                     if let Some(kid) = self.active_kid(alg) {
                         let old = self.store.state().keys[&kid].clone();
-                        changes.push(Change::PutKey(KeyRecord {
-                            retired_at: Some(now),
-                            ..old
-                        }));
+                        changes.push(Change::PutKey(old.retire(&self.identity, now)));
                     }
                     changes.push(self.new_key(alg)?);
                 }

@@ -360,7 +360,8 @@ pub struct KeyRecord {
     pub node: DidKey,
     /// When the key was created; it signs from then on (Unix seconds).
     pub created_at: u64,
-    /// When a newer key replaced it; tokens it signed stay valid until they expire.
+    /// When a newer key replaced it (its not-after for signing); tokens it signed stay valid until
+    /// they expire. Covered by the attestation: only the key's node can retire it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<u64>,
     /// The node identity's ed25519 signature over [`KeyRecord::attested_bytes`], base64url.
@@ -383,9 +384,28 @@ impl KeyRecord {
         record
     }
 
-    /// The bytes the attestation signs: key id, algorithm, public key, node and creation time.
+    /// The same key, retired at `now` (it signs no more), attested again by `identity`.
+    pub fn retire(&self, identity: &NodeIdentity, now: u64) -> Self {
+        let mut record = Self {
+            retired_at: Some(now),
+            ..self.clone()
+        };
+        record.attestation = URL_SAFE_NO_PAD.encode(identity.sign(&record.attested_bytes()));
+        record
+    }
+
+    /// The bytes the attestation signs: key id, algorithm, public key, node, creation time
+    /// (not-before) and retirement time (not-after for signing), if any.
     pub fn attested_bytes(&self) -> Vec<u8> {
-        let fields = (&self.kid, &self.alg, &self.jwk, &self.node, self.created_at);
+        let fields = (
+            "signing-key",
+            &self.kid,
+            &self.alg,
+            &self.jwk,
+            &self.node,
+            self.created_at,
+            self.retired_at,
+        );
         serde_json::to_vec(&fields).unwrap_or_default()
     }
 
@@ -411,9 +431,15 @@ mod tests {
         let mut tampered = record.clone();
         tampered.jwk = serde_json::json!({"x": "b"});
         assert!(tampered.verify().is_err());
-        let mut moved = record;
+        let mut moved = record.clone();
         moved.node = NodeIdentity::from_seed([2; 32]).did();
         assert!(moved.verify().is_err());
+        // Only the key's node can retire it.
+        record.retire(&id, 20).verify().unwrap();
+        let mut forged_retirement = record.clone();
+        forged_retirement.retired_at = Some(20);
+        assert!(forged_retirement.verify().is_err());
+        assert!(record.retire(&NodeIdentity::from_seed([2; 32]), 20).verify().is_err());
     }
 
     #[test]

@@ -148,6 +148,25 @@ impl Node {
                 .collect::<Result<Vec<_>, _>>()?;
             node.store.apply(&changes, node.clock.now())?;
         }
+        // Trust given in configuration becomes signed admissions in the replicated state, so every
+        // member (also one that learned of this node through `mesh admit`) sees the same members.
+        let me = node.identity.did();
+        let now = node.clock.now();
+        let admissions: Vec<Change> = node
+            .trusted
+            .iter()
+            .filter(|did| **did != me)
+            .filter(|did| {
+                !node
+                    .store
+                    .state()
+                    .admissions
+                    .values()
+                    .any(|a| a.did == **did && a.admitted_by == me)
+            })
+            .map(|did| Change::Admit(Admission::sign(&node.identity, *did, now)))
+            .collect();
+        node.store.apply(&admissions, now)?;
         Ok(node)
     }
 

@@ -31,13 +31,13 @@ pub struct State {
     /// Revoked token ids (`jti`) with the token's `exp`, after which the entry may be dropped.
     #[serde(default)]
     pub revocations: BTreeMap<String, u64>,
-    /// Admissions of nodes to the mesh, by DID.
+    /// Admissions of nodes to the mesh, by [`Admission::key`] (admitted and admitting DID).
     #[serde(default)]
     pub admissions: BTreeMap<String, Admission>,
     /// What each node says about itself (issuer, sync address), by DID.
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeInfo>,
-    /// Nodes removed from the mesh, by DID.
+    /// Nodes removed from the mesh, by [`Removal::key`] (removed and removing DID).
     #[serde(default)]
     pub removals: BTreeMap<String, Removal>,
 }
@@ -79,13 +79,13 @@ impl State {
                 self.revocations.retain(|_, exp| *exp > *now);
             }
             Change::Admit(admission) => {
-                self.admissions.insert(admission.did.to_string(), admission.clone());
+                self.admissions.insert(admission.key(), admission.clone());
             }
             Change::PutNode(info) => {
                 self.nodes.insert(info.did.to_string(), info.clone());
             }
             Change::RemoveNode(removal) => {
-                self.removals.insert(removal.did.to_string(), removal.clone());
+                self.removals.insert(removal.key(), removal.clone());
             }
         }
     }
@@ -149,6 +149,12 @@ impl Admission {
         let signature = sign_fields(admitter, &record.signed_fields());
         record.signature = signature;
         record
+    }
+
+    /// Its key in the state: one admission per (admitted, admitting) pair, so admissions by
+    /// different members never overwrite each other.
+    pub fn key(&self) -> String {
+        format!("{}|{}", self.did, self.admitted_by)
     }
 
     fn signed_fields(&self) -> impl Serialize + '_ {
@@ -226,6 +232,11 @@ impl Removal {
         let signature = sign_fields(remover, &record.signed_fields());
         record.signature = signature;
         record
+    }
+
+    /// Its key in the state: one removal per (removed, removing) pair.
+    pub fn key(&self) -> String {
+        format!("{}|{}", self.did, self.removed_by)
     }
 
     fn signed_fields(&self) -> impl Serialize + '_ {

@@ -394,3 +394,47 @@ async fn one_shared_issuer_for_the_whole_mesh() {
         assert!(kids(&jwks).contains(&kid));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_through_mesh_admit() {
+    let mesh = Mesh::new(3);
+    // Nodes 1 and 2 trust each other by configuration; node 3 knows nobody yet.
+    let pair = vec![mesh.dids[0].clone(), mesh.dids[1].clone()];
+    mesh.write_config(1, &pair);
+    mesh.write_config(2, &pair);
+    mesh.write_config(3, &[]);
+    let a = mesh.start(1);
+    let b = mesh.start(2);
+    let c = mesh.start(3);
+    let client = add_client(&mesh.data(1), "before-the-join");
+    eventually("the client reaches B", || async {
+        token_status(&b, &client).await == StatusCode::OK
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        token_status(&c, &client).await,
+        StatusCode::UNAUTHORIZED,
+        "C synced before it was admitted"
+    );
+
+    // The operator admits C on a member, and C admits that member.
+    cli(&mesh.data(1), &["mesh", "admit", &mesh.dids[2], "--json"]);
+    cli(&mesh.data(3), &["mesh", "admit", &mesh.dids[0], "--json"]);
+    eventually("C learns the mesh's clients", || async {
+        token_status(&c, &client).await == StatusCode::OK
+    })
+    .await;
+    // C learns B as a member from A's signed admission of B, and B learns C from A's admission of C.
+    let c_token = support::access_token(&c, &client, &[]).await;
+    eventually("C's token is active on B", || async {
+        active(&b, &client, &c_token).await
+    })
+    .await;
+    let b_token = support::access_token(&b, &client, &[]).await;
+    eventually("B's token is active on C", || async {
+        active(&c, &client, &b_token).await
+    })
+    .await;
+    drop((a, b, c));
+}

@@ -153,9 +153,9 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::RemoveKey(kid) => Write::Delete(Field::Keys, kid.clone()),
         Change::Revoke { jti, exp } => Write::Put(Field::Revocations, jti.clone(), ScalarValue::Uint(*exp)),
         Change::DropExpiredRevocations { now } => Write::DropExpiredRevocations(*now),
-        Change::Admit(admission) => Write::Put(Field::Admissions, admission.did.to_string(), json(admission)?),
+        Change::Admit(admission) => Write::Put(Field::Admissions, admission.key(), json(admission)?),
         Change::PutNode(info) => Write::Put(Field::Nodes, info.did.to_string(), json(info)?),
-        Change::RemoveNode(removal) => Write::Put(Field::Removals, removal.did.to_string(), json(removal)?),
+        Change::RemoveNode(removal) => Write::Put(Field::Removals, removal.key(), json(removal)?),
     })
 }
 
@@ -216,9 +216,9 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
     let change = match field {
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
         Field::Keys => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
-        Field::Admissions => Change::Admit(record(text, key, |a: &Admission| a.did.to_string())?),
+        Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
         Field::Nodes => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
-        Field::Removals => Change::RemoveNode(record(text, key, |r: &Removal| r.did.to_string())?),
+        Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
     };
     Some(change)
@@ -247,13 +247,13 @@ pub(super) fn insert(state: &mut State, change: Change) {
             state.revocations.insert(jti, exp);
         }
         Change::Admit(a) => {
-            state.admissions.insert(a.did.to_string(), a);
+            state.admissions.insert(a.key(), a);
         }
         Change::PutNode(n) => {
             state.nodes.insert(n.did.to_string(), n);
         }
         Change::RemoveNode(r) => {
-            state.removals.insert(r.did.to_string(), r);
+            state.removals.insert(r.key(), r);
         }
         other => state.apply(&other),
     }

@@ -258,7 +258,45 @@ fn execute(cli: Cli) -> Result<(), Error> {
         AdminRequest::Status => json!({"did": answer["did"]}),
         _ => answer,
     };
-    print(cli.json, &answer, &human(&answer))
+    let text = match request {
+        AdminRequest::MeshStatus => mesh_status_text(&answer),
+        _ => human(&answer),
+    };
+    print(cli.json, &answer, &text)
+}
+
+fn mesh_status_text(status: &Value) -> String {
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let mut out = format!(
+        "node:    {}\nmembers: {}\nheads:   {}\n",
+        str_of(&status["did"]),
+        status["members"].as_array().map_or(0, Vec::len),
+        status["heads"]
+            .as_array()
+            .map_or(String::new(), |h| h.iter().map(str_of).collect::<Vec<_>>().join(" "))
+    );
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        out.push_str("peers:   (none)");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<58} {:<8} {:<10} {}",
+        "PEER", "STATE", "LAST SYNC", "ADDRESS"
+    ));
+    for peer in peers {
+        let last = peer["last_sync_secs_ago"]
+            .as_u64()
+            .map_or("-".to_owned(), |s| format!("{s}s ago"));
+        out.push_str(&format!(
+            "\n{:<58} {:<8} {:<10} {}",
+            str_of(&peer["did"]),
+            str_of(&peer["state"]),
+            last,
+            str_of(&peer["addr"])
+        ));
+    }
+    out
 }
 
 fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) -> Result<(), Error> {

@@ -7,6 +7,12 @@
 //! One session per peer: when two nodes dial each other at once, both keep the session initiated
 //! by the smaller DID. Sessions ping; a peer silent for `dead_after` is dropped and redialed with
 //! backoff.
+//!
+//! Membership (SWIM, [`crate::membership`]) runs next to the sessions on a UDP socket bound to the
+//! sync listener's address and port: its view is what [`Driver::status`] reports as alive, suspect
+//! or dead, and the dialer dials peers it reports alive at once and peers it reports down rarely.
+
+mod swim;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use tokio::time::Instant;
 use crate::did::DidKey;
 use crate::doc::PeerSync;
 use crate::identity::NodeIdentity;
+use crate::membership::{Liveness, MembershipConfig};
 use crate::session::{self, CloseReason, Event, Output, Session, SessionConfig};
 
 /// What the driver needs from the node's replicated document.
@@ -50,6 +57,11 @@ pub struct DriverConfig {
     pub dead_after: Duration,
     /// Longest wait between redials of an unreachable peer.
     pub max_backoff: Duration,
+    /// Membership (SWIM over UDP on the sync port); `None` runs without it, and liveness then
+    /// comes from the sync sessions alone.
+    pub membership: Option<MembershipConfig>,
+    /// The wait between redials of a peer membership reports down.
+    pub down_backoff: Duration,
 }
 
 impl Default for DriverConfig {
@@ -60,6 +72,8 @@ impl Default for DriverConfig {
             ping_interval: Duration::from_secs(2),
             dead_after: Duration::from_secs(8),
             max_backoff: Duration::from_secs(10),
+            membership: Some(MembershipConfig::default()),
+            down_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -68,11 +82,13 @@ impl Default for DriverConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerState {
-    /// Connected and answering.
+    /// Membership reports it alive (connected or not); without membership: connected and answering.
     Alive,
-    /// Connected but silent for more than two ping intervals.
+    /// Membership suspects it; without membership: connected but silent for more than two ping
+    /// intervals.
     Suspect,
-    /// A known member without a session.
+    /// Membership reports it down or does not know it; without membership: a known member without
+    /// a session.
     Dead,
 }
 
@@ -85,7 +101,8 @@ pub struct PeerStatus {
     pub addr: String,
     /// Alive, suspect or dead.
     pub state: PeerState,
-    /// Seconds since the last sync message exchanged with it, if any.
+    /// Seconds since the last sync message exchanged with it (in this session or an earlier one),
+    /// if any.
     pub last_sync_secs_ago: Option<u64>,
 }
 
@@ -112,6 +129,10 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     next_id: std::sync::atomic::AtomicU64,
     traffic: Traffic,
+    /// Membership's view, refreshed after every membership event; `None` without membership.
+    liveness: Mutex<Option<HashMap<DidKey, Liveness>>>,
+    /// The last sync with peers whose session has ended.
+    past_syncs: Mutex<HashMap<DidKey, Instant>>,
 }
 
 /// Bytes and sync messages the driver has sent and received, since start.
@@ -125,6 +146,12 @@ pub struct Traffic {
     pub sync_messages_sent: std::sync::atomic::AtomicU64,
     /// Sync messages received.
     pub sync_messages_received: std::sync::atomic::AtomicU64,
+    /// Membership datagrams sent.
+    pub datagrams_sent: std::sync::atomic::AtomicU64,
+    /// Membership datagrams received (refused ones included).
+    pub datagrams_received: std::sync::atomic::AtomicU64,
+    /// Membership datagrams refused (not from a member, replayed, tampered, stale, malformed).
+    pub datagrams_refused: std::sync::atomic::AtomicU64,
 }
 
 /// The running driver.
@@ -132,7 +159,9 @@ pub struct Traffic {
 pub struct Driver(Arc<Inner>);
 
 impl Driver {
-    /// Starts listening on `listener` and dialing; runs until `shutdown` flips to true.
+    /// Starts listening on `listener` and dialing; runs until `shutdown` flips to true. With
+    /// membership configured, also binds UDP on the listener's address (same port); if that fails
+    /// the driver logs a warning and runs without membership.
     pub fn start(
         listener: std::net::TcpListener,
         identity: Arc<NodeIdentity>,
@@ -143,6 +172,16 @@ impl Driver {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
+        let swim = config
+            .membership
+            .clone()
+            .and_then(|membership| match swim::bind(local_addr) {
+                Ok(socket) => Some((socket, membership)),
+                Err(e) => {
+                    tracing::warn!(addr = %local_addr, error = %e, "membership disabled: cannot bind UDP");
+                    None
+                }
+            });
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             identity,
@@ -156,10 +195,15 @@ impl Driver {
             shutdown,
             next_id: std::sync::atomic::AtomicU64::new(1),
             traffic: Traffic::default(),
+            liveness: Mutex::new(swim.as_ref().map(|_| HashMap::new())),
+            past_syncs: Mutex::new(HashMap::new()),
         });
         let driver = Driver(inner);
         tokio::spawn(driver.clone().accept_loop(listener));
         tokio::spawn(driver.clone().dial_loop());
+        if let Some((socket, membership)) = swim {
+            tokio::spawn(swim::run(driver.clone(), socket, membership));
+        }
         Ok(driver)
     }
 
@@ -178,22 +222,37 @@ impl Driver {
         &self.0.traffic
     }
 
-    /// Every connected peer and every known member without a session.
+    /// Every connected peer and every known member without a session. With membership, a peer's
+    /// state is membership's view of it; without, the sessions' (see [`PeerState`]).
     pub fn status(&self) -> Vec<PeerStatus> {
         let now = Instant::now();
+        let liveness = self.0.liveness.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let state_of = |did: &DidKey, session_state: PeerState| match &liveness {
+            Some(view) => match view.get(did) {
+                Some(Liveness::Alive) => PeerState::Alive,
+                Some(Liveness::Suspect) => PeerState::Suspect,
+                _ => PeerState::Dead,
+            },
+            None => session_state,
+        };
+        let past = self.0.past_syncs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let secs_ago = |t: Instant| now.duration_since(t).as_secs();
         let mut out: Vec<PeerStatus> = {
             let sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions
                 .iter()
-                .map(|(did, s)| PeerStatus {
-                    did: *did,
-                    addr: s.addr.clone(),
-                    state: if now.duration_since(s.last_seen) > self.0.config.ping_interval * 2 {
+                .map(|(did, s)| {
+                    let session_state = if now.duration_since(s.last_seen) > self.0.config.ping_interval * 2 {
                         PeerState::Suspect
                     } else {
                         PeerState::Alive
-                    },
-                    last_sync_secs_ago: s.last_sync.map(|t| now.duration_since(t).as_secs()),
+                    };
+                    PeerStatus {
+                        did: *did,
+                        addr: s.addr.clone(),
+                        state: state_of(did, session_state),
+                        last_sync_secs_ago: s.last_sync.or_else(|| past.get(did).copied()).map(secs_ago),
+                    }
                 })
                 .collect()
         };
@@ -202,13 +261,19 @@ impl Driver {
                 out.push(PeerStatus {
                     did,
                     addr,
-                    state: PeerState::Dead,
-                    last_sync_secs_ago: None,
+                    state: state_of(&did, PeerState::Dead),
+                    last_sync_secs_ago: past.get(&did).copied().map(secs_ago),
                 });
             }
         }
         out.sort_by_key(|p| p.did);
         out
+    }
+
+    /// Membership's view of `did`; `None` without membership.
+    fn liveness(&self, did: &DidKey) -> Option<Liveness> {
+        let view = self.0.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        view.as_ref().map(|v| v.get(did).copied().unwrap_or(Liveness::Unknown))
     }
 
     async fn accept_loop(self, listener: TcpListener) {
@@ -237,16 +302,35 @@ impl Driver {
     async fn dial_loop(self) {
         let mut shutdown = self.0.shutdown.clone();
         let mut backoff: HashMap<String, (Instant, Duration)> = HashMap::new();
+        let mut was_alive: HashSet<DidKey> = HashSet::new();
         let own = [self.0.local_addr.to_string()];
         loop {
-            let mut targets: Vec<(Option<DidKey>, String)> =
-                self.0.config.bootstrap.iter().map(|a| (None, a.clone())).collect();
+            let mut targets: Vec<(Option<DidKey>, String, Option<Liveness>)> = self
+                .0
+                .config
+                .bootstrap
+                .iter()
+                .map(|a| (None, a.clone(), None))
+                .collect();
             for (did, addr) in self.0.replica.peer_addresses() {
-                targets.retain(|(_, a)| a != &addr);
-                targets.push((Some(did), addr));
+                targets.retain(|(_, a, _)| a != &addr);
+                targets.push((Some(did), addr, self.liveness(&did)));
             }
+            // Peers membership reports alive first; one that just came alive is dialed at once.
+            targets.sort_by_key(|(_, _, liveness)| *liveness != Some(Liveness::Alive));
+            let alive: HashSet<DidKey> = targets
+                .iter()
+                .filter(|(_, _, l)| *l == Some(Liveness::Alive))
+                .filter_map(|(did, _, _)| *did)
+                .collect();
+            for (did, addr, _) in &targets {
+                if did.is_some_and(|did| alive.contains(&did) && !was_alive.contains(&did)) {
+                    backoff.remove(addr);
+                }
+            }
+            was_alive = alive;
             let now = Instant::now();
-            for (did, addr) in targets {
+            for (did, addr, liveness) in targets {
                 if own.contains(&addr) || did == Some(self.0.identity.did()) {
                     continue;
                 }
@@ -269,9 +353,15 @@ impl Driver {
                 {
                     continue;
                 }
-                let wait = backoff.get(&addr).map_or(Duration::from_millis(250), |(_, d)| {
-                    (*d * 2).min(self.0.config.max_backoff)
-                });
+                let wait = if liveness == Some(Liveness::Down) {
+                    // Membership says it is down: do not hammer it; it is dialed again at once
+                    // when it comes back.
+                    self.0.config.down_backoff
+                } else {
+                    backoff.get(&addr).map_or(Duration::from_millis(250), |(_, d)| {
+                        (*d * 2).min(self.0.config.max_backoff)
+                    })
+                };
                 backoff.insert(addr.clone(), (now + wait, wait));
                 let driver = self.clone();
                 tokio::spawn(async move {
@@ -483,8 +573,14 @@ impl Driver {
 
     fn unregister(&self, peer: DidKey, id: u64) {
         let mut sessions = self.0.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.get(&peer).is_some_and(|s| s.id == id) {
-            sessions.remove(&peer);
+        if sessions.get(&peer).is_some_and(|s| s.id == id)
+            && let Some(last_sync) = sessions.remove(&peer).and_then(|s| s.last_sync)
+        {
+            self.0
+                .past_syncs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer, last_sync);
         }
     }
 

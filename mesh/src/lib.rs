@@ -11,6 +11,8 @@
 //! - [`clock`]: injected time, so tests can move it.
 //! - [`session`]: one sync session with one peer (handshake, Automerge sync, pings, silence
 //!   timeout) as a sans-IO state machine; [`driver`] runs it over tokio TCP.
+//! - [`membership`]: SWIM membership and failure detection (foca) over signed datagrams, sans-IO;
+//!   the [`driver`] runs it over tokio UDP on the sync port.
 //! - [`wire`]: the mesh wire protocol, sans-IO: stream frames, the mutual-authentication handshake,
 //!   and signed, replay-protected datagrams.
 //!
@@ -23,6 +25,7 @@ pub mod doc;
 pub mod driver;
 pub mod identity;
 pub mod keystore;
+pub mod membership;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -1,0 +1,71 @@
+//! [`Upstream`]: everything meshgate holds for one configured upstream, wired together.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Error;
+use crate::circuit::Circuit;
+use crate::clock::Clock;
+use crate::config::UpstreamConfig;
+use crate::http::HttpClient;
+use crate::oauth2_upstream::{OAuth2Upstream, TokenEndpoint};
+use crate::oidc::{OidcProvider, ProviderStatus};
+
+/// One upstream: its HTTP client, its circuit breaker, its [`OidcProvider`] (discovery, JWKS,
+/// offline verification) and its [`OAuth2Upstream`] (token endpoint), all sharing the one client
+/// and the one breaker. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    name: String,
+    oidc: OidcProvider,
+    oauth2: OAuth2Upstream,
+}
+
+impl Upstream {
+    /// Builds the upstream described by `config`; `cache_path` is its JWKS disk cache file (see
+    /// [`OidcProvider::new`]). Makes no network call.
+    ///
+    /// Fails when the HTTP client cannot be built ([`Error::NoRootCertificate`],
+    /// [`Error::InvalidRootCertificate`], [`Error::ClientBuild`]).
+    pub fn new(config: &UpstreamConfig, clock: Arc<dyn Clock>, cache_path: Option<PathBuf>) -> Result<Self, Error> {
+        let http = HttpClient::new(&config.http_config())?;
+        let circuit = Arc::new(Circuit::new(config.name.clone(), config.breaker.clone(), clock.clone()));
+        let oidc = OidcProvider::new(config, http.clone(), circuit.clone(), clock, cache_path);
+        let endpoint = match config.endpoints.as_ref().and_then(|endpoints| endpoints.token.clone()) {
+            Some(url) => TokenEndpoint::Fixed(url),
+            None => TokenEndpoint::Discovered(oidc.clone()),
+        };
+        let oauth2 = OAuth2Upstream::new(config, endpoint, http, circuit);
+        Ok(Self {
+            name: config.name.clone(),
+            oidc,
+            oauth2,
+        })
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Discovery, JWKS and offline verification.
+    pub fn oidc(&self) -> &OidcProvider {
+        &self.oidc
+    }
+
+    /// The token endpoint client.
+    pub fn oauth2(&self) -> &OAuth2Upstream {
+        &self.oauth2
+    }
+
+    /// The circuit breaker every call to this upstream goes through.
+    pub fn circuit(&self) -> &Arc<Circuit> {
+        self.oidc.circuit()
+    }
+
+    /// Cache and circuit state at `now`, for metrics and `meshgate upstream status`.
+    pub fn status(&self, now: Duration) -> ProviderStatus {
+        self.oidc.status(now)
+    }
+}

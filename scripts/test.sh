@@ -29,4 +29,7 @@ cargo test --workspace --all-targets --locked
 step "benchmark smoke run (bench/run.sh --quick)"
 bench/run.sh --quick
 
+step "mesh benchmark smoke run (bench/mesh.sh --quick)"
+bench/mesh.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

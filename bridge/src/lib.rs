@@ -31,10 +31,12 @@ pub mod verified;
 pub mod view;
 
 /// Installs the log subscriber: structured lines on stderr, filtered by `MESHGATE_LOG` (default
-/// `info` for `serve`, `warn` otherwise). Tokens, secrets and `Authorization` headers are never
+/// `info,automerge=warn` for `serve`, `warn` otherwise). Tokens, secrets and `Authorization` headers are never
 /// logged: handlers log reasons, not request contents.
 pub fn init_logging(serving: bool) {
-    let default = if serving { "info" } else { "warn" };
+    // automerge instruments document loading at INFO with the whole change graph in the span:
+    // formatting it cost half a node's CPU under write load, so it is quiet unless asked for.
+    let default = if serving { "info,automerge=warn" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

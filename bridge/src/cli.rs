@@ -41,8 +41,11 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Print the node's DID (creating the identity if missing).
-    Id,
+    /// Print the node's DID (creating the identity if missing); `id rotate` replaces its key.
+    Id {
+        #[command(subcommand)]
+        command: Option<IdCommand>,
+    },
     /// Manage the mesh: admit and remove nodes, show peers.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -113,6 +116,13 @@ enum ClientCommand {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdCommand {
+    /// Rotate the identity key: the pre-committed next key signs from now on, a fresh next key is
+    /// committed to; the DID (and so the node's admission) stays.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,7 +203,10 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let request = match cli.command {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Config(_) => unreachable!("handled above"),
-        Command::Id => AdminRequest::Status,
+        Command::Id { command: None } => AdminRequest::Status,
+        Command::Id {
+            command: Some(IdCommand::Rotate),
+        } => AdminRequest::IdRotate,
         Command::Mesh(MeshCommand::Admit { did }) => AdminRequest::MeshAdmit { did },
         Command::Mesh(MeshCommand::Remove { did }) => AdminRequest::MeshRemove { did },
         Command::Mesh(MeshCommand::Status) => AdminRequest::MeshStatus,

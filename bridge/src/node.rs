@@ -84,6 +84,9 @@ pub enum AdminRequest {
     },
     /// Mesh members, peers and the document's heads.
     MeshStatus,
+    /// Rotates the node's identity key by pre-rotation: the DID stays, the pre-committed next key
+    /// signs from now on.
+    IdRotate,
 }
 
 /// The writable node.
@@ -101,9 +104,19 @@ impl Node {
     /// Opens (creating if needed) the data directory: locks it, loads or creates the identity and
     /// loads or generates a signing key for every algorithm.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, default_alg: Alg, trusted: Vec<DidKey>) -> Result<Self, Error> {
-        let store = Store::open(data_dir)?;
+        let mut store = Store::open(data_dir)?;
         let keystore = FileKeyStore::open(&data_dir.join("keys"))?;
         let identity = Arc::new(NodeIdentity::load_or_generate(&keystore)?);
+        if let Some(event) = identity.reconcile(store.state())? {
+            tracing::info!(did = %identity.did(), seq = event.seq, "publishing the identity's key event");
+            store.apply(&[Change::PutKeyEvent(event)], clock.now())?;
+        }
+        if store.state().current_key(&identity.did()) != identity.current_key() {
+            tracing::warn!(
+                did = %identity.did(),
+                "the replicated state lacks earlier key events of this identity; they come back from peers"
+            );
+        }
         let mut node = Self {
             store,
             identity,
@@ -206,7 +219,7 @@ impl Node {
             .state()
             .nodes
             .values()
-            .filter(|n| n.did != me && members.contains(&n.did) && n.verify().is_ok())
+            .filter(|n| n.did != me && members.contains(&n.did) && n.verify(self.store.state()).is_ok())
             .map(|n| (n.did, n.sync_addr.clone()))
             .collect()
     }
@@ -407,6 +420,13 @@ impl Node {
                     vec![],
                 )
             }
+            AdminRequest::IdRotate => {
+                let event = self.identity.rotate(self.keystore.as_ref())?;
+                let key = DidKey::from_public_key(event.key).to_string();
+                let fingerprint = key.trim_start_matches("did:key:");
+                let answer = json!({"did": self.did(), "key": fingerprint, "seq": event.seq});
+                (answer, vec![Change::PutKeyEvent(event)])
+            }
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
@@ -473,8 +493,21 @@ impl LocalKeys for Node {
             .state()
             .nodes
             .values()
-            .filter(|n| members.contains(&n.did) && n.verify().is_ok())
+            .filter(|n| members.contains(&n.did) && n.verify(self.store.state()).is_ok())
             .map(|n| (n.did, n.issuer.clone()))
+            .collect()
+    }
+
+    fn keys_of(&self, did: &DidKey) -> Vec<[u8; 32]> {
+        self.store.state().keys_of(did)
+    }
+
+    fn current_keys(&self) -> HashMap<DidKey, [u8; 32]> {
+        let state = self.store.state();
+        self.members()
+            .into_iter()
+            .map(|did| (did, state.current_key(&did)))
+            .filter(|(did, key)| *key != did.public_key())
             .collect()
     }
 }

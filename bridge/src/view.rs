@@ -30,6 +30,9 @@ pub struct View {
     pub members: Arc<BTreeSet<DidKey>>,
     /// The issuer each member announced.
     pub issuers: Arc<HashMap<DidKey, String>>,
+    /// The key that signs for each member now, where it differs from the DID's own (a rotated
+    /// identity); handshakes and datagrams verify with it.
+    pub current_keys: Arc<HashMap<DidKey, [u8; 32]>>,
     /// This node's active signing key per algorithm.
     signing: [Option<Arc<SigningKey>>; 3],
 }
@@ -44,6 +47,23 @@ pub trait LocalKeys {
     fn members(&self) -> BTreeSet<DidKey>;
     /// The issuer each member announced.
     fn issuers(&self) -> HashMap<DidKey, String>;
+    /// The keys of `did`'s key event chain, inception first (records it signed verify with any).
+    fn keys_of(&self, did: &DidKey) -> Vec<[u8; 32]>;
+    /// The current key of every member whose identity rotated.
+    fn current_keys(&self) -> HashMap<DidKey, [u8; 32]>;
+}
+
+impl View {
+    /// The key that signs for `did` now: its rotated key if any, else the DID's own.
+    pub fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.current_keys.get(did).copied().unwrap_or(did.public_key())
+    }
+
+    fn refresh_members(&mut self, local: &dyn LocalKeys) {
+        self.members = Arc::new(local.members());
+        self.issuers = Arc::new(local.issuers());
+        self.current_keys = Arc::new(local.current_keys());
+    }
 }
 
 impl View {
@@ -57,8 +77,7 @@ impl View {
             view.apply(&Change::PutKey(key.clone()), local);
         }
         view.revoked = state.revocations.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        view.members = Arc::new(local.members());
-        view.issuers = Arc::new(local.issuers());
+        view.refresh_members(local);
         view
     }
 
@@ -72,7 +91,7 @@ impl View {
             Change::RemoveClient(id) => {
                 self.clients.remove(id);
             }
-            Change::PutKey(record) => match PublicKey::new(record) {
+            Change::PutKey(record) => match PublicKey::new(record, local) {
                 Ok(key) => {
                     self.keys.insert(record.kid.clone(), Arc::new(key));
                     self.refresh_signing(key_alg(record), local);
@@ -88,9 +107,10 @@ impl View {
                 self.revoked.insert(jti.clone(), *exp);
             }
             Change::DropExpiredRevocations { now } => self.revoked.retain(|_, exp| *exp > *now),
-            Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) => {
-                self.members = Arc::new(local.members());
-                self.issuers = Arc::new(local.issuers());
+            // A key event can make admissions, removals and node information signed with a
+            // rotated key verify, and changes the key a member's handshake must be signed with.
+            Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_) => {
+                self.refresh_members(local)
             }
             _ => {}
         }
@@ -144,8 +164,9 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
-    fn new(record: &KeyRecord) -> Result<Self, String> {
-        record.verify().map_err(|e| e.to_string())?;
+    fn new(record: &KeyRecord, local: &dyn LocalKeys) -> Result<Self, String> {
+        let chains = |did: &DidKey| local.keys_of(did);
+        record.verify(&chains).map_err(|e| e.to_string())?;
         let alg: Alg = record.alg.parse()?;
         if keys::thumbprint(&record.jwk) != record.kid {
             return Err("kid is not the thumbprint of the key".into());

@@ -1,12 +1,20 @@
 //! The replicated state as one Automerge document, synchronised with each peer by Automerge's sync
 //! protocol.
 //!
-//! # Schema (major 1, minor 0)
+//! # Schema (major 1, minor 1)
 //!
 //! The root map holds `schema` (a map `{major, minor}` of `uint`s) and one map per [`State`] field:
 //! `clients`, `keys`, `admissions`, `nodes` and `removals` map an id to its record as a JSON string
 //! scalar; `revocations` maps a `jti` to the token's `exp` as a `uint`. A record whose JSON does not
 //! parse, or whose own id differs from its key, is skipped when the state is read.
+//!
+//! Minor 1 adds identity key events ([`crate::kel::KeyEvent`], the state's `key_events`). They are
+//! stored in the genesis `nodes` map under `key-event|{did}|{seq}` rather than in a map of their
+//! own: a new root map would be created by whoever writes first, and two nodes creating it
+//! concurrently would hold two conflicting objects; an existing map needs no creation, keeps the
+//! genesis change (and its hash) as it is, and a minor-0 document simply has no such entries. A
+//! minor-0 build skips them as malformed node information. The first node that writes a key event
+//! also records minor 1 at the root (informational: any minor of the major is read).
 //!
 //! # Genesis
 //!
@@ -49,7 +57,7 @@ use schema::{Field, Maps, Stored, Write};
 /// The schema major version this build reads and writes; documents of another major are refused.
 pub const SCHEMA_MAJOR: u64 = 1;
 /// The schema minor version this build writes; documents of any minor of [`SCHEMA_MAJOR`] are read.
-pub const SCHEMA_MINOR: u64 = 0;
+pub const SCHEMA_MINOR: u64 = 1;
 /// The actor of the genesis change. A node's own actor must differ from it.
 pub const GENESIS_ACTOR: [u8; 16] = [0; 16];
 
@@ -141,6 +149,9 @@ impl Doc {
                     }
                 }
             }
+        }
+        if changes.iter().any(|c| matches!(c, Change::PutKeyEvent(_))) {
+            schema::record_minor(&mut tx).map_err(failed)?;
         }
         let time = i64::try_from(now).unwrap_or(i64::MAX);
         tx.commit_with(CommitOptions::default().with_time(time));

@@ -36,6 +36,11 @@ use crate::session::{self, CloseReason, Event, Output, Session, SessionConfig};
 pub trait Replica: Send + Sync + 'static {
     /// Whether `did` is a member of the mesh (may connect).
     fn is_member(&self, did: &DidKey) -> bool;
+    /// The key that signs for `did` now (handshakes and datagrams verify with it): the last key of
+    /// its key event chain; the default, the DID's own key, suits a state without rotations.
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        did.public_key()
+    }
     /// Members other than this node with the sync address they announced.
     fn peer_addresses(&self) -> Vec<(DidKey, String)>;
     /// The next sync message for `peer`, if any.
@@ -613,12 +618,29 @@ impl session::Document for ReplicaDocument<'_> {
         self.0.is_member(did)
     }
 
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.0.current_key(did)
+    }
+
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
         self.0.generate(peer, sync)
     }
 
     fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
         self.0.receive(peer, sync, message)
+    }
+}
+
+/// The node's replica as the wire protocol's [`crate::wire::Peers`] (membership datagrams).
+struct ReplicaPeers<'r>(&'r dyn Replica);
+
+impl crate::wire::Peers for ReplicaPeers<'_> {
+    fn is_admitted(&self, did: &DidKey) -> bool {
+        self.0.is_member(did)
+    }
+
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.0.current_key(did)
     }
 }
 

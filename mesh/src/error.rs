@@ -29,6 +29,17 @@ pub enum Error {
         /// Which record failed.
         what: String,
     },
+    /// The node's identity key files and the key events the replicated state holds for its DID
+    /// disagree: the key files were replaced or restored from before a rotation.
+    #[error("identity key files of {did} do not match its key event {seq} in the replicated state: {reason}")]
+    IdentityKeyMismatch {
+        /// The node's DID.
+        did: crate::did::DidKey,
+        /// The key files' seq.
+        seq: u64,
+        /// How they disagree.
+        reason: &'static str,
+    },
     /// The state file is not valid JSON of the expected schema.
     #[error("state file {path} is corrupt: {source}")]
     CorruptState {

@@ -4,6 +4,8 @@
 //!
 //! - [`did`]: `did:key` encoding of ed25519 public keys (multicodec `0xed01`, base58btc).
 //! - [`identity`]: the node's long-term ed25519 identity and signed attestations.
+//! - [`kel`]: the identity key event log (pre-rotation): a DID keeps its inception key's name while
+//!   the key that signs for it changes.
 //! - [`keystore`]: the [`keystore::KeyStore`] trait ("local enclave") and its 0600-file implementation.
 //! - [`state`]: the replicated state document (clients, signing-key records, revocations) and the
 //!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
@@ -24,6 +26,7 @@ pub mod did;
 pub mod doc;
 pub mod driver;
 pub mod identity;
+pub mod kel;
 pub mod keystore;
 pub mod membership;
 pub mod session;

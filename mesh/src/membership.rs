@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! Membership::new(identity, sync_addr, config, seed, unix_now)
-//! membership.handle_datagram(from, bytes, unix_now, is_member) -> Result<sender>   // UDP in
+//! membership.handle_datagram(from, bytes, unix_now, peers) -> Result<sender>       // UDP in
 //! membership.handle_timer(timer, unix_now)                                         // a timer fired
 //! membership.bootstrap(targets, unix_now) / announce(..) / leave(..)
 //! membership.poll_output() -> Transmit { to, bytes } | Schedule { after, timer }   // carry out
@@ -39,7 +39,7 @@ use self::codec::{MemberCodec, MemberId, Reader};
 use crate::Error;
 use crate::did::DidKey;
 use crate::identity::NodeIdentity;
-use crate::wire::{Datagram, MAX_DATAGRAM_PAYLOAD, ReplayWindow};
+use crate::wire::{Datagram, MAX_DATAGRAM_PAYLOAD, Peers, ReplayWindow};
 
 /// The DID an announce is addressed to when only the address of the node is known (bootstrap
 /// addresses): the receiver reads it as "whoever listens here". No node has this key.
@@ -213,9 +213,9 @@ impl Membership {
         from: SocketAddr,
         bytes: &[u8],
         unix_now: u64,
-        is_member: &dyn Fn(&DidKey) -> bool,
+        peers: &dyn Peers,
     ) -> Result<DidKey, Error> {
-        let result = self.receive(from, bytes, unix_now, is_member);
+        let result = self.receive(from, bytes, unix_now, peers);
         if let Err(e) = &result {
             self.refused += 1;
             tracing::debug!(%from, error = %e, "membership datagram refused");
@@ -275,15 +275,10 @@ impl Membership {
         matches!(self.liveness(did), Liveness::Alive | Liveness::Suspect)
     }
 
-    fn receive(
-        &mut self,
-        from: SocketAddr,
-        bytes: &[u8],
-        unix_now: u64,
-        is_member: &dyn Fn(&DidKey) -> bool,
-    ) -> Result<DidKey, Error> {
-        let (sender, payload) = Datagram::open(bytes, unix_now, self.max_skew_secs, &mut self.window, is_member)?;
-        let payload = self.screen(sender, &payload, is_member)?;
+    fn receive(&mut self, from: SocketAddr, bytes: &[u8], unix_now: u64, peers: &dyn Peers) -> Result<DidKey, Error> {
+        let (sender, payload) = Datagram::open(bytes, unix_now, self.max_skew_secs, &mut self.window, peers)?;
+        let is_member = |did: &DidKey| peers.is_admitted(did);
+        let payload = self.screen(sender, &payload, &is_member)?;
         self.routes.insert(sender, from);
         self.foca.handle_data(&payload, &mut self.runtime).map_err(|e| {
             tracing::debug!(%sender, error = %e, "SWIM refused a datagram");

@@ -27,16 +27,35 @@ use crate::Error;
 use crate::did::DidKey;
 use crate::doc::PeerSync;
 use crate::identity::NodeIdentity;
-use crate::wire::{Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD, Handshake, Step};
+use crate::wire::{Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD, Handshake, Peers, Step};
 
-/// The document as a session sees it: admission, and the two halves of Automerge's sync protocol.
+/// The document as a session sees it: admission, the keys peers sign with, and the two halves of
+/// Automerge's sync protocol.
 pub trait Document {
     /// Whether `did` is a member of the mesh (may complete a handshake).
     fn is_member(&self, did: &DidKey) -> bool;
+    /// The key that signs for `did` now (its handshake `Auth` must verify with it): the last key of
+    /// its key event chain. The default, the DID's own key, suits a document without rotations.
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        did.public_key()
+    }
     /// The next sync message for `peer`, if any.
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>>;
     /// Applies (and persists) a sync message from `peer`; an error closes the session.
     fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String>;
+}
+
+/// A [`Document`] as the handshake's [`Peers`].
+struct DocumentPeers<'d>(&'d dyn Document);
+
+impl Peers for DocumentPeers<'_> {
+    fn is_admitted(&self, did: &DidKey) -> bool {
+        self.0.is_member(did)
+    }
+
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.0.current_key(did)
+    }
 }
 
 /// Session settings.
@@ -293,8 +312,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), CloseReason> {
         match &mut self.phase {
             Phase::Handshaking { handshake, .. } => {
-                let is_member = |did: &DidKey| doc.is_member(did);
-                match handshake.handle(frame, &is_member) {
+                match handshake.handle(frame, &DocumentPeers(&*doc)) {
                     Ok(Step::Send(frames)) => transmit(out, &frames),
                     Ok(Step::Done { peer, send, .. }) => {
                         transmit(out, &send);

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
+use crate::kel::{self, KeyChains, KeyEvent};
 
 /// The schema version of [`State`] this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -40,6 +41,9 @@ pub struct State {
     /// Nodes removed from the mesh, by [`Removal::key`] (removed and removing DID).
     #[serde(default)]
     pub removals: BTreeMap<String, Removal>,
+    /// Identity key events, by [`KeyEvent::key`] (`"{did}|{seq}"`); see [`crate::kel`].
+    #[serde(default)]
+    pub key_events: BTreeMap<String, KeyEvent>,
 }
 
 impl Default for State {
@@ -52,6 +56,7 @@ impl Default for State {
             admissions: BTreeMap::new(),
             nodes: BTreeMap::new(),
             removals: BTreeMap::new(),
+            key_events: BTreeMap::new(),
         }
     }
 }
@@ -87,7 +92,27 @@ impl State {
             Change::RemoveNode(removal) => {
                 self.removals.insert(removal.key(), removal.clone());
             }
+            Change::PutKeyEvent(event) => {
+                self.key_events.insert(event.key(), event.clone());
+            }
         }
+    }
+
+    /// The keys of `did` (inception first, current last) as its valid key events say; see
+    /// [`kel::chain`].
+    pub fn keys_of(&self, did: &DidKey) -> Vec<[u8; 32]> {
+        kel::chain(did, |seq| self.key_events.get(&kel::event_key(did, seq)))
+    }
+
+    /// The key that signs for `did` now: the last of [`State::keys_of`].
+    pub fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.keys_of(did).last().copied().unwrap_or(did.public_key())
+    }
+}
+
+impl KeyChains for State {
+    fn keys_of(&self, did: &DidKey) -> Vec<[u8; 32]> {
+        State::keys_of(self, did)
     }
 }
 
@@ -122,6 +147,8 @@ pub enum Change {
     PutNode(NodeInfo),
     /// Removes a node from the mesh, for good.
     RemoveNode(Removal),
+    /// Adds an event to a node's identity key event log.
+    PutKeyEvent(KeyEvent),
 }
 
 /// A member's signed statement that `did` belongs to the mesh.
@@ -161,9 +188,15 @@ impl Admission {
         ("admission", &self.did, &self.admitted_by, self.admitted_at)
     }
 
-    /// Checks the signature against `admitted_by`.
-    pub fn verify(&self) -> Result<(), Error> {
-        verify_fields(&self.admitted_by, &self.signed_fields(), &self.signature, "admission")
+    /// Checks the signature against `admitted_by`'s keys (any key of its chain).
+    pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
+        verify_fields(
+            chains,
+            &self.admitted_by,
+            &self.signed_fields(),
+            &self.signature,
+            "admission",
+        )
     }
 }
 
@@ -201,9 +234,9 @@ impl NodeInfo {
         ("node", &self.did, &self.issuer, &self.sync_addr, self.updated_at)
     }
 
-    /// Checks the signature against `did`.
-    pub fn verify(&self) -> Result<(), Error> {
-        verify_fields(&self.did, &self.signed_fields(), &self.signature, "node info")
+    /// Checks the signature against `did`'s keys (any key of its chain).
+    pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
+        verify_fields(chains, &self.did, &self.signed_fields(), &self.signature, "node info")
     }
 }
 
@@ -243,9 +276,15 @@ impl Removal {
         ("removal", &self.did, &self.removed_by, self.removed_at)
     }
 
-    /// Checks the signature against `removed_by`.
-    pub fn verify(&self) -> Result<(), Error> {
-        verify_fields(&self.removed_by, &self.signed_fields(), &self.signature, "removal")
+    /// Checks the signature against `removed_by`'s keys (any key of its chain).
+    pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
+        verify_fields(
+            chains,
+            &self.removed_by,
+            &self.signed_fields(),
+            &self.signature,
+            "removal",
+        )
     }
 }
 
@@ -253,11 +292,20 @@ fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
     URL_SAFE_NO_PAD.encode(identity.sign(&serde_json::to_vec(fields).unwrap_or_default()))
 }
 
-fn verify_fields(author: &DidKey, fields: &impl Serialize, signature: &str, what: &str) -> Result<(), Error> {
+/// Verifies a record "by a DID": a signature by any key of `author`'s chain counts, so records
+/// signed before a rotation stay valid (and a compromised old key can still sign; see
+/// `mesh/ALGORITHM.md`, "Identity and pre-rotation").
+fn verify_fields(
+    chains: &dyn KeyChains,
+    author: &DidKey,
+    fields: &impl Serialize,
+    signature: &str,
+    what: &str,
+) -> Result<(), Error> {
     let bad = || Error::BadSignature { what: what.to_owned() };
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| bad())?;
-    identity::verify(
-        author,
+    identity::verify_with(
+        &chains.keys_of(author),
         &serde_json::to_vec(fields).unwrap_or_default(),
         &signature,
         what,
@@ -271,7 +319,8 @@ impl State {
     pub fn members(&self, me: &DidKey, trusted: &[DidKey]) -> std::collections::BTreeSet<DidKey> {
         use std::collections::BTreeSet;
         let mut members: BTreeSet<DidKey> = trusted.iter().copied().chain([*me]).collect();
-        let admissions: Vec<&Admission> = self.admissions.values().filter(|a| a.verify().is_ok()).collect();
+        let chains = CachedChains::new(self);
+        let admissions: Vec<&Admission> = self.admissions.values().filter(|a| a.verify(&chains).is_ok()).collect();
         loop {
             let before = members.len();
             for admission in &admissions {
@@ -286,13 +335,38 @@ impl State {
         let removed: Vec<DidKey> = self
             .removals
             .values()
-            .filter(|r| r.verify().is_ok() && members.contains(&r.removed_by))
+            .filter(|r| r.verify(&chains).is_ok() && members.contains(&r.removed_by))
             .map(|r| r.did)
             .collect();
         for did in removed {
             members.remove(&did);
         }
         members
+    }
+}
+
+/// [`State::keys_of`], each DID resolved once (resolving verifies the DID's key events).
+struct CachedChains<'s> {
+    state: &'s State,
+    resolved: std::cell::RefCell<std::collections::HashMap<DidKey, Vec<[u8; 32]>>>,
+}
+
+impl<'s> CachedChains<'s> {
+    fn new(state: &'s State) -> Self {
+        Self {
+            state,
+            resolved: Default::default(),
+        }
+    }
+}
+
+impl KeyChains for CachedChains<'_> {
+    fn keys_of(&self, did: &DidKey) -> Vec<[u8; 32]> {
+        self.resolved
+            .borrow_mut()
+            .entry(*did)
+            .or_insert_with(|| self.state.keys_of(did))
+            .clone()
     }
 }
 
@@ -420,37 +494,43 @@ impl KeyRecord {
         serde_json::to_vec(&fields).unwrap_or_default()
     }
 
-    /// Checks the attestation against the record's node.
-    pub fn verify(&self) -> Result<(), Error> {
+    /// Checks the attestation against the record's node's keys (any key of its chain).
+    pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
         let what = format!("signing key {}", self.kid);
         let signature = URL_SAFE_NO_PAD
             .decode(&self.attestation)
             .map_err(|_| Error::BadSignature { what: what.clone() })?;
-        identity::verify(&self.node, &self.attested_bytes(), &signature, &what)
+        identity::verify_with(&chains.keys_of(&self.node), &self.attested_bytes(), &signature, &what)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kel::NoRotation;
 
     #[test]
     fn attestation_verifies_and_detects_tampering() {
         let id = NodeIdentity::from_seed([1; 32]);
         let record = KeyRecord::attest(&id, "k1".into(), "EdDSA".into(), serde_json::json!({"x": "a"}), 10);
-        record.verify().unwrap();
+        record.verify(&NoRotation).unwrap();
         let mut tampered = record.clone();
         tampered.jwk = serde_json::json!({"x": "b"});
-        assert!(tampered.verify().is_err());
+        assert!(tampered.verify(&NoRotation).is_err());
         let mut moved = record.clone();
         moved.node = NodeIdentity::from_seed([2; 32]).did();
-        assert!(moved.verify().is_err());
+        assert!(moved.verify(&NoRotation).is_err());
         // Only the key's node can retire it.
-        record.retire(&id, 20).verify().unwrap();
+        record.retire(&id, 20).verify(&NoRotation).unwrap();
         let mut forged_retirement = record.clone();
         forged_retirement.retired_at = Some(20);
-        assert!(forged_retirement.verify().is_err());
-        assert!(record.retire(&NodeIdentity::from_seed([2; 32]), 20).verify().is_err());
+        assert!(forged_retirement.verify(&NoRotation).is_err());
+        assert!(
+            record
+                .retire(&NodeIdentity::from_seed([2; 32]), 20)
+                .verify(&NoRotation)
+                .is_err()
+        );
     }
 
     #[test]
@@ -478,7 +558,37 @@ mod tests {
         state.apply(&Change::RemoveNode(Removal::sign(&a, c.did(), 4)));
         assert!(!state.members(&a.did(), &[]).contains(&c.did()));
         let info = NodeInfo::sign(&b, "http://127.0.0.2:8700".into(), "127.0.0.2:7946".into(), 5);
-        info.verify().unwrap();
+        info.verify(&NoRotation).unwrap();
+    }
+
+    #[test]
+    fn records_signed_before_and_after_a_rotation_verify_by_the_did() {
+        let a = NodeIdentity::from_seed([1; 32]);
+        let b = NodeIdentity::from_seed([2; 32]);
+        let mut state = State::default();
+        state.apply(&Change::PutKeyEvent(a.event()));
+        let old_key = KeyRecord::attest(&a, "k1".into(), "EdDSA".into(), serde_json::json!({"x": "a"}), 1);
+        let old_admission = Admission::sign(&a, b.did(), 1);
+        let rotation = a.rotate_with_seed([3; 32]);
+        let new_key = KeyRecord::attest(&a, "k2".into(), "EdDSA".into(), serde_json::json!({"x": "b"}), 2);
+        let removal = Removal::sign(&a, b.did(), 3);
+        // Before the peer knows the rotation, what the new key signed does not verify.
+        assert!(new_key.verify(&state).is_err());
+        state.apply(&Change::PutKeyEvent(rotation));
+        assert_eq!(state.keys_of(&a.did()), [a.did().public_key(), a.current_key()]);
+        assert_eq!(state.current_key(&a.did()), a.current_key());
+        old_key.verify(&state).unwrap();
+        old_admission.verify(&state).unwrap();
+        new_key.verify(&state).unwrap();
+        removal.verify(&state).unwrap();
+        state.apply(&Change::Admit(old_admission));
+        assert!(state.members(&a.did(), &[]).contains(&b.did()));
+        state.apply(&Change::RemoveNode(removal));
+        assert!(!state.members(&a.did(), &[]).contains(&b.did()));
+        // Another node's chain does not lend it a's keys.
+        let mut moved = new_key.clone();
+        moved.node = b.did();
+        assert!(moved.verify(&state).is_err());
     }
 
     #[test]

@@ -19,6 +19,29 @@ pub use datagram::{DATAGRAM_VERSION, Datagram, MAX_DATAGRAM_LEN, MAX_DATAGRAM_PA
 pub use frame::{Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD};
 pub use handshake::{Handshake, Role, Step};
 
+use crate::did::DidKey;
+
+/// What the wire protocol asks the replicated state about a peer: whether it is admitted, and
+/// which key signs for it now (its identity may have rotated, see [`crate::kel`]).
+///
+/// A closure `Fn(&DidKey) -> bool` is a `Peers` that admits what it returns `true` for and
+/// expects every DID's own key (no rotation).
+pub trait Peers {
+    /// Whether `did` may join the mesh.
+    fn is_admitted(&self, did: &DidKey) -> bool;
+    /// The ed25519 key that signs for `did` now: the last key of its chain, or the DID's own key
+    /// when it has no key events.
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        did.public_key()
+    }
+}
+
+impl<F: Fn(&DidKey) -> bool + ?Sized> Peers for F {
+    fn is_admitted(&self, did: &DidKey) -> bool {
+        self(did)
+    }
+}
+
 /// The major version of the mesh protocol this build speaks. Nodes of different majors refuse each
 /// other at the handshake.
 pub const MAJOR: u16 = 1;

@@ -190,6 +190,7 @@ fn save_and_load_round_trip() {
         Change::Admit(Admission::sign(&id, identity(2).did(), 6)),
         Change::PutNode(NodeInfo::sign(&id, "http://n".into(), "127.0.0.1:1".into(), 7)),
         Change::RemoveNode(Removal::sign(&id, identity(3).did(), 8)),
+        Change::PutKeyEvent(id.event()),
     ];
     doc.apply(&changes, 10).unwrap();
     let bytes = doc.save();
@@ -201,6 +202,38 @@ fn save_and_load_round_trip() {
         expected.apply(change);
     }
     assert_eq!(loaded.state(), expected);
+}
+
+#[test]
+fn key_events_live_beside_node_information_and_resolve_after_a_merge() {
+    let id = identity(1);
+    let mut a = Doc::new([1; 16]);
+    let mut b = Doc::new([2; 16]);
+    let info = NodeInfo::sign(&id, "http://n".into(), "127.0.0.1:1".into(), 7);
+    a.apply(&[Change::PutKeyEvent(id.event()), Change::PutNode(info.clone())], 10)
+        .unwrap();
+    let rotation = id.rotate_with_seed([5; 32]);
+    a.apply(&[Change::PutKeyEvent(rotation.clone())], 11).unwrap();
+    let (mut to_b, mut to_a) = (PeerSync::default(), PeerSync::default());
+    let mut received = Vec::new();
+    for _ in 0..10 {
+        if let Some(message) = a.generate_sync_message(&mut to_b) {
+            received.extend(b.receive_sync_message(&mut to_a, &message).unwrap());
+        }
+        if let Some(message) = b.generate_sync_message(&mut to_a) {
+            a.receive_sync_message(&mut to_b, &message).unwrap();
+        }
+    }
+    let state = b.state();
+    assert_eq!(state.nodes.len(), 1, "key events are not node information");
+    assert_eq!(state.key_events.len(), 2);
+    assert_eq!(state.current_key(&id.did()), rotation.key);
+    info.verify(&state).unwrap();
+    // Key events come first among the received changes, before records their keys signed.
+    assert!(matches!(
+        &received[..],
+        [Change::PutKeyEvent(_), Change::PutKeyEvent(_), Change::PutNode(_)]
+    ));
 }
 
 /// A saved document whose schema map says `major`.`minor`.
@@ -360,6 +393,14 @@ fn change() -> impl Strategy<Value = Change> {
             identity(did).did(),
             at
         ))),
+        // Inception, or one of two rotations competing for seq 1 (a fork).
+        (nodes(), 0_u8..3).prop_map(|(n, event)| {
+            let id = identity(n);
+            Change::PutKeyEvent(match event {
+                0 => id.event(),
+                e => id.rotate_with_seed([e + 10; 32]),
+            })
+        }),
     ]
 }
 

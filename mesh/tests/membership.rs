@@ -151,7 +151,7 @@ impl Net {
                 let admits = &node.admits;
                 let _ = node
                     .membership
-                    .handle_datagram(from, &bytes, unix, &|d| admits.contains(d));
+                    .handle_datagram(from, &bytes, unix, &|d: &DidKey| admits.contains(d));
             }
             Event::Timer { node, timer } => self.nodes[node].membership.handle_timer(timer, unix),
             Event::Bootstrap { node } => {

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use mesh::Error;
 use mesh::did::DidKey;
 use mesh::identity::NodeIdentity;
+use mesh::state::{Change, State};
 use mesh::wire::{
     Datagram, Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD, Handshake, MAJOR, MAX_DATAGRAM_LEN, MAX_DATAGRAM_PAYLOAD,
-    MINOR, ReplayWindow, Role, Step,
+    MINOR, Peers, ReplayWindow, Role, Step,
 };
 use proptest::prelude::*;
 
@@ -35,6 +36,29 @@ fn bob() -> NodeIdentity {
 
 fn admit_all(_: &DidKey) -> bool {
     true
+}
+
+/// Peers that admit everyone and expect each DID's current key as `.0`'s key events say.
+struct Knows(State);
+
+impl Peers for Knows {
+    fn is_admitted(&self, _: &DidKey) -> bool {
+        true
+    }
+
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.0.current_key(did)
+    }
+}
+
+/// Alice's identity rotated once, and what a peer knows before and after learning the rotation.
+fn rotated_alice() -> (NodeIdentity, Knows, Knows) {
+    let alice = alice();
+    let mut state = State::default();
+    state.apply(&Change::PutKeyEvent(alice.event()));
+    let unaware = Knows(state.clone());
+    state.apply(&Change::PutKeyEvent(alice.rotate_with_seed([7; 32])));
+    (alice, unaware, Knows(state))
 }
 
 fn encode_all(frames: &[Frame]) -> Vec<u8> {

@@ -221,6 +221,10 @@ impl mesh::driver::Replica for MeshReplica {
         self.0.view().members.contains(did)
     }
 
+    fn current_key(&self, did: &mesh::did::DidKey) -> [u8; 32] {
+        self.0.view().current_key(did)
+    }
+
     fn peer_addresses(&self) -> Vec<(mesh::did::DidKey, String)> {
         self.0.0.node.lock().unwrap_or_else(|e| e.into_inner()).peer_addresses()
     }

@@ -240,11 +240,41 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
         .unwrap();
     assert_eq!(changes.len(), 3);
     let files = std::fs::read_dir(h.dir.path().join("data/keys")).unwrap().count();
-    assert_eq!(files, 4, "identity + three active signing keys");
+    assert_eq!(files, 5, "identity, next identity key + three active signing keys");
     let fresh = issue(&h, &id, &secret).await;
     assert_eq!(parts(&fresh).0["kid"], new_kid.as_str());
     assert_eq!(h.introspect(&id, &secret, &fresh).await["active"], true);
     assert_eq!(h.introspect(&id, &secret, &before).await["active"], false);
+}
+
+#[tokio::test]
+async fn the_identity_key_rotates_without_changing_the_did_or_invalidating_tokens() {
+    let h = Harness::new();
+    let (id, secret) = h.client("read", &[], None);
+    let before = issue(&h, &id, &secret).await;
+    let did = h.admin(AdminRequest::Status).unwrap()["did"].clone();
+    let rotated = h.admin(AdminRequest::IdRotate).unwrap();
+    assert_eq!((&rotated["did"], &rotated["seq"]), (&did, &serde_json::json!(1)));
+    // Keys attested before the rotation stay valid; keys attested after it verify too.
+    assert_eq!(h.introspect(&id, &secret, &before).await["active"], true);
+    h.clock.advance(10);
+    h.admin(AdminRequest::KeysRotate).unwrap();
+    let after = issue(&h, &id, &secret).await;
+    assert_eq!(h.introspect(&id, &secret, &after).await["active"], true);
+    assert_eq!(h.get("/jwks.json").await.json["keys"].as_array().unwrap().len(), 6);
+    // After a restart the rotated key files load, agree with the published events, and rotate on.
+    let h = h.restart();
+    assert_eq!(h.admin(AdminRequest::Status).unwrap()["did"], did);
+    assert_eq!(h.introspect(&id, &secret, &before).await["active"], true);
+    assert_eq!(h.introspect(&id, &secret, &after).await["active"], true);
+    let again = h.admin(AdminRequest::IdRotate).unwrap();
+    assert_eq!((&again["did"], &again["seq"]), (&did, &serde_json::json!(2)));
+    assert_ne!(again["key"], rotated["key"]);
+    let keys = h
+        .state
+        .with_node(|node| Ok((node.state().key_events.len(), vec![])))
+        .unwrap();
+    assert_eq!(keys, 3, "inception and two rotations");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Three real `meshgate serve` processes on 127.0.0.1-3, configured as an operator would (YAML
 //! with trusted and gossip peers, the CLI): tokens and clients cross nodes, revocations propagate,
-//! a killed node restarts without losing anything, a removed node's tokens die everywhere, and a
-//! node that was never admitted gets nowhere.
+//! a killed node restarts without losing anything, a removed node's tokens die everywhere, a node
+//! that was never admitted gets nowhere, and a node that rotates its identity key stays a member.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -434,6 +434,75 @@ async fn a_new_node_joins_through_mesh_admit() {
     let b_token = support::access_token(&b, &client, &[]).await;
     eventually("B's token is active on C", || async {
         active(&c, &client, &b_token).await
+    })
+    .await;
+    drop((a, b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rotates_its_identity_key_and_stays_a_member() {
+    let mesh = Mesh::new(3);
+    let a = mesh.start(1);
+    let mut b = mesh.start(2);
+    let c = mesh.start(3);
+    let client = add_client(&mesh.data(1), "rotation-client");
+    eventually("the client reaches B", || async {
+        token_status(&b, &client).await == StatusCode::OK
+    })
+    .await;
+    let before = support::access_token(&b, &client, &[]).await;
+    eventually("B's token is active on A", || async {
+        active(&a, &client, &before).await
+    })
+    .await;
+
+    // B rotates its identity key while it runs: same DID, another key.
+    let rotated: Value = serde_json::from_str(&cli(&mesh.data(2), &["id", "rotate", "--json"])).unwrap();
+    assert_eq!(rotated["did"], mesh.dids[1].as_str(), "{rotated}");
+    assert_eq!(rotated["seq"], 1, "{rotated}");
+    let key = rotated["key"].as_str().unwrap();
+    assert!(key.starts_with("z6Mk") && !mesh.dids[1].ends_with(key), "{rotated}");
+    let id: Value = serde_json::from_str(&cli(&mesh.data(2), &["id", "--json"])).unwrap();
+    assert_eq!(id["did"], mesh.dids[1].as_str());
+
+    // A signing key B attests from now on (with its new identity key) reaches A's JWKS only once A
+    // knows the rotation.
+    let keys: Value = serde_json::from_str(&cli(&mesh.data(2), &["keys", "rotate", "--json"])).unwrap();
+    let new_kids: Vec<String> = keys["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    eventually("B's newly attested keys are in A's JWKS", || async {
+        let published = kids(&jwks(&a).await);
+        new_kids.iter().all(|kid| published.contains(kid))
+    })
+    .await;
+
+    // B restarts with its rotated key and is still a member, without being admitted again.
+    b.kill();
+    let b = mesh.start(2);
+    assert!(active(&a, &client, &before).await, "a token from before the rotation");
+    let after = support::access_token(&b, &client, &[]).await;
+    eventually("B's token from after the restart is active on A", || async {
+        active(&a, &client, &after).await
+    })
+    .await;
+    let later = add_client(&mesh.data(1), "added-after-the-rotation");
+    eventually("a client added on A reaches B", || async {
+        token_status(&b, &later).await == StatusCode::OK
+    })
+    .await;
+    // Long enough for A to declare B down had it refused B's datagrams since the restart.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eventually("A sees B alive", || async {
+        let status: Value = serde_json::from_str(&cli(&mesh.data(1), &["mesh", "status", "--json"])).unwrap();
+        status["peers"].as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["did"] == mesh.dids[1].as_str() && p["state"] == "alive")
+        })
     })
     .await;
     drop((a, b, c));

@@ -75,6 +75,8 @@ pub(super) fn changes(doc: &Automerge, maps: &Maps, before: &[ChangeHash], patch
             }
         }
     }
+    // Key events first: a record signed with a rotated key verifies only once its event is known.
+    changes.sort_by_key(|change| !matches!(change, Change::PutKeyEvent(_)));
     changes
 }
 

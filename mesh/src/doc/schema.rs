@@ -8,12 +8,20 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, S
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{GENESIS_ACTOR, SCHEMA_MAJOR, SCHEMA_MINOR};
+use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
+use crate::kel::KeyEvent;
 use crate::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
 const GENESIS_MESSAGE: &str = "meshgate genesis";
+/// The minor version the genesis change records. Part of the genesis hash: it stays 0 within major
+/// 1 whatever [`super::SCHEMA_MINOR`] this build writes.
+const GENESIS_MINOR: u64 = 0;
+/// Key events (schema minor 1) live in the `nodes` map under this prefix followed by
+/// [`KeyEvent::key`]. No DID starts with it, so they never collide with node information; a build
+/// of minor 0 finds entries that do not parse as node information and skips them.
+pub(super) const KEY_EVENT_PREFIX: &str = "key-event|";
 /// Root key of the schema version map.
 pub(super) const SCHEMA_KEY: &str = "schema";
 /// Keys of the schema version map.
@@ -106,7 +114,7 @@ pub(super) fn genesis() -> Automerge {
 fn create_roots(tx: &mut impl Transactable) -> Result<(), automerge::AutomergeError> {
     let schema = tx.put_object(ROOT, SCHEMA_KEY, ObjType::Map)?;
     tx.put(&schema, MAJOR_KEY, SCHEMA_MAJOR)?;
-    tx.put(&schema, MINOR_KEY, SCHEMA_MINOR)?;
+    tx.put(&schema, MINOR_KEY, GENESIS_MINOR)?;
     for field in Field::ALL {
         tx.put_object(ROOT, field.name(), ObjType::Map)?;
     }
@@ -134,6 +142,24 @@ pub(super) fn schema_version(doc: &Automerge) -> Option<(u64, u64)> {
     Some((read(MAJOR_KEY)?, read(MINOR_KEY)?))
 }
 
+/// Records [`super::SCHEMA_MINOR`] at the root if the recorded minor is older.
+pub(super) fn record_minor(tx: &mut automerge::transaction::Transaction<'_>) -> Result<(), automerge::AutomergeError> {
+    let Some((automerge::Value::Object(ObjType::Map), schema)) = tx.get(ROOT, SCHEMA_KEY)? else {
+        return Ok(());
+    };
+    let recorded = match tx.get(&schema, MINOR_KEY)? {
+        Some((automerge::Value::Scalar(value), _)) => match value.as_ref() {
+            ScalarValue::Uint(n) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if recorded < super::SCHEMA_MINOR {
+        tx.put(&schema, MINOR_KEY, super::SCHEMA_MINOR)?;
+    }
+    Ok(())
+}
+
 /// What a [`Change`] writes to the document.
 pub(super) enum Write {
     /// Put a value under a key of a field's map.
@@ -156,6 +182,9 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::Admit(admission) => Write::Put(Field::Admissions, admission.key(), json(admission)?),
         Change::PutNode(info) => Write::Put(Field::Nodes, info.did.to_string(), json(info)?),
         Change::RemoveNode(removal) => Write::Put(Field::Removals, removal.key(), json(removal)?),
+        Change::PutKeyEvent(event) => {
+            Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
+        }
     })
 }
 
@@ -217,7 +246,10 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
         Field::Keys => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
-        Field::Nodes => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+        Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
+            Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
+            None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+        },
         Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
     };
@@ -254,6 +286,9 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::RemoveNode(r) => {
             state.removals.insert(r.key(), r);
+        }
+        Change::PutKeyEvent(e) => {
+            state.key_events.insert(e.key(), e);
         }
         other => state.apply(&other),
     }

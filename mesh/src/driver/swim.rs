@@ -78,9 +78,8 @@ pub(super) async fn run(driver: Driver, socket: UdpSocket, config: MembershipCon
                 Ok((n, from)) => {
                     let traffic = &driver.0.traffic;
                     traffic.datagrams_received.fetch_add(1, Ordering::Relaxed);
-                    let replica = &driver.0.replica;
-                    let is_member = |did: &DidKey| replica.is_member(did);
-                    if membership.handle_datagram(from, &buf[..n], unix_now(), &is_member).is_err() {
+                    let peers = super::ReplicaPeers(&*driver.0.replica);
+                    if membership.handle_datagram(from, &buf[..n], unix_now(), &peers).is_err() {
                         traffic.datagrams_refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }

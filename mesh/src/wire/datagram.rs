@@ -1,8 +1,14 @@
 //! Signed, self-contained datagrams for membership traffic over UDP.
 //!
 //! ```text
-//! version u8 ‖ sender public key [32] ‖ seq u64 BE ‖ timestamp u64 BE ‖ length u16 BE ‖ payload ‖ signature [64]
-//! signature = ed25519(sender, "meshgate-datagram-v1" ‖ every byte before the signature)
+//! version u8 ‖ sender DID key [32] ‖ seq u64 BE ‖ timestamp u64 BE ‖ length u16 BE ‖ payload ‖ signature [64]
+//! signature = ed25519(sender's current key, "meshgate-datagram-v1" ‖ every byte before the signature)
+//! ```
+//!
+//! The sender field names the identifier (the DID's inception key); the signature is made with the
+//! key that currently signs for it, which differs once the identity rotated ([`crate::kel`]).
+//!
+//! ```text
 //! ```
 
 use std::collections::HashMap;
@@ -10,6 +16,7 @@ use std::collections::HashMap;
 use crate::Error;
 use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
+use crate::wire::Peers;
 
 /// The datagram format version this build writes and reads (the first byte of every datagram).
 pub const DATAGRAM_VERSION: u8 = 1;
@@ -35,7 +42,8 @@ const WINDOW: u64 = 128;
 pub enum Datagram {}
 
 impl Datagram {
-    /// Signs `payload` as datagram number `seq` from `identity`, stamped `now` (Unix seconds).
+    /// Signs `payload` as datagram number `seq` from `identity` (its DID in the header, its current
+    /// key signing), stamped `now` (Unix seconds).
     ///
     /// `seq` must grow with every datagram the node sends, across restarts too; start a process's
     /// counter at [`Datagram::first_seq`]. Fails with [`Error::DatagramTooLarge`] if `payload` is
@@ -70,17 +78,17 @@ impl Datagram {
     /// Checks and unwraps a received datagram: returns the sender and the payload.
     ///
     /// In order, cheapest first: size and layout ([`Error::DatagramTooLarge`],
-    /// [`Error::MalformedDatagram`]), `is_admitted(sender)` ([`Error::NotAdmitted`]), the timestamp
-    /// within `max_skew_secs` of `now` ([`Error::DatagramSkew`]), the sequence number against
-    /// `window` ([`Error::ReplayedDatagram`], [`Error::StaleDatagram`]), the signature
-    /// ([`Error::BadSignature`]). Only a datagram that passes all of them is recorded in `window`,
-    /// so the window holds admitted senders only.
+    /// [`Error::MalformedDatagram`]), `peers.is_admitted(sender)` ([`Error::NotAdmitted`]), the
+    /// timestamp within `max_skew_secs` of `now` ([`Error::DatagramSkew`]), the sequence number
+    /// against `window` ([`Error::ReplayedDatagram`], [`Error::StaleDatagram`]), the signature
+    /// against `peers.current_key(sender)` ([`Error::BadSignature`]). Only a datagram that passes
+    /// all of them is recorded in `window`, so the window holds admitted senders only.
     pub fn open(
         bytes: &[u8],
         now: u64,
         max_skew_secs: u64,
         window: &mut ReplayWindow,
-        is_admitted: &dyn Fn(&DidKey) -> bool,
+        peers: &dyn Peers,
     ) -> Result<(DidKey, Vec<u8>), Error> {
         if bytes.len() > MAX_DATAGRAM_LEN {
             return Err(Error::DatagramTooLarge {
@@ -104,7 +112,7 @@ impl Datagram {
                 "payload length does not match the datagram size",
             ));
         }
-        if !is_admitted(&sender) {
+        if !peers.is_admitted(&sender) {
             return Err(Error::NotAdmitted(sender));
         }
         if timestamp.abs_diff(now) > max_skew_secs {
@@ -116,8 +124,8 @@ impl Datagram {
             });
         }
         window.check(&sender, seq)?;
-        identity::verify(
-            &sender,
+        identity::verify_with(
+            &[peers.current_key(&sender)],
             &signed_message(&bytes[..signed_end]),
             &bytes[signed_end..],
             &format!("datagram from {sender}"),

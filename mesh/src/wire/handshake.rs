@@ -12,7 +12,7 @@ use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
 
 use super::frame::Frame;
-use super::{MAJOR, MINOR};
+use super::{MAJOR, MINOR, Peers};
 
 /// Domain separation of the handshake transcript, so that no other signature made by a node
 /// identity can pass for a handshake signature.
@@ -95,14 +95,15 @@ impl<'a> Handshake<'a> {
         )
     }
 
-    /// Handles one frame from the peer. `is_admitted` decides whether the DID in the peer's `Hello`
-    /// may join; it is asked before any signature is checked or made.
+    /// Handles one frame from the peer. `peers` decides whether the DID in the peer's `Hello` may
+    /// join (asked before any signature is checked or made) and names the key its `Auth` must be
+    /// signed with: the DID's current key, which differs from the DID's own once it rotated.
     ///
     /// Errors: [`Error::IncompatibleVersion`], [`Error::OwnDid`], [`Error::NotAdmitted`],
     /// [`Error::BadSignature`], [`Error::UnexpectedFrame`], [`Error::PeerClosed`].
-    pub fn handle(&mut self, frame: Frame, is_admitted: &dyn Fn(&DidKey) -> bool) -> Result<Step, Error> {
+    pub fn handle(&mut self, frame: Frame, peers: &dyn Peers) -> Result<Step, Error> {
         let state = std::mem::replace(&mut self.state, State::Failed);
-        let step = self.advance(state, frame, is_admitted)?;
+        let step = self.advance(state, frame, peers)?;
         Ok(step)
     }
 
@@ -112,7 +113,7 @@ impl<'a> Handshake<'a> {
     }
 
     /// Moves from `state` on `frame`; `self.state` stays `Failed` unless this sets it.
-    fn advance(&mut self, state: State, frame: Frame, is_admitted: &dyn Fn(&DidKey) -> bool) -> Result<Step, Error> {
+    fn advance(&mut self, state: State, frame: Frame, peers: &dyn Peers) -> Result<Step, Error> {
         match (state, frame) {
             (_, Frame::Bye { reason }) => Err(Error::PeerClosed { reason }),
             (
@@ -130,7 +131,7 @@ impl<'a> Handshake<'a> {
                     did,
                     nonce,
                 };
-                self.accept_hello(&peer, is_admitted)?;
+                self.accept_hello(&peer, peers)?;
                 self.state = State::AwaitAuth { peer };
                 Ok(Step::Send(match self.role {
                     Role::Initiator => Vec::new(),
@@ -139,8 +140,8 @@ impl<'a> Handshake<'a> {
             }
             (State::AwaitAuth { peer }, Frame::Auth { signature }) => {
                 let transcript = self.transcript(self.role.other(), &peer);
-                identity::verify(
-                    &peer.did,
+                identity::verify_with(
+                    &[peers.current_key(&peer.did)],
                     &transcript,
                     &signature,
                     &format!("handshake Auth from {}", peer.did),
@@ -162,7 +163,7 @@ impl<'a> Handshake<'a> {
         }
     }
 
-    fn accept_hello(&self, peer: &Hello, is_admitted: &dyn Fn(&DidKey) -> bool) -> Result<(), Error> {
+    fn accept_hello(&self, peer: &Hello, peers: &dyn Peers) -> Result<(), Error> {
         if peer.major != MAJOR {
             return Err(Error::IncompatibleVersion {
                 our_major: MAJOR,
@@ -174,7 +175,7 @@ impl<'a> Handshake<'a> {
         if peer.did == self.ours.did {
             return Err(Error::OwnDid(peer.did));
         }
-        if !is_admitted(&peer.did) {
+        if !peers.is_admitted(&peer.did) {
             return Err(Error::NotAdmitted(peer.did));
         }
         Ok(())

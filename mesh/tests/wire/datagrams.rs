@@ -100,6 +100,25 @@ fn a_restarted_sender_is_accepted_without_persisted_state() {
 }
 
 #[test]
+fn datagrams_after_a_rotation_name_the_did_and_verify_with_the_current_key() {
+    let (alice, unaware, aware) = rotated_alice();
+    let bytes = Datagram::seal(&alice, 1, NOW, b"ping").unwrap();
+    assert_eq!(&bytes[1..33], &alice.did().public_key());
+    let opened = Datagram::open(&bytes, NOW, 30, &mut ReplayWindow::new(), &aware).unwrap();
+    assert_eq!(opened, (alice.did(), b"ping".to_vec()));
+    assert!(matches!(
+        Datagram::open(&bytes, NOW, 30, &mut ReplayWindow::new(), &unaware),
+        Err(Error::BadSignature { .. })
+    ));
+    // The inception key no longer speaks for alice once the rotation is known.
+    let old = Datagram::seal(&NodeIdentity::from_seed([1; 32]), 2, NOW, b"ping").unwrap();
+    assert!(matches!(
+        Datagram::open(&old, NOW, 30, &mut ReplayWindow::new(), &aware),
+        Err(Error::BadSignature { .. })
+    ));
+}
+
+#[test]
 fn a_tampered_datagram_is_refused() {
     let mut bytes = Datagram::seal(&alice(), 1, NOW, b"suspect bob").unwrap();
     let at = bytes.len() - 64 - 3;

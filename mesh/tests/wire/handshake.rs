@@ -9,11 +9,11 @@ struct End<'a> {
     handshake: Handshake<'a>,
     decoder: FrameDecoder,
     outcome: Option<Outcome>,
-    admit: &'a dyn Fn(&DidKey) -> bool,
+    admit: &'a dyn Peers,
 }
 
 impl<'a> End<'a> {
-    fn new((handshake, _): (Handshake<'a>, Vec<Frame>), admit: &'a dyn Fn(&DidKey) -> bool) -> Self {
+    fn new((handshake, _): (Handshake<'a>, Vec<Frame>), admit: &'a dyn Peers) -> Self {
         Self {
             handshake,
             decoder: FrameDecoder::new(HANDSHAKE_MAX_PAYLOAD),
@@ -55,8 +55,8 @@ impl<'a> End<'a> {
 fn connect(
     initiator: (Handshake<'_>, Vec<Frame>),
     responder: (Handshake<'_>, Vec<Frame>),
-    admit_initiator: &dyn Fn(&DidKey) -> bool,
-    admit_responder: &dyn Fn(&DidKey) -> bool,
+    admit_initiator: &dyn Peers,
+    admit_responder: &dyn Peers,
 ) -> (Option<Outcome>, Option<Outcome>) {
     let mut to_responder = encode_all(&initiator.1);
     let mut to_initiator = encode_all(&responder.1);
@@ -354,4 +354,42 @@ fn frames_out_of_order_are_refused() {
     let (mut initiator, _) = Handshake::initiator(&alice, [1; 32]);
     let bye = Frame::Bye { reason: "busy".into() };
     assert!(matches!(initiator.handle(bye, &admit_all), Err(Error::PeerClosed { reason }) if reason == "busy"));
+}
+
+#[test]
+fn a_rotated_node_authenticates_with_its_current_key_once_the_peer_knows_the_event() {
+    let ((alice, unaware, aware), bob) = (rotated_alice(), bob());
+    // Bob knows the rotation: they authenticate each other, alice in either role.
+    let (i, r) = connect(
+        Handshake::initiator(&alice, [1; 32]),
+        Handshake::responder(&bob, [2; 32]),
+        &aware,
+        &aware,
+    );
+    assert_eq!((i.unwrap().unwrap().0, r.unwrap().unwrap().0), (bob.did(), alice.did()));
+    let (i, r) = connect(
+        Handshake::initiator(&bob, [1; 32]),
+        Handshake::responder(&alice, [2; 32]),
+        &aware,
+        &aware,
+    );
+    assert_eq!((i.unwrap().unwrap().0, r.unwrap().unwrap().0), (alice.did(), bob.did()));
+    // Bob has not learned the rotation: he expects the inception key and refuses the new one.
+    let (_, r) = connect(
+        Handshake::initiator(&alice, [1; 32]),
+        Handshake::responder(&bob, [2; 32]),
+        &unaware,
+        &unaware,
+    );
+    assert!(matches!(r.unwrap(), Err(Error::BadSignature { .. })));
+    // Once the rotation is known, the old key no longer authenticates the DID.
+    let before_rotation = NodeIdentity::from_seed([1; 32]);
+    assert_eq!(before_rotation.did(), alice.did());
+    let (i, _) = connect(
+        Handshake::initiator(&bob, [1; 32]),
+        Handshake::responder(&before_rotation, [2; 32]),
+        &aware,
+        &aware,
+    );
+    assert!(matches!(i.unwrap(), Err(Error::BadSignature { .. })));
 }

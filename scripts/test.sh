@@ -14,6 +14,9 @@ command -v npm >/dev/null || { echo "error: npm is required by the compatibility
 step "installing the compatibility suite's npm packages (openid-client, jose)"
 (cd compat-tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+step "installing oidc-provider for the upstream federation tests (bench/oidc)"
+(cd bench/oidc && npm ci --no-audit --no-fund --loglevel=error)
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

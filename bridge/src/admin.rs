@@ -72,6 +72,9 @@ async fn handle(state: &AppState, line: &str) -> Value {
         Err(e) => return json!({"error": format!("malformed admin request: {e}")}),
     };
     tracing::info!(command = command_name(&request), "admin command");
+    if matches!(request, AdminRequest::UpstreamStatus) {
+        return json!({"ok": state.upstream_status()});
+    }
     let status = matches!(request, AdminRequest::MeshStatus);
     let peers = state.mesh_peers();
     let state = state.clone();
@@ -115,6 +118,12 @@ pub fn call(data_dir: &Path, request: &AdminRequest, open: impl Fn() -> Result<N
         data_dir.display(),
         socket.display()
     )))
+}
+
+/// Runs `request` through a running server's socket; `Ok(None)` when no server runs on
+/// `data_dir`.
+pub fn call_running(data_dir: &Path, request: &AdminRequest) -> Result<Option<Value>, Error> {
+    try_socket(&data_dir.join(SOCKET), request)?.transpose()
 }
 
 fn try_socket(socket: &PathBuf, request: &AdminRequest) -> Result<Option<Result<Value, Error>>, Error> {

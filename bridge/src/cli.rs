@@ -52,6 +52,17 @@ enum Command {
     /// Check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect the upstream identity providers.
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UpstreamCommand {
+    /// Per upstream: issuer, circuit breaker (state, failures, since when open), JWKS cache age
+    /// and staleness, last refresh error. Asks the running server; without one, shows the disk
+    /// caches only.
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -77,7 +88,9 @@ enum ClientCommand {
         /// Display name.
         #[arg(long)]
         name: String,
-        /// Grant type the client may use (repeatable); none = introspection/revocation only.
+        /// Grant type the client may use (repeatable): `client_credentials`,
+        /// `urn:ietf:params:oauth:grant-type:token-exchange` (alias `token-exchange`); none =
+        /// introspection/revocation only.
         #[arg(long = "grant", value_name = "GRANT")]
         grants: Vec<String>,
         /// Allowed scopes, space-separated (repeatable).
@@ -200,8 +213,16 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let config = config::load(cli.config.as_deref(), &env, &overrides)?;
     let data_dir = config.data_dir(&env);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if let Command::Upstream(UpstreamCommand::Status) = &cli.command {
+        let answer = match admin::call_running(&data_dir, &AdminRequest::UpstreamStatus)? {
+            Some(upstreams) => json!({"running": true, "upstreams": upstreams}),
+            None => offline_upstream_status(&config, &data_dir, clock)?,
+        };
+        return print(cli.json, &answer, &upstream_status_text(&answer));
+    }
     let request = match cli.command {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
+        Command::Upstream(_) => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
@@ -308,6 +329,82 @@ fn mesh_status_text(status: &Value) -> String {
             last,
             str_of(&peer["addr"])
         ));
+    }
+    out
+}
+
+/// Upstream status without a running server: what the JWKS disk caches hold; the breakers live
+/// only in a running server (`breaker: null`).
+fn offline_upstream_status(config: &Config, data_dir: &std::path::Path, clock: Arc<dyn Clock>) -> Result<Value, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            action: "start the runtime".into(),
+            source,
+        })?;
+    let _entered = runtime.enter();
+    let now = clock.now();
+    let upstreams = crate::upstream::Upstreams::build(&config.upstreams, Some(data_dir), clock)?;
+    let mut list = serde_json::to_value(upstreams.status(now, config.federation.jwks_fresh_for))
+        .map_err(|e| Error::Admin(e.to_string()))?;
+    for entry in list.as_array_mut().into_iter().flatten() {
+        entry["breaker"] = Value::Null;
+        entry["available"] = Value::Null;
+    }
+    Ok(json!({"running": false, "upstreams": list}))
+}
+
+fn upstream_status_text(status: &Value) -> String {
+    let upstreams = status["upstreams"].as_array().cloned().unwrap_or_default();
+    if upstreams.is_empty() {
+        return "no upstreams configured".into();
+    }
+    let mut out = String::new();
+    if status["running"] != true {
+        out.push_str("meshgate is not running: breaker states are unknown; JWKS from the disk cache\n");
+    }
+    out.push_str(&format!(
+        "{:<12} {:<10} {:<8} {:<20} {:<16} {:<10} {}",
+        "UPSTREAM", "BREAKER", "FAILURES", "OPEN SINCE", "JWKS AGE", "AVAILABLE", "ISSUER"
+    ));
+    for upstream in upstreams {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let breaker = &upstream["breaker"];
+        let jwks = &upstream["jwks"];
+        let age = match jwks["age_secs"].as_u64() {
+            None => "none".to_owned(),
+            Some(age) => {
+                let note = if jwks["usable"] == false {
+                    " (too stale)"
+                } else if jwks["fresh"] == false {
+                    " (stale)"
+                } else {
+                    ""
+                };
+                format!("{age}s{note}")
+            }
+        };
+        let opened = breaker["opened_at"]
+            .as_u64()
+            .map_or("-".to_owned(), |at| at.to_string());
+        out.push_str(&format!(
+            "\n{:<12} {:<10} {:<8} {:<20} {:<16} {:<10} {}",
+            text(&upstream["name"]),
+            text(&breaker["state"]),
+            text(&breaker["consecutive_failures"]),
+            opened,
+            age,
+            text(&upstream["available"]),
+            text(&upstream["issuer"]),
+        ));
+        if let Some(error) = upstream["last_refresh_error"]["error"].as_str() {
+            out.push_str(&format!("\n  last refresh error: {error}"));
+        }
     }
     out
 }

@@ -1,4 +1,4 @@
-//! Configuration: YAML in the `node:` / `bridge:` shape, overridden by environment variables
+//! Configuration: YAML in the `node:` / `bridge:` / `upstreams:` / `federation:` shape, overridden by environment variables
 //! (`MESHGATE_` + key path with `__` between levels), overridden by command-line flags.
 //!
 //! Loading never half-succeeds: [`load`] returns a complete [`Config`] or every problem it found,
@@ -24,6 +24,11 @@ pub struct Config {
     pub node: NodeConfig,
     /// The OAuth/OIDC facade.
     pub bridge: BridgeConfig,
+    /// Upstream identity providers whose tokens token exchange accepts (`upstreams:`, a list of
+    /// [`adapters::config::UpstreamConfig`]).
+    pub upstreams: Vec<adapters::config::UpstreamConfig>,
+    /// What token exchange does per client while an upstream is unavailable (`federation:`).
+    pub federation: crate::federation::FederationConfig,
 }
 
 /// `node:`: the mesh node.
@@ -80,6 +85,9 @@ pub struct SyncConfig {
     pub gossip_peers: Vec<String>,
     /// DIDs admitted to the mesh without an explicit `mesh admit`.
     pub trusted_peers: Vec<mesh::did::DidKey>,
+    /// Discover peers on the local network with mDNS (register this node, browse for others);
+    /// default off. It only proposes addresses: a discovered node must still be a member.
+    pub mdns: bool,
 }
 
 impl Default for SyncConfig {
@@ -89,6 +97,7 @@ impl Default for SyncConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
             gossip_peers: Vec::new(),
             trusted_peers: Vec::new(),
+            mdns: false,
         }
     }
 }
@@ -313,6 +322,13 @@ fn set_path(value: &mut Value, path: &[String], leaf: Value) {
         *value = leaf;
         return;
     };
+    // A list entry is addressed by its index (`MESHGATE_UPSTREAMS__0__AUDIENCE`).
+    if let (Value::Sequence(list), Ok(index)) = (&mut *value, first.parse::<usize>())
+        && let Some(entry) = list.get_mut(index)
+    {
+        set_path(entry, rest, leaf);
+        return;
+    }
     if !value.is_mapping() {
         *value = Value::Mapping(Default::default());
     }
@@ -329,7 +345,7 @@ fn from_value(mut value: Value) -> Result<Config, Error> {
     for _ in 0..64 {
         let mut unknown = Vec::new();
         let result: Result<Config, _> = {
-            let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+            let mut record = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
             let ignored = serde_ignored::Deserializer::new(value.clone(), &mut record);
             serde_path_to_error::deserialize(ignored)
         };
@@ -337,6 +353,13 @@ fn from_value(mut value: Value) -> Result<Config, Error> {
             let entry = format!("{key}: unknown key");
             if !problems.contains(&entry) {
                 problems.push(entry);
+            }
+        }
+        if let Ok(config) = &result {
+            for problem in crate::upstream::check(&config.upstreams) {
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
             }
         }
         match result {
@@ -352,6 +375,21 @@ fn from_value(mut value: Value) -> Result<Config, Error> {
         }
     }
     Err(Error::Config(problems))
+}
+
+/// A key path as serde_path_to_error writes it (`upstreams[0].audience`), so unknown keys and
+/// bad values name list entries alike.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => key_path(parent),
+    }
 }
 
 fn remove_path(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
@@ -497,5 +535,87 @@ bridge:
             default_data_dir(&env(&[("HOME", "/h")])),
             PathBuf::from("/h/.local/share/meshgate")
         );
+    }
+
+    #[test]
+    fn mdns_is_off_unless_asked() {
+        let config = load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert!(!config.node.sync.mdns);
+        let file = write("node:\n  sync:\n    mdns: true\n");
+        assert!(
+            load(Some(file.path()), &env(&[]), &Overrides::default())
+                .unwrap()
+                .node
+                .sync
+                .mdns
+        );
+        let environment = env(&[("MESHGATE_NODE__SYNC__MDNS", "true")]);
+        assert!(load(None, &environment, &Overrides::default()).unwrap().node.sync.mdns);
+    }
+
+    #[test]
+    fn upstreams_and_federation_load_and_problems_are_named() {
+        let file = write(
+            r#"
+upstreams:
+  - name: corp
+    issuer: https://idp.corp/realms/agents
+    audience: meshgate
+    jwks: { max_stale: 2d }
+federation:
+  jwks_fresh_for: 10m
+  clients:
+    abc: { on_upstream_unavailable: fail_closed, degraded_ttl: 1m }
+"#,
+        );
+        let config = check(file.path()).unwrap();
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.upstreams[0].jwks.max_stale, Duration::from_secs(2 * 86_400));
+        assert_eq!(config.federation.jwks_fresh_for, Duration::from_secs(600));
+        let environment = env(&[("MESHGATE_UPSTREAMS__0__AUDIENCE", "edge")]);
+        let config = load(Some(file.path()), &environment, &Overrides::default()).unwrap();
+        assert_eq!(config.upstreams[0].audience.as_deref(), Some("edge"));
+
+        let file = write(
+            r#"
+upstreams:
+  - name: corp
+    issuer: https://idp.corp
+    audiance: meshgate
+    timeouts: { connect: fast }
+  - name: corp
+    issuer: https://idp.corp
+  - name: "bad name"
+    issuer: ftp://nowhere
+federation:
+  clients:
+    abc: { on_upstream_unavailable: maybe }
+"#,
+        );
+        let Err(Error::Config(problems)) = check(file.path()) else {
+            panic!("accepted a bad config")
+        };
+        let text = problems.join("\n");
+        for needle in [
+            "upstreams[0].audiance",
+            "upstreams[0].timeouts.connect",
+            "upstreams[2].issuer",
+            "federation.clients.abc.on_upstream_unavailable",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn duplicate_upstreams_are_refused() {
+        let file = write(
+            "upstreams:\n  - { name: corp, issuer: https://idp.corp }\n  - { name: corp, issuer: https://idp.corp }\n",
+        );
+        let Err(Error::Config(problems)) = check(file.path()) else {
+            panic!("accepted duplicates")
+        };
+        let text = problems.join("\n");
+        assert!(text.contains("upstreams[1].name"), "{text}");
+        assert!(text.contains("upstreams[1].issuer"), "{text}");
     }
 }

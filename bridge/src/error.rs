@@ -15,6 +15,7 @@ pub struct OAuthError {
     status: StatusCode,
     code: &'static str,
     description: Cow<'static, str>,
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -23,7 +24,19 @@ impl OAuthError {
             status,
             code,
             description: description.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: seconds` (RFC 9110 §10.2.3) to the response, e.g. to a `503`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The `Retry-After` seconds, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     /// 400 `invalid_request`: a parameter is missing, repeated, malformed, or the body is not a form.
@@ -90,7 +103,9 @@ impl OAuthError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error")
     }
 
-    /// 503 `temporarily_unavailable`.
+    /// 503 `temporarily_unavailable`: the server cannot answer now (e.g. the upstream identity
+    /// provider is unavailable and the client's policy fails closed); pair it with
+    /// [`OAuthError::with_retry_after`].
     pub fn temporarily_unavailable(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
     }
@@ -129,6 +144,9 @@ impl IntoResponse for OAuthError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             let challenge = format!(
                 "Basic realm=\"meshgate\", error=\"{}\", error_description=\"{}\"",
@@ -196,5 +214,14 @@ mod tests {
         let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(challenge.starts_with("Basic realm=\"meshgate\""), "{challenge}");
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let response = OAuthError::temporarily_unavailable("upstream down")
+            .with_retry_after(7)
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 }

@@ -11,6 +11,9 @@
 //! - [`error`]: [`error::OAuthError`], the one type that becomes an HTTP error response.
 //! - [`serve`]: binding the listeners; [`observability`] and [`metrics`] are the separate metrics plane;
 //!   [`admin`] is the local admin socket the CLI uses while a server runs.
+//! - [`upstream`]: the configured upstream identity providers (`adapters::Upstream` each, JWKS
+//!   disk cache, background refresh, status); [`federation`]: the per-client degradation policy
+//!   token exchange applies while an upstream is unavailable.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
@@ -19,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod form;
 pub mod http;
 pub mod keys;
@@ -27,6 +31,7 @@ pub mod node;
 pub mod observability;
 pub mod serve;
 pub mod token;
+pub mod upstream;
 pub mod verified;
 pub mod view;
 

@@ -14,7 +14,9 @@ pub const ENDPOINTS: [&str; 7] = ["token", "introspect", "revoke", "metadata", "
 /// Status codes with their own label value; anything else counts as "other".
 const STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 413, 415, 429, 500, 503, 0];
 /// Grants counted in `tokens_issued_total`.
-pub const GRANTS: [&str; 1] = ["client_credentials"];
+pub const GRANTS: [&str; 2] = ["client_credentials", crate::node::TOKEN_EXCHANGE];
+/// Index of token exchange in [`GRANTS`].
+pub const GRANT_TOKEN_EXCHANGE: usize = 1;
 /// Latency bucket upper bounds, seconds.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
@@ -43,6 +45,7 @@ pub struct Metrics {
     requests: Requests,
     latency: Latency,
     tokens: Tokens,
+    degraded: AtomicU64,
 }
 
 impl Metrics {
@@ -57,10 +60,36 @@ impl Metrics {
         self.tokens.0[grant].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records one token minted while its upstream was unavailable (`degraded: true`).
+    pub fn degraded_token_issued(&self) {
+        self.degraded.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Renders the Prometheus text format, with `key_ages` (algorithm, seconds) of the active
-    /// signing keys and `extra` gauges read at scrape time.
-    pub fn render(&self, key_ages: &[(&'static str, u64)], clients: usize, mesh: &MeshGauges) -> String {
+    /// signing keys, and the mesh and upstream gauges read at scrape time.
+    pub fn render(
+        &self,
+        key_ages: &[(&'static str, u64)],
+        clients: usize,
+        mesh: &MeshGauges,
+        upstreams: &[UpstreamGauges],
+    ) -> String {
         let mut registry = Registry::with_prefix("meshgate");
+        registry.register(
+            "upstream_breaker_state",
+            "Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open",
+            UpstreamFamily(upstreams.iter().map(|u| (u.name.clone(), u.breaker_state)).collect()),
+        );
+        registry.register(
+            "upstream_jwks_age_seconds",
+            "Age of each upstream's cached JWKS (-1: none)",
+            UpstreamFamily(upstreams.iter().map(|u| (u.name.clone(), u.jwks_age_secs)).collect()),
+        );
+        registry.register(
+            "tokens_degraded",
+            "Access tokens minted while their upstream was unavailable",
+            Total(self.degraded.load(Ordering::Relaxed)),
+        );
         registry.register("mesh_peers", "Mesh peers by state", PeerStates(mesh.peers));
         registry.register(
             "mesh_members",
@@ -260,6 +289,33 @@ impl EncodeMetric for KeyAges {
     }
 }
 
+/// One upstream's figures read at scrape time.
+#[derive(Debug, Clone)]
+pub struct UpstreamGauges {
+    /// The upstream's configured name (the `upstream` label; at most
+    /// [`crate::upstream::MAX_UPSTREAMS`] of them).
+    pub name: String,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker_state: i64,
+    /// Age of the cached JWKS in seconds, -1 when there is none.
+    pub jwks_age_secs: i64,
+}
+
+#[derive(Debug)]
+struct UpstreamFamily(Vec<(String, i64)>);
+impl EncodeMetric for UpstreamFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (name, value) in &self.0 {
+            let labels = [("upstream", name.as_str())];
+            encoder.encode_family(&labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 /// Mesh figures read at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct MeshGauges {
@@ -330,7 +386,29 @@ mod tests {
             members: 4,
             ..Default::default()
         };
-        let text = metrics.render(&[("EdDSA", 5)], 2, &mesh);
+        metrics.token_issued(GRANT_TOKEN_EXCHANGE);
+        metrics.degraded_token_issued();
+        let upstreams = [UpstreamGauges {
+            name: "corp".into(),
+            breaker_state: 2,
+            jwks_age_secs: 30,
+        }];
+        let text = metrics.render(&[("EdDSA", 5)], 2, &mesh, &upstreams);
+        assert!(
+            text.contains(r#"meshgate_upstream_breaker_state{upstream="corp"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshgate_upstream_jwks_age_seconds{upstream="corp"} 30"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"meshgate_tokens_issued_total{grant_type="urn:ietf:params:oauth:grant-type:token-exchange"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("meshgate_tokens_degraded_total 1"), "{text}");
         assert!(
             text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 2"#),
             "{text}"

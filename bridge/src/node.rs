@@ -22,8 +22,12 @@ use crate::error::Error;
 use crate::keys::{Alg, SigningKey};
 use crate::view::{LocalKeys, View};
 
-/// Grant types a client may be registered with.
-pub const SUPPORTED_GRANTS: &[&str] = &["client_credentials"];
+/// The RFC 8693 token-exchange grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Grant types a client may be registered with (`token-exchange` is accepted as a short alias of
+/// [`TOKEN_EXCHANGE`] and stored as the full URI).
+pub const SUPPORTED_GRANTS: &[&str] = &["client_credentials", TOKEN_EXCHANGE];
 
 /// An administrative command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +91,9 @@ pub enum AdminRequest {
     /// Rotates the node's identity key by pre-rotation: the DID stays, the pre-committed next key
     /// signs from now on.
     IdRotate,
+    /// The state of every configured upstream; answered by the running server (its breakers and
+    /// caches live there), never by a node opened from the CLI.
+    UpstreamStatus,
 }
 
 /// The writable node.
@@ -427,6 +434,9 @@ impl Node {
                 let answer = json!({"did": self.did(), "key": fingerprint, "seq": event.seq});
                 (answer, vec![Change::PutKeyEvent(event)])
             }
+            AdminRequest::UpstreamStatus => {
+                return Err(Error::Admin("upstream status is answered by the running server".into()));
+            }
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
@@ -562,6 +572,10 @@ fn checked_name(name: String) -> Result<String, Error> {
 fn checked_grants(grants: Vec<String>) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::new();
     for grant in grants {
+        let grant = match grant.as_str() {
+            "token-exchange" | "token_exchange" => TOKEN_EXCHANGE.to_owned(),
+            _ => grant,
+        };
         if !SUPPORTED_GRANTS.contains(&grant.as_str()) {
             return Err(Error::Admin(format!(
                 "unsupported grant `{grant}` (supported: {})",

@@ -79,7 +79,12 @@ fn metrics(state: &AppState) -> axum::response::Response {
             Some((alg.as_str(), now.saturating_sub(record.created_at)))
         })
         .collect();
-    let body = state.metrics().render(&ages, view.clients.len(), &state.mesh_gauges());
+    let body = state.metrics().render(
+        &ages,
+        view.clients.len(),
+        &state.mesh_gauges(),
+        &state.upstream_gauges(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Issuer};
 use crate::error::Error;
-use crate::http::{self, AppState, Settings};
+use crate::http::{self, AppState, Federation, Settings};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::upstream::Upstreams;
 use crate::{admin, observability};
 
 /// A running server.
@@ -127,7 +128,11 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let identity = node.identity();
     let data_dir = node.data_dir().to_path_buf();
     let metrics = Arc::new(Metrics::default());
-    let state = AppState::new(settings, node, clock, metrics);
+    // Upstreams: built without a network call (each loads its JWKS disk cache); their first
+    // refresh runs in the background, so start never waits for an upstream.
+    let upstreams = Upstreams::build(&config.upstreams, Some(&data_dir), clock.clone())?;
+    let federation = Federation::new(upstreams.clone(), config.federation.clone());
+    let state = AppState::with_federation(settings, node, clock, metrics, federation);
     let admin_listener = admin::bind(&data_dir)?;
     {
         let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());
@@ -144,6 +149,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let (shutdown, shutdown_rx) = watch::channel(false);
     let driver_config = mesh::driver::DriverConfig {
         bootstrap: config.node.sync.gossip_peers.clone(),
+        mdns: config.node.sync.mdns,
         ..Default::default()
     };
     let replica = Arc::new(http::MeshReplica(state.clone()));
@@ -153,6 +159,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             source,
         })?;
     state.set_driver(driver);
+    upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
 

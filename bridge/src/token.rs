@@ -76,6 +76,14 @@ pub struct AccessClaims {
     pub cap: Vec<Capability>,
     /// The DID of the issuing node.
     pub node: String,
+    /// The acting party of a token-exchange token (RFC 8693 §4.1): `{"sub": client_id}`, with the
+    /// subject token's own `act` nested inside. Absent on client_credentials tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
+    /// Whether the token was minted while the upstream identity provider was unavailable, under
+    /// the client's `issue_local` policy (shorter lifetime). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
 }
 
 /// Scopes that name OpenID Connect claims rather than capabilities.

@@ -15,4 +15,5 @@ mod compat {
     mod openid_client;
     mod private_key_jwt;
     mod secrets;
+    mod upstream;
 }

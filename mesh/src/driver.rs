@@ -11,7 +11,11 @@
 //! Membership (SWIM, [`crate::membership`]) runs next to the sessions on a UDP socket bound to the
 //! sync listener's address and port: its view is what [`Driver::status`] reports as alive, suspect
 //! or dead, and the dialer dials peers it reports alive at once and peers it reports down rarely.
+//!
+//! With `mdns` on, [`crate::discovery`] registers the node on the local network and proposes the
+//! members it finds there as extra dial and announce targets.
 
+mod mdns;
 mod swim;
 
 use std::collections::{HashMap, HashSet};
@@ -67,6 +71,8 @@ pub struct DriverConfig {
     pub membership: Option<MembershipConfig>,
     /// The wait between redials of a peer membership reports down.
     pub down_backoff: Duration,
+    /// Discover members on the local network with mDNS ([`crate::discovery`]); off by default.
+    pub mdns: bool,
 }
 
 impl Default for DriverConfig {
@@ -79,6 +85,7 @@ impl Default for DriverConfig {
             max_backoff: Duration::from_secs(10),
             membership: Some(MembershipConfig::default()),
             down_backoff: Duration::from_secs(30),
+            mdns: false,
         }
     }
 }
@@ -138,6 +145,10 @@ struct Inner {
     liveness: Mutex<Option<HashMap<DidKey, Liveness>>>,
     /// The last sync with peers whose session has ended.
     past_syncs: Mutex<HashMap<DidKey, Instant>>,
+    /// What mDNS found (empty without it).
+    discovered: Mutex<Vec<(DidKey, SocketAddr)>>,
+    /// Whether the mDNS daemon runs.
+    mdns_running: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes and sync messages the driver has sent and received, since start.
@@ -166,7 +177,8 @@ pub struct Driver(Arc<Inner>);
 impl Driver {
     /// Starts listening on `listener` and dialing; runs until `shutdown` flips to true. With
     /// membership configured, also binds UDP on the listener's address (same port); if that fails
-    /// the driver logs a warning and runs without membership.
+    /// the driver logs a warning and runs without membership. With `mdns`, also starts
+    /// [`crate::discovery`] (without it if that fails, with a warning).
     pub fn start(
         listener: std::net::TcpListener,
         identity: Arc<NodeIdentity>,
@@ -187,6 +199,14 @@ impl Driver {
                     None
                 }
             });
+        let discovery = config
+            .mdns
+            .then(|| crate::discovery::Discovery::start(identity.did(), local_addr))
+            .and_then(|started| {
+                started
+                    .inspect_err(|e| tracing::warn!(error = %e, "mDNS discovery disabled: cannot start"))
+                    .ok()
+            });
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             identity,
@@ -202,12 +222,17 @@ impl Driver {
             traffic: Traffic::default(),
             liveness: Mutex::new(swim.as_ref().map(|_| HashMap::new())),
             past_syncs: Mutex::new(HashMap::new()),
+            discovered: Mutex::new(Vec::new()),
+            mdns_running: std::sync::atomic::AtomicBool::new(discovery.is_some()),
         });
         let driver = Driver(inner);
         tokio::spawn(driver.clone().accept_loop(listener));
         tokio::spawn(driver.clone().dial_loop());
         if let Some((socket, membership)) = swim {
             tokio::spawn(swim::run(driver.clone(), socket, membership));
+        }
+        if let Some(discovery) = discovery {
+            tokio::spawn(mdns::run(driver.clone(), discovery));
         }
         Ok(driver)
     }
@@ -320,6 +345,12 @@ impl Driver {
             for (did, addr) in self.0.replica.peer_addresses() {
                 targets.retain(|(_, a, _)| a != &addr);
                 targets.push((Some(did), addr, self.liveness(&did)));
+            }
+            for (did, addr) in self.discovered() {
+                let addr = addr.to_string();
+                if !targets.iter().any(|(_, a, _)| *a == addr) {
+                    targets.push((Some(did), addr, self.liveness(&did)));
+                }
             }
             // Peers membership reports alive first; one that just came alive is dialed at once.
             targets.sort_by_key(|(_, _, liveness)| *liveness != Some(Liveness::Alive));

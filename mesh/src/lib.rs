@@ -15,6 +15,8 @@
 //!   timeout) as a sans-IO state machine; [`driver`] runs it over tokio TCP.
 //! - [`membership`]: SWIM membership and failure detection (foca) over signed datagrams, sans-IO;
 //!   the [`driver`] runs it over tokio UDP on the sync port.
+//! - [`discovery`]: optional mDNS / DNS-SD discovery of nodes on the local network; it only
+//!   proposes addresses to the [`driver`], admission is unchanged.
 //! - [`wire`]: the mesh wire protocol, sans-IO: stream frames, the mutual-authentication handshake,
 //!   and signed, replay-protected datagrams.
 //!
@@ -23,6 +25,7 @@
 
 pub mod clock;
 pub mod did;
+pub mod discovery;
 pub mod doc;
 pub mod driver;
 pub mod identity;

@@ -4,6 +4,7 @@
 //! blocking thread and swap in a new view.
 
 mod discovery;
+mod exchange;
 mod introspect;
 mod token;
 
@@ -43,6 +44,30 @@ pub struct Settings {
     pub verified_token_cache: usize,
 }
 
+/// What token exchange needs of the upstreams: the upstreams themselves, where each client's
+/// degradation policy comes from, and how old an upstream JWKS may be before the upstream counts
+/// as unavailable.
+#[derive(Clone)]
+pub struct Federation {
+    /// The configured upstreams.
+    pub upstreams: crate::upstream::Upstreams,
+    /// Per-client degradation policies.
+    pub policies: Arc<dyn crate::federation::PolicySource>,
+    /// `federation.jwks_fresh_for`.
+    pub jwks_fresh_for: std::time::Duration,
+}
+
+impl Federation {
+    /// `upstreams` with the policies and freshness of `config`.
+    pub fn new(upstreams: crate::upstream::Upstreams, config: crate::federation::FederationConfig) -> Self {
+        Self {
+            upstreams,
+            jwks_fresh_for: config.jwks_fresh_for,
+            policies: Arc::new(config),
+        }
+    }
+}
+
 /// Shared state of the OAuth listener.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -63,11 +88,27 @@ struct Shared {
     metrics: Arc<Metrics>,
     driver: std::sync::OnceLock<mesh::driver::Driver>,
     document_bytes: std::sync::atomic::AtomicU64,
+    federation: Federation,
 }
 
 impl AppState {
-    /// State over an opened node.
+    /// State over an opened node, without upstreams.
     pub fn new(settings: Settings, node: Node, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+        let federation = Federation::new(
+            crate::upstream::Upstreams::none(clock.clone()),
+            crate::federation::FederationConfig::default(),
+        );
+        Self::with_federation(settings, node, clock, metrics, federation)
+    }
+
+    /// State over an opened node with upstreams for token exchange.
+    pub fn with_federation(
+        settings: Settings,
+        node: Node,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        federation: Federation,
+    ) -> Self {
         let issuer = settings.issuer.clone();
         let path_prefix = url::Url::parse(&issuer)
             .map(|u| u.path().trim_end_matches('/').to_owned())
@@ -91,6 +132,7 @@ impl AppState {
             metrics,
             driver: std::sync::OnceLock::new(),
             document_bytes: std::sync::atomic::AtomicU64::new(0),
+            federation,
         }))
     }
 
@@ -112,6 +154,33 @@ impl AppState {
     /// The clock.
     pub fn now(&self) -> u64 {
         self.0.clock.now()
+    }
+
+    /// The upstreams and degradation policies.
+    pub fn federation(&self) -> &Federation {
+        &self.0.federation
+    }
+
+    /// The state of every upstream now, for `meshgate upstream status`.
+    pub fn upstream_status(&self) -> Vec<crate::upstream::UpstreamStatus> {
+        let federation = &self.0.federation;
+        federation.upstreams.status(self.now(), federation.jwks_fresh_for)
+    }
+
+    /// Upstream figures for `/metrics`.
+    pub fn upstream_gauges(&self) -> Vec<crate::metrics::UpstreamGauges> {
+        self.upstream_status()
+            .into_iter()
+            .map(|status| crate::metrics::UpstreamGauges {
+                breaker_state: match status.breaker.state {
+                    "closed" => 0,
+                    "half_open" => 1,
+                    _ => 2,
+                },
+                jwks_age_secs: status.jwks.age_secs.map_or(-1, |age| age as i64),
+                name: status.name,
+            })
+            .collect()
     }
 
     /// Authenticates the client of a request that arrived at `endpoint` (the assertion `aud` may

@@ -1,4 +1,5 @@
-//! `POST /token` (RFC 6749 §3.2, §4.4; RFC 8707 `resource`; RFC 9068 tokens).
+//! `POST /token` (RFC 6749 §3.2, §4.4; RFC 8707 `resource`; RFC 9068 tokens). Token exchange
+//! (RFC 8693) is decided in [`super::exchange`] and minted here.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -8,12 +9,15 @@ use serde::Serialize;
 use super::{AppState, server_error};
 use crate::error::OAuthError;
 use crate::form::Form;
-use crate::node::is_scope_token;
+use crate::node::{TOKEN_EXCHANGE, is_scope_token};
 use crate::token::{AccessClaims, Audience, capabilities, mint, new_jti};
+use crate::view::{Client, View};
 
 #[derive(Serialize)]
 struct TokenResponse<'a> {
     access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'static str>,
     token_type: &'static str,
     expires_in: u64,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -30,7 +34,7 @@ pub(super) async fn token(
     let now = state.now();
     let view = state.view();
     let client = state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?;
-    if grant_type != "client_credentials" {
+    if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant type `{grant_type}` is not supported"
         )));
@@ -40,25 +44,131 @@ pub(super) async fn token(
             "the client is not registered for this grant type",
         ));
     }
+    if grant_type == TOKEN_EXCHANGE {
+        drop(view);
+        return super::exchange::exchange(&state, &client, &form, now).await;
+    }
 
-    let scopes: Vec<&str> = match form.single("scope")? {
+    let scopes = granted_scopes(&client, form.single("scope")?, None)?;
+    let aud = audiences(&state, &client, &form)?;
+    let grant = Grant {
+        sub: client.record.client_id.clone(),
+        scopes,
+        aud,
+        exp: now + s.settings.token_ttl,
+        act: None,
+        degraded: false,
+        issued_token_type: None,
+        metric: 0,
+    };
+    Ok(issue(&state, &view, &client, grant, now))
+}
+
+/// What a grant decided, ready to be minted by [`issue`].
+pub(super) struct Grant {
+    /// The token's subject.
+    pub(super) sub: String,
+    /// Granted scopes.
+    pub(super) scopes: Vec<String>,
+    /// Audiences.
+    pub(super) aud: Vec<String>,
+    /// Expiry (Unix seconds), already capped by whatever bounds it.
+    pub(super) exp: u64,
+    /// RFC 8693 `act`.
+    pub(super) act: Option<serde_json::Value>,
+    /// Minted while the upstream is unavailable.
+    pub(super) degraded: bool,
+    /// RFC 8693 `issued_token_type` of the response.
+    pub(super) issued_token_type: Option<&'static str>,
+    /// Index in [`crate::metrics::GRANTS`].
+    pub(super) metric: usize,
+}
+
+/// Mints the token of `grant` for `client` and answers it (RFC 6749 §5.1).
+pub(super) fn issue(state: &AppState, view: &View, client: &Client, grant: Grant, now: u64) -> Response {
+    let s = &state.0;
+    let alg = client.token_alg.unwrap_or(s.settings.default_alg);
+    let Some(key) = view.signing_key(alg) else {
+        return server_error(format!("no active {alg} signing key"));
+    };
+    let scope_list: Vec<&str> = grant.scopes.iter().map(String::as_str).collect();
+    let scope = scope_list.join(" ");
+    let claims = AccessClaims {
+        iss: s.settings.issuer.clone(),
+        sub: grant.sub,
+        cap: capabilities(&grant.aud, &scope_list),
+        aud: Audience::from_list(grant.aud),
+        client_id: client.record.client_id.clone(),
+        scope: scope.clone(),
+        iat: now,
+        nbf: now,
+        exp: grant.exp,
+        jti: new_jti(),
+        node: s.did.clone(),
+        act: grant.act,
+        degraded: grant.degraded,
+    };
+    let access_token = match mint(&claims, key) {
+        Ok(t) => t,
+        Err(e) => return server_error(e),
+    };
+    s.metrics.token_issued(grant.metric);
+    if grant.degraded {
+        s.metrics.degraded_token_issued();
+    }
+    let body = TokenResponse {
+        access_token,
+        issued_token_type: grant.issued_token_type,
+        token_type: "Bearer",
+        expires_in: grant.exp.saturating_sub(now),
+        scope: &scope,
+    };
+    no_store(axum::Json(body).into_response())
+}
+
+/// The scopes to grant: the requested ones (each must be allowed for the client and, when
+/// `ceiling` is given, be in it: `invalid_scope` otherwise), or by default every scope of the
+/// client (within `ceiling`).
+pub(super) fn granted_scopes(
+    client: &Client,
+    requested: Option<&str>,
+    ceiling: Option<&[&str]>,
+) -> Result<Vec<String>, OAuthError> {
+    let within = |scope: &str| ceiling.is_none_or(|ceiling| ceiling.contains(&scope));
+    match requested {
         Some(requested) => {
-            let mut granted: Vec<&str> = Vec::new();
+            let mut granted: Vec<String> = Vec::new();
             for scope in requested.split(' ').filter(|s| !s.is_empty()) {
                 if !is_scope_token(scope) || !client.record.scopes.iter().any(|s| s == scope) {
                     return Err(OAuthError::invalid_scope(format!(
                         "scope `{scope}` is not allowed for this client"
                     )));
                 }
-                if !granted.contains(&scope) {
-                    granted.push(scope);
+                if !within(scope) {
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope `{scope}` is not granted by the subject token"
+                    )));
+                }
+                if !granted.iter().any(|g| g == scope) {
+                    granted.push(scope.to_owned());
                 }
             }
-            granted
+            Ok(granted)
         }
-        None => client.record.scopes.iter().map(String::as_str).collect(),
-    };
+        None => Ok(client
+            .record
+            .scopes
+            .iter()
+            .filter(|scope| within(scope))
+            .cloned()
+            .collect()),
+    }
+}
 
+/// The audiences of the token (RFC 8707 `resource` and RFC 8693 `audience`, each allowed for the
+/// client), or the client's registered audiences, or the default resource.
+pub(super) fn audiences(state: &AppState, client: &Client, form: &Form) -> Result<Vec<String>, OAuthError> {
+    let s = &state.0;
     let allowed = |target: &str| {
         if client.record.audiences.is_empty() {
             target == s.settings.resource
@@ -100,38 +210,7 @@ pub(super) async fn token(
             client.record.audiences.clone()
         };
     }
-
-    let alg = client.token_alg.unwrap_or(s.settings.default_alg);
-    let Some(key) = view.signing_key(alg) else {
-        return Ok(server_error(format!("no active {alg} signing key")));
-    };
-    let scope = scopes.join(" ");
-    let ttl = s.settings.token_ttl;
-    let claims = AccessClaims {
-        iss: s.settings.issuer.clone(),
-        sub: client.record.client_id.clone(),
-        cap: capabilities(&aud, &scopes),
-        aud: Audience::from_list(aud),
-        client_id: client.record.client_id.clone(),
-        scope: scope.clone(),
-        iat: now,
-        nbf: now,
-        exp: now + ttl,
-        jti: new_jti(),
-        node: s.did.clone(),
-    };
-    let access_token = match mint(&claims, key) {
-        Ok(t) => t,
-        Err(e) => return Ok(server_error(e)),
-    };
-    s.metrics.token_issued(0);
-    let body = TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: ttl,
-        scope: &scope,
-    };
-    Ok(no_store(axum::Json(body).into_response()))
+    Ok(aud)
 }
 
 /// Adds `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).

@@ -47,6 +47,37 @@ impl Harness {
         Self { state, clock, dir }
     }
 
+    /// A harness whose node federates `upstreams` (YAML of the `upstreams:` list) with the
+    /// `federation:` section `federation` (YAML).
+    pub fn federated(upstreams: &str, federation: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START);
+        let configs: Vec<adapters::config::UpstreamConfig> = serde_yaml::from_str(upstreams).unwrap();
+        let federation: bridge::federation::FederationConfig = serde_yaml::from_str(federation).unwrap();
+        let data = dir.path().join("data");
+        let node = Node::open(&data, Arc::new(clock.clone()), Alg::EdDSA, vec![]).unwrap();
+        let upstreams = bridge::upstream::Upstreams::build(&configs, Some(&data), Arc::new(clock.clone())).unwrap();
+        let state = AppState::with_federation(
+            Self::settings(ISSUER),
+            node,
+            Arc::new(clock.clone()),
+            Arc::new(Metrics::default()),
+            bridge::http::Federation::new(upstreams, federation),
+        );
+        Self { state, clock, dir }
+    }
+
+    fn settings(issuer: &str) -> Settings {
+        Settings {
+            issuer: issuer.into(),
+            resource: issuer.into(),
+            token_ttl: 600,
+            default_alg: Alg::EdDSA,
+            max_body_bytes: 64 * 1024,
+            verified_token_cache: 1024,
+        }
+    }
+
     fn state(dir: &std::path::Path, clock: &ManualClock, issuer: &str) -> AppState {
         let node = Node::open(&dir.join("data"), Arc::new(clock.clone()), Alg::EdDSA, vec![]).unwrap();
         let settings = Settings {

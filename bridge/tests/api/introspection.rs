@@ -285,7 +285,7 @@ async fn metrics_count_requests_with_bounded_labels() {
         issue(&h, &id, &secret).await;
     }
     h.token(&id, "wrong", "").await;
-    let text = h.state.metrics().render(&[], 1, &Default::default());
+    let text = h.state.metrics().render(&[], 1, &Default::default(), &[]);
     assert!(
         text.contains(r#"meshgate_http_requests_total{endpoint="token",status="200"} 3"#),
         "{text}"

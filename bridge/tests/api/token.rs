@@ -276,7 +276,10 @@ async fn metadata_follows_rfc8414() {
     assert_eq!(m["introspection_endpoint"], format!("{ISSUER}/introspect"));
     assert_eq!(m["revocation_endpoint"], format!("{ISSUER}/revoke"));
     assert!(m["response_types_supported"].is_array());
-    assert_eq!(m["grant_types_supported"], serde_json::json!(["client_credentials"]));
+    assert_eq!(
+        m["grant_types_supported"],
+        serde_json::json!(["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"])
+    );
     assert!(
         m.get("authorization_endpoint").is_none(),
         "no /authorize yet, so none advertised"

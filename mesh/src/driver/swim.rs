@@ -121,7 +121,8 @@ impl Runner {
 }
 
 impl Driver {
-    /// Where to announce: the bootstrap addresses (no DID) and every member's announced address.
+    /// Where to announce: the bootstrap addresses (no DID), every member's announced address and
+    /// the members mDNS found.
     /// Names that are not socket addresses are resolved (briefly: a slow resolver only delays this
     /// round).
     async fn membership_targets(&self) -> Vec<(Option<DidKey>, SocketAddr)> {
@@ -146,6 +147,11 @@ impl Driver {
                 && let Some(addr) = addrs.next()
             {
                 out.push((did, addr));
+            }
+        }
+        for (did, addr) in self.discovered() {
+            if !out.iter().any(|(_, a)| *a == addr) {
+                out.push((Some(did), addr));
             }
         }
         out

@@ -108,6 +108,18 @@ enum ClientCommand {
         /// Read the client secret from standard input instead of generating one (stored with argon2).
         #[arg(long)]
         secret_stdin: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Set a client's degradation policy (for when its upstream identity provider is unavailable).
+    Update {
+        /// The client id.
+        client_id: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Clear the client's policy (the node's `federation` defaults apply).
+        #[arg(long, conflicts_with_all = ["on_upstream_unavailable", "max_offline", "degraded_ttl"])]
+        clear_policy: bool,
     },
     /// List clients (never secrets).
     List,
@@ -136,6 +148,33 @@ enum IdCommand {
     /// Rotate the identity key: the pre-committed next key signs from now on, a fresh next key is
     /// committed to; the DID (and so the node's admission) stays.
     Rotate,
+}
+
+/// A client's degradation policy on the command line; replicated with the client.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// When its upstream is unavailable: keep issuing (shorter, `degraded` tokens) or answer 503.
+    #[arg(long, value_name = "issue_local|fail_closed")]
+    on_upstream_unavailable: Option<String>,
+    /// How long after the upstream went dark local issuance continues (e.g. 24h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_offline: Option<std::time::Duration>,
+    /// Lifetime of tokens minted while the upstream is unavailable (e.g. 2m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    degraded_ttl: Option<std::time::Duration>,
+}
+
+impl PolicyArgs {
+    fn degradation(self) -> Option<mesh::state::ClientDegradation> {
+        if self.on_upstream_unavailable.is_none() && self.max_offline.is_none() && self.degraded_ttl.is_none() {
+            return None;
+        }
+        Some(mesh::state::ClientDegradation {
+            on_upstream_unavailable: self.on_upstream_unavailable,
+            max_offline_secs: self.max_offline.map(|d| d.as_secs()),
+            degraded_ttl_secs: self.degraded_ttl.map(|d| d.as_secs()),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +287,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             token_alg,
             jwks_file,
             secret_stdin,
+            policy,
         }) => {
             let jwks = match jwks_file {
                 Some(path) => {
@@ -280,7 +320,22 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 token_alg,
                 jwks,
                 secret,
+                degradation: policy.degradation(),
             }
+        }
+        Command::Client(ClientCommand::Update {
+            client_id,
+            policy,
+            clear_policy,
+        }) => {
+            let degradation = policy.degradation();
+            if degradation.is_none() && !clear_policy {
+                return Err(Error::Admin(
+                    "nothing to update: give --on-upstream-unavailable, --max-offline, --degraded-ttl or --clear-policy"
+                        .into(),
+                ));
+            }
+            AdminRequest::ClientSetPolicy { client_id, degradation }
         }
     };
     let default_alg = config.bridge.token_alg;

@@ -83,6 +83,23 @@ impl PolicyOverride {
     }
 }
 
+impl From<&mesh::state::ClientDegradation> for PolicyOverride {
+    /// The policy replicated on a client record (validated when it was set; an unknown mode is
+    /// ignored, so the configured one applies).
+    fn from(record: &mesh::state::ClientDegradation) -> Self {
+        let on_upstream_unavailable = match record.on_upstream_unavailable.as_deref() {
+            Some("issue_local") => Some(OnUpstreamUnavailable::IssueLocal),
+            Some("fail_closed") => Some(OnUpstreamUnavailable::FailClosed),
+            _ => None,
+        };
+        Self {
+            on_upstream_unavailable,
+            max_offline: record.max_offline_secs.map(Duration::from_secs),
+            degraded_ttl: record.degraded_ttl_secs.map(Duration::from_secs),
+        }
+    }
+}
+
 /// `federation:` in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]

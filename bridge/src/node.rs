@@ -12,7 +12,9 @@ use mesh::clock::Clock;
 use mesh::did::DidKey;
 use mesh::identity::NodeIdentity;
 use mesh::keystore::{FileKeyStore, KeyStore};
-use mesh::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, SecretHash, SecretRecord};
+use mesh::state::{
+    Admission, Change, ClientDegradation, ClientRecord, KeyRecord, NodeInfo, Removal, SecretHash, SecretRecord,
+};
 use mesh::store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -50,6 +52,17 @@ pub enum AdminRequest {
         jwks: Option<Value>,
         /// An operator-chosen (imported) secret, stored with argon2; default a generated one.
         secret: Option<String>,
+        /// The client's degradation policy for when its upstream is unavailable.
+        #[serde(default)]
+        degradation: Option<ClientDegradation>,
+    },
+    /// Updates a client's degradation policy: the given fields replace the stored ones, the others
+    /// stay; `None` clears the policy.
+    ClientSetPolicy {
+        /// The client.
+        client_id: String,
+        /// The policy.
+        degradation: Option<ClientDegradation>,
     },
     /// Lists clients (never secrets).
     ClientList,
@@ -315,6 +328,7 @@ impl Node {
                 token_alg,
                 jwks,
                 secret,
+                degradation,
             } => {
                 let client_id = random_id();
                 let (secret, hash) = match secret {
@@ -334,6 +348,7 @@ impl Node {
                     token_alg: token_alg.unwrap_or(self.default_alg).to_string(),
                     jwks: jwks.map(checked_jwks).transpose()?,
                     created_at: now,
+                    degradation: degradation.map(checked_degradation).transpose()?,
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])
@@ -343,6 +358,21 @@ impl Node {
                 (Value::Array(list), vec![])
             }
             AdminRequest::ClientShow { client_id } => (summary(self.client(&client_id)?, now), vec![]),
+            AdminRequest::ClientSetPolicy { client_id, degradation } => {
+                let mut record = self.client(&client_id)?.clone();
+                record.degradation = match degradation {
+                    None => None,
+                    Some(update) => {
+                        let current = record.degradation.take().unwrap_or_default();
+                        Some(checked_degradation(ClientDegradation {
+                            on_upstream_unavailable: update.on_upstream_unavailable.or(current.on_upstream_unavailable),
+                            max_offline_secs: update.max_offline_secs.or(current.max_offline_secs),
+                            degraded_ttl_secs: update.degraded_ttl_secs.or(current.degraded_ttl_secs),
+                        })?)
+                    }
+                };
+                (summary(&record, now), vec![Change::PutClient(record)])
+            }
             AdminRequest::ClientRemove { client_id } => {
                 self.client(&client_id)?;
                 (json!({"removed": client_id}), vec![Change::RemoveClient(client_id)])
@@ -623,6 +653,23 @@ fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
+fn checked_degradation(policy: ClientDegradation) -> Result<ClientDegradation, Error> {
+    if let Some(mode) = &policy.on_upstream_unavailable
+        && mode != "issue_local"
+        && mode != "fail_closed"
+    {
+        return Err(Error::Admin(format!(
+            "on_upstream_unavailable must be issue_local or fail_closed, not `{mode}`"
+        )));
+    }
+    if policy.degraded_ttl_secs.is_some_and(|t| !(1..=86_400).contains(&t)) {
+        return Err(Error::Admin(
+            "the degraded token lifetime must be between 1s and 24h".into(),
+        ));
+    }
+    Ok(policy)
+}
+
 fn checked_jwks(jwks: Value) -> Result<Value, Error> {
     let keys = jwks
         .get("keys")
@@ -660,5 +707,6 @@ fn summary(client: &ClientRecord, now: u64) -> Value {
         "token_endpoint_auth_methods": methods,
         "secrets": client.secrets.iter().map(|s| json!({"expires_at": s.expires_at})).collect::<Vec<_>>(),
         "created_at": client.created_at,
+        "degradation": client.degradation,
     })
 }

@@ -395,6 +395,24 @@ pub struct ClientRecord {
     pub jwks: Option<serde_json::Value>,
     /// When the client was registered (Unix seconds).
     pub created_at: u64,
+    /// What to do for this client when its upstream identity provider is unavailable; unset
+    /// fields come from the node's `federation.default_policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degradation: Option<ClientDegradation>,
+}
+
+/// A client's degradation policy as replicated with the client (all fields optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDegradation {
+    /// `issue_local` or `fail_closed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_upstream_unavailable: Option<String>,
+    /// Seconds after the upstream went dark during which local issuance continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_offline_secs: Option<u64>,
+    /// Lifetime in seconds of tokens minted while the upstream is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_ttl_secs: Option<u64>,
 }
 
 /// A stored client secret: never the secret itself.

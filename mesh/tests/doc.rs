@@ -27,6 +27,7 @@ fn client(id: &str, name: &str) -> ClientRecord {
         token_alg: "EdDSA".to_owned(),
         jwks: None,
         created_at: 1,
+        degradation: None,
     }
 }
 

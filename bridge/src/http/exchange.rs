@@ -196,7 +196,16 @@ async fn resolve(state: &AppState, client_id: &str, token: &str, now: u64) -> Re
     };
     let at = Duration::from_secs(now);
     let health = Health::from(&upstream.status(at));
-    let policy = federation.policies.policy(client_id);
+    // The policy replicated on the client record wins over the node's configuration.
+    let mut policy = federation.policies.policy(client_id);
+    if let Some(record) = state
+        .view()
+        .clients
+        .get(client_id)
+        .and_then(|c| c.record.degradation.clone())
+    {
+        policy = crate::federation::PolicyOverride::from(&record).over(policy);
+    }
     let degraded_ttl = match decide(&policy, &health, at, federation.jwks_fresh_for) {
         Decision::Normal => None,
         Decision::Degraded { ttl } => Some(ttl),

@@ -132,6 +132,7 @@ fn exchanger(h: &Harness, scopes: &str) -> (String, String) {
             token_alg: None,
             jwks: None,
             secret: None,
+            degradation: None,
         })
         .unwrap();
     let id = answer["client_id"].as_str().unwrap().to_owned();
@@ -559,6 +560,7 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         token_alg: "EdDSA".into(),
         jwks: None,
         created_at: START,
+        degradation: None,
     };
     h.state
         .with_node(|node| {
@@ -568,4 +570,66 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         })
         .unwrap();
     (id.into(), secret)
+}
+
+#[tokio::test]
+async fn the_policy_replicated_on_the_client_record_wins() {
+    let mut stub = Stub::start().await;
+    // The configuration says issue_local for everyone; the record says fail_closed.
+    let h = federated(&stub, "", "default_policy: { degraded_ttl: 60s }\n").await;
+    let policy = |mode: &str, ttl: Option<u64>| mesh::state::ClientDegradation {
+        on_upstream_unavailable: Some(mode.into()),
+        max_offline_secs: None,
+        degraded_ttl_secs: ttl,
+    };
+    let answer = h
+        .admin(AdminRequest::ClientAdd {
+            name: "strict".into(),
+            grants: vec!["token-exchange".into()],
+            scopes: vec!["read".into()],
+            audiences: vec![],
+            token_alg: None,
+            jwks: None,
+            secret: None,
+            degradation: Some(policy("fail_closed", None)),
+        })
+        .unwrap();
+    let client = (
+        answer["client_id"].as_str().unwrap().to_owned(),
+        answer["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let shown = h
+        .admin(AdminRequest::ClientShow {
+            client_id: client.0.clone(),
+        })
+        .unwrap();
+    assert_eq!(shown["degradation"]["on_upstream_unavailable"], "fail_closed");
+    let subject = stub.token(json!({}));
+    assert_eq!(exchange(&h, &client, &subject, &[]).await.status, StatusCode::OK);
+
+    stub.kill().await;
+    assert!(h.state.federation().upstreams.refresh_all().await.is_err());
+    let answer = exchange(&h, &client, &subject, &[]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.json);
+
+    // Changed on the record: issue_local with its own degraded lifetime.
+    h.admin(AdminRequest::ClientSetPolicy {
+        client_id: client.0.clone(),
+        degradation: Some(policy("issue_local", Some(30))),
+    })
+    .unwrap();
+    let answer = exchange(&h, &client, &subject, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.json["expires_in"], 30);
+    assert_eq!(
+        claims_of(answer.json["access_token"].as_str().unwrap())["degraded"],
+        true
+    );
+
+    // Bad policies are refused with a clear message.
+    let refused = h.admin(AdminRequest::ClientSetPolicy {
+        client_id: client.0.clone(),
+        degradation: Some(policy("maybe", None)),
+    });
+    assert!(refused.unwrap_err().to_string().contains("issue_local or fail_closed"));
 }

@@ -114,6 +114,7 @@ impl Harness {
                 token_alg: alg,
                 jwks: None,
                 secret: None,
+                degradation: None,
             })
             .unwrap();
         (

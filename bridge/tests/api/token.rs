@@ -193,6 +193,7 @@ async fn bad_requests_get_exact_errors() {
             token_alg: None,
             jwks: None,
             secret: None,
+            degradation: None,
         })
         .unwrap();
     let answer = h
@@ -357,6 +358,7 @@ async fn imported_secrets_use_argon2() {
             token_alg: None,
             jwks: None,
             secret: Some("hunter2".into()),
+            degradation: None,
         })
         .unwrap();
     let id = answer["client_id"].as_str().unwrap();
@@ -392,6 +394,7 @@ async fn private_key_jwt_authenticates_once_per_assertion() {
             token_alg: None,
             jwks: Some(jwks),
             secret: None,
+            degradation: None,
         })
         .unwrap();
     let id = answer["client_id"].as_str().unwrap().to_owned();

@@ -207,5 +207,6 @@ pub fn client(client_id: &str) -> ClientRecord {
         token_alg: "EdDSA".to_owned(),
         jwks: None,
         created_at: 1,
+        degradation: None,
     }
 }

@@ -114,6 +114,7 @@ fn client(id: &str) -> Change {
         token_alg: "EdDSA".to_owned(),
         jwks: None,
         created_at: 1,
+        degradation: None,
     })
 }
 

@@ -42,9 +42,9 @@ fn status_index(status: u16) -> usize {
 /// All of meshgate's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Requests,
+    requests: Counters<{ ENDPOINTS.len() * STATUSES.len() }>,
     latency: Latency,
-    tokens: Tokens,
+    tokens: Counters<{ GRANTS.len() }>,
     degraded: AtomicU64,
 }
 
@@ -119,7 +119,7 @@ impl Metrics {
         registry.register(
             "http_requests",
             "HTTP requests by endpoint and status",
-            self.requests.snapshot(),
+            RequestsSnapshot(self.requests.values()),
         );
         registry.register(
             "http_request_duration_seconds",
@@ -129,7 +129,7 @@ impl Metrics {
         registry.register(
             "tokens_issued",
             "Access tokens issued by grant type",
-            self.tokens.snapshot(),
+            TokensSnapshot(self.tokens.values()),
         );
         registry.register(
             "signing_key_age_seconds",
@@ -145,16 +145,17 @@ impl Metrics {
     }
 }
 
+/// A fixed array of lock-free counters.
 #[derive(Debug)]
-struct Requests([AtomicU64; ENDPOINTS.len() * STATUSES.len()]);
-impl Default for Requests {
+struct Counters<const N: usize>([AtomicU64; N]);
+impl<const N: usize> Default for Counters<N> {
     fn default() -> Self {
         Self(std::array::from_fn(|_| AtomicU64::new(0)))
     }
 }
-impl Requests {
-    fn snapshot(&self) -> RequestsSnapshot {
-        RequestsSnapshot(self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+impl<const N: usize> Counters<N> {
+    fn values(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -241,19 +242,6 @@ impl EncodeMetric for LatencySnapshot {
     }
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
-    }
-}
-
-#[derive(Debug)]
-struct Tokens([AtomicU64; GRANTS.len()]);
-impl Default for Tokens {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| AtomicU64::new(0)))
-    }
-}
-impl Tokens {
-    fn snapshot(&self) -> TokensSnapshot {
-        TokensSnapshot(self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect())
     }
 }
 

@@ -2,7 +2,10 @@
 //! scripts/test.sh) issues RS256 JWT access tokens for meshgate's audience; meshgate exchanges
 //! them (RFC 8693), then the upstream is killed (SIGKILL) and an `issue_local` client keeps
 //! getting degraded tokens from the cached JWKS while a `fail_closed` client gets clean 503s.
+//! A second scenario freezes the upstream (SIGSTOP: it accepts connections and never answers),
+//! which only meshgate's timeouts can notice, then thaws it (SIGCONT) and checks the recovery.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +21,8 @@ const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const UPSTREAM_CLIENT: &str = "upstream-agent";
 const UPSTREAM_SECRET: &str = "upstream-agent-secret-4f1c9d2e7b";
 
-/// `node bench/oidc/upstream.mjs`, killed when dropped.
+/// `node bench/oidc/upstream.mjs`, continued (SIGCONT) and killed when dropped, so a failing test
+/// never leaves a stopped process behind.
 struct Upstream {
     child: Child,
     issuer: String,
@@ -57,10 +61,44 @@ impl Upstream {
         }
     }
 
-    /// SIGKILL: connections are refused from now on.
+    /// SIGKILL: connections are refused from now on. A stopped process is continued first.
     fn kill(&mut self) {
-        let _ = self.child.kill();
+        // Only while it has not been reaped: its pid may belong to another process afterwards.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.signal("CONT");
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the kernel still accepts TCP connections on its port, but nothing ever answers.
+    fn freeze(&mut self) {
+        if let Err(problem) = self.signal("STOP") {
+            panic!("cannot freeze the upstream: {problem}");
+        }
+    }
+
+    /// SIGCONT: it answers again (the requests queued meanwhile included).
+    fn thaw(&mut self) {
+        if let Err(problem) = self.signal("CONT") {
+            panic!("cannot thaw the upstream: {problem}");
+        }
+    }
+
+    /// Sends `SIG<name>` through `kill(1)` (the workspace forbids `unsafe`, so no libc call).
+    fn signal(&self, name: &str) -> Result<(), String> {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|error| format!("cannot run kill: {error}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{name} {} failed: {status}", self.child.id()))
+        }
     }
 }
 
@@ -92,6 +130,26 @@ fn wait_for_status(server: &Meshgate, what: &str, done: impl Fn(&Value) -> bool)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// An RS256 JWT access token from oidc-provider, for meshgate's audience.
+async fn mint_subject(upstream: &Upstream) -> String {
+    let minted = post_form(
+        &format!("{}/token", upstream.issuer),
+        Some(&basic(UPSTREAM_CLIENT, UPSTREAM_SECRET)),
+        form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "read"),
+            ("resource", "https://meshgate.test/"),
+        ]),
+    )
+    .await;
+    assert_eq!(minted.status, StatusCode::OK, "{}", minted.text);
+    let subject = minted.json()["access_token"].as_str().expect("access_token").to_owned();
+    let upstream_jwt = Jwt::parse(&subject);
+    assert_eq!(upstream_jwt.header["alg"], "RS256");
+    assert_eq!(upstream_jwt.payload["aud"], "meshgate");
+    subject
 }
 
 async fn exchange(server: &Meshgate, client: &Registered, subject: &str) -> support::Answer {
@@ -145,22 +203,7 @@ federation:
     let server = Meshgate::spawn_with_config(&data, &config, &[]);
     wait_for_status(&server, "fetched", |corp| corp["jwks"]["keys"].as_u64() == Some(1));
 
-    // An RS256 JWT access token from oidc-provider, for meshgate's audience.
-    let minted = post_form(
-        &format!("{}/token", upstream.issuer),
-        Some(&basic(UPSTREAM_CLIENT, UPSTREAM_SECRET)),
-        form(&[
-            ("grant_type", "client_credentials"),
-            ("scope", "read"),
-            ("resource", "https://meshgate.test/"),
-        ]),
-    )
-    .await;
-    assert_eq!(minted.status, StatusCode::OK, "{}", minted.text);
-    let subject = minted.json()["access_token"].as_str().expect("access_token").to_owned();
-    let upstream_jwt = Jwt::parse(&subject);
-    assert_eq!(upstream_jwt.header["alg"], "RS256");
-    assert_eq!(upstream_jwt.payload["aud"], "meshgate");
+    let subject = mint_subject(&upstream).await;
 
     for client in [&local, &closed] {
         let answer = exchange(&server, client, &subject).await;
@@ -210,6 +253,253 @@ federation:
         "{metrics}"
     );
     assert!(metrics.contains("meshgate_tokens_degraded_total 3"), "{metrics}");
+    assert!(
+        !server.output().contains(&subject) && !server.output().contains(UPSTREAM_SECRET),
+        "a token or secret reached the logs"
+    );
+}
+
+/// How long meshgate may take to answer one request while the upstream is frozen: generous, since
+/// this is about hanging on the upstream, not about performance.
+const ANSWER_BOUND: Duration = Duration::from_secs(5);
+
+/// Awaits `request`, failing when meshgate takes longer than [`ANSWER_BOUND`] to answer it.
+async fn answered<T>(server: &Meshgate, what: &str, request: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let Ok(answer) = tokio::time::timeout(ANSWER_BOUND, request).await else {
+        panic!(
+            "{what}: no answer within {ANSWER_BOUND:?} — meshgate hangs on the upstream\n{}",
+            server.output()
+        )
+    };
+    assert!(start.elapsed() < ANSWER_BOUND, "{what} took {:?}", start.elapsed());
+    answer
+}
+
+/// A normal exchange: 200, no `degraded` claim, the normal lifetime; the token introspects active.
+async fn assert_normal_exchange(server: &Meshgate, client: &Registered, subject: &str, normal_ttl: u64) {
+    let answer = exchange(server, client, subject).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}: {}", client.client_id, answer.text);
+    let body = answer.json();
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN, "{body}");
+    assert_eq!(body["expires_in"].as_u64(), Some(normal_ttl), "{body}");
+    let access_token = body["access_token"].as_str().expect("access_token");
+    let token = Jwt::parse(access_token);
+    assert_eq!(token.payload["iss"], server.issuer());
+    assert_eq!(token.payload["sub"], UPSTREAM_CLIENT);
+    assert_eq!(token.payload["act"]["sub"], client.client_id.as_str());
+    assert!(token.payload.get("degraded").is_none(), "{}", token.payload);
+    let introspected = support::introspect(server, client, access_token).await;
+    assert_eq!(introspected["active"], true, "{introspected}");
+}
+
+/// `/healthz` and `/readyz` answer 200, in time.
+async fn assert_healthy(server: &Meshgate) {
+    for path in ["/healthz", "/readyz"] {
+        let answer = answered(server, path, support::get(&server.metrics_url(path))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text);
+    }
+}
+
+/// Polls the server's log (stderr) until it contains `needle` (at most 10 s).
+fn wait_for_log(server: &Meshgate, needle: &str) {
+    let start = Instant::now();
+    while !server.stderr().contains(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the log never said {needle:?}\n{}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_upstream_degrades_then_recovers() {
+    let mut upstream = Upstream::start();
+    let dir = support::temp_dir();
+    let data = dir.path().join("data");
+    // The policies live on the client records (they win over the node's configuration, which here
+    // has none: its default would be issue_local with a 2 min degraded TTL).
+    let client = |policy: &[&str]| ClientOptions {
+        extra_args: ["--grant", "token-exchange"]
+            .iter()
+            .chain(policy)
+            .map(|arg| arg.to_string())
+            .collect(),
+        ..ClientOptions::default()
+    };
+    let local = compat_tests::client_add(
+        &data,
+        "edge-agent",
+        "read write",
+        &client(&["--on-upstream-unavailable", "issue_local", "--degraded-ttl", "30s"]),
+    );
+    let closed = compat_tests::client_add(
+        &data,
+        "strict-agent",
+        "read write",
+        &client(&["--on-upstream-unavailable", "fail_closed"]),
+    );
+    let config = dir.path().join("meshgate.yaml");
+    // Short timings: a 1 s total HTTP timeout is what notices the frozen upstream; one failure
+    // opens the breaker, which probes again after 1–2 s; the JWKS is refreshed every second.
+    std::fs::write(
+        &config,
+        format!(
+            r#"bridge: {{ listen: "127.0.0.1:0", metrics_listen: "127.0.0.1:0" }}
+node: {{ sync: {{ listen: "127.0.0.1:0" }} }}
+upstreams:
+  - name: corp
+    issuer: {issuer}
+    audience: meshgate
+    algorithms: [RS256]
+    timeouts: {{ connect: 200ms, total: 1s, token_deadline: 300ms }}
+    breaker: {{ failure_threshold: 1, open_for: 1s, max_open_for: 2s }}
+    jwks: {{ refresh_interval: 1s, min_refresh_interval: 1s }}
+federation:
+  jwks_fresh_for: 10s
+"#,
+            issuer = upstream.issuer,
+        ),
+    )
+    .expect("write the configuration");
+    let server = Meshgate::spawn_with_config(&data, &config, &[]);
+    wait_for_status(&server, "available", |corp| {
+        corp["available"] == true && corp["jwks"]["keys"].as_u64() == Some(1)
+    });
+    let subject = mint_subject(&upstream).await;
+
+    // Normal issuance for both clients, with the normal lifetime.
+    let first = exchange(&server, &local, &subject).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let normal_ttl = first.json()["expires_in"].as_u64().expect("expires_in");
+    assert!(
+        normal_ttl > 30,
+        "the normal lifetime ({normal_ttl} s) must differ from the degraded one"
+    );
+    for client in [&local, &closed] {
+        assert_normal_exchange(&server, client, &subject, normal_ttl).await;
+    }
+
+    // Freeze. Until meshgate notices, exchanges may be normal or already degraded/refused, but
+    // they must be answered at once: verification uses the cached JWKS. A token with an unknown
+    // `kid` makes meshgate call the frozen upstream, bounded by the token-path deadline.
+    upstream.freeze();
+    let frozen_at = Instant::now();
+    let mut degraded_issued = 0;
+    let answer = answered(&server, "issue_local exchange", exchange(&server, &local, &subject)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "issue_local right after the freeze: {}",
+        answer.text
+    );
+    if Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["degraded"] == true {
+        degraded_issued += 1;
+    }
+    let answer = answered(&server, "fail_closed exchange", exchange(&server, &closed, &subject)).await;
+    assert!(
+        answer.status == StatusCode::OK || answer.oauth_error_mismatch(503, "temporarily_unavailable").is_none(),
+        "fail_closed right after the freeze: {} {}",
+        answer.status,
+        answer.text
+    );
+    let real = Jwt::parse(&subject);
+    let mut header = real.header.clone();
+    header["kid"] = "upstream-rotated-key".into();
+    let unknown_kid = format!(
+        "{}.{}.{}",
+        support::encode_json(&header),
+        real.payload_part,
+        real.signature_part
+    );
+    let answer = answered(&server, "unknown-kid exchange", exchange(&server, &local, &unknown_kid)).await;
+    if let Some(problem) = answer.oauth_error_mismatch(400, "invalid_grant") {
+        panic!("a token with an unknown kid while the upstream is frozen: {problem}");
+    }
+
+    // meshgate notices through its timeouts: the frozen upstream still accepts connections.
+    let corp = wait_for_status(&server, "unavailable", |corp| corp["available"] == false);
+    let noticed_after = frozen_at.elapsed();
+    assert_ne!(corp["breaker"]["state"], "closed", "{corp}");
+    assert!(corp["breaker"]["trips"].as_u64() >= Some(1), "{corp}");
+    assert!(corp["last_refresh_error"]["error"].is_string(), "{corp}");
+    wait_for_log(&server, "the upstream did not answer within 1s");
+    assert!(
+        !server.stderr().contains("cannot connect to the upstream"),
+        "a frozen upstream must be caught by the timeouts, not by a connect error\n{}",
+        server.output()
+    );
+
+    for round in 0..3 {
+        let answer = answered(&server, "issue_local exchange", exchange(&server, &local, &subject)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "issue_local, round {round}: {}",
+            answer.text
+        );
+        let body = answer.json();
+        assert_eq!(
+            body["expires_in"].as_u64(),
+            Some(30),
+            "the client's degraded TTL: {body}"
+        );
+        let token = Jwt::parse(body["access_token"].as_str().unwrap());
+        assert_eq!(token.payload["degraded"], true, "{}", token.payload);
+        assert_eq!(token.payload["sub"], UPSTREAM_CLIENT);
+        assert_eq!(token.payload["act"]["sub"], local.client_id.as_str());
+        degraded_issued += 1;
+
+        let answer = answered(&server, "fail_closed exchange", exchange(&server, &closed, &subject)).await;
+        if let Some(problem) = answer.oauth_error_mismatch(503, "temporarily_unavailable") {
+            panic!("fail_closed, round {round}: {problem}");
+        }
+        let retry: u64 = answer
+            .header("retry-after")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no Retry-After: {:?}", answer.headers));
+        assert!(retry >= 1, "Retry-After {retry}");
+
+        // Everything that does not involve the upstream goes on as usual.
+        let answer = answered(
+            &server,
+            "client_credentials",
+            post_form(
+                &server.url("/token"),
+                Some(&basic(&closed.client_id, &closed.client_secret)),
+                form(&[("grant_type", "client_credentials"), ("scope", "read")]),
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "client_credentials: {}", answer.text);
+        assert_healthy(&server).await;
+    }
+    let metrics = answered(&server, "/metrics", support::get(&server.metrics_url("/metrics")))
+        .await
+        .text;
+    assert!(
+        metrics.contains(&format!("meshgate_tokens_degraded_total {degraded_issued}")),
+        "{degraded_issued} degraded tokens were issued\n{metrics}"
+    );
+
+    // Thaw: the breaker's next probe succeeds, it closes and the JWKS is fresh again.
+    upstream.thaw();
+    let thawed_at = Instant::now();
+    let corp = wait_for_status(&server, "available and closed again", |corp| {
+        corp["available"] == true && corp["breaker"]["state"] == "closed"
+    });
+    let recovered_after = thawed_at.elapsed();
+    assert_eq!(corp["jwks"]["fresh"], true, "{corp}");
+    assert!(corp["last_refresh_error"].is_null(), "{corp}");
+    for client in [&local, &closed] {
+        assert_normal_exchange(&server, client, &subject, normal_ttl).await;
+    }
+    assert_healthy(&server).await;
+    let status = upstream_status(&server);
+    assert_eq!(status["running"], true, "{status}");
+    eprintln!("frozen upstream noticed after {noticed_after:?}, recovery after {recovered_after:?}");
     assert!(
         !server.output().contains(&subject) && !server.output().contains(UPSTREAM_SECRET),
         "a token or secret reached the logs"

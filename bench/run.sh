@@ -174,7 +174,7 @@ run_waited "$MESHGATE" client add --data-dir "$DATA" --name bench --grant client
   >"$WORK/client-add.out" 2>"$WORK/client-add.err" \
   || { cat "$WORK/client-add.err" >&2; die "meshgate client add failed"; }
 MG_CLIENT="$(grep -m1 '^{' "$WORK/client-add.out")" || die "client add printed no JSON"
-MG_AUTH="$(python3 "$BENCH_DIR/benchlib.py" basic "$(json_get "$MG_CLIENT" client_id)" "$(json_get "$MG_CLIENT" client_secret)")"
+MG_AUTH="$(python3 "$BENCH_DIR/benchlib.py" basic -- "$(json_get "$MG_CLIENT" client_id)" "$(json_get "$MG_CLIENT" client_secret)")"
 IFS=$'\t' read -r MG_TOKEN_URL MG_INTRO_URL < <(python3 "$BENCH_DIR/benchlib.py" discover "$MG_BASE")
 log "meshgate pid $MG_PID at $MG_BASE (token $MG_TOKEN_URL, introspection $MG_INTRO_URL)"
 
@@ -190,7 +190,7 @@ OI_LINE="$JSON_LINE"
 OI_BASE="$(json_get "$OI_LINE" issuer)"
 OI_TOKEN_URL="$(json_get "$OI_LINE" token_endpoint)"
 OI_INTRO_URL="$(json_get "$OI_LINE" introspection_endpoint)"
-OI_AUTH="$(python3 "$BENCH_DIR/benchlib.py" basic "$OIDC_CLIENT_ID" "$OIDC_CLIENT_SECRET")"
+OI_AUTH="$(python3 "$BENCH_DIR/benchlib.py" basic -- "$OIDC_CLIENT_ID" "$OIDC_CLIENT_SECRET")"
 log "oidc-provider pid $OI_PID at $OI_BASE"
 
 # ------------------------------------------------------------------ 4. load
@@ -215,7 +215,7 @@ pre_issue() {
     run_waited python3 "$BENCH_DIR/benchlib.py" issue "$url" "$auth" "$TOKENS" "$WORK/tokens.$srv" >"$WORK/issue.$srv.log" \
       || die "could not pre-issue tokens from $srv"
     log "  $(cat "$WORK/issue.$srv.log")"
-    meta "${srv}_token_format" "$(python3 "$BENCH_DIR/benchlib.py" describe "$(head -n 1 "$WORK/tokens.$srv")")"
+    meta "${srv}_token_format" "$(python3 "$BENCH_DIR/benchlib.py" describe -- "$(head -n 1 "$WORK/tokens.$srv")")"
   done
   check_active meshgate before
   check_active oidc before

@@ -522,7 +522,7 @@ fn mix(n: u64) -> u64 {
 /// Not a timed assertion: prints how long 100,000 revocations in batches of 1,000 take and how big
 /// the saved document is. Run with `cargo test -p mesh --test doc -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "measurement, run by hand (see the doc comment)"]
 fn measure_revocations() {
     let mut doc = Doc::new([1; 16]);
     let start = Instant::now();

@@ -152,6 +152,8 @@ pub struct BridgeConfig {
     pub max_body_bytes: usize,
     /// How many verified access-token signatures introspection remembers (0 = verify every time).
     pub verified_token_cache: usize,
+    /// Dynamic client registration (RFC 7591) and Client ID Metadata Documents.
+    pub registration: crate::registration::RegistrationConfig,
 }
 
 impl Default for BridgeConfig {
@@ -165,6 +167,7 @@ impl Default for BridgeConfig {
             token_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
             verified_token_cache: 65_536,
+            registration: Default::default(),
         }
     }
 }

@@ -110,6 +110,22 @@ impl OAuthError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
     }
 
+    /// 400 `invalid_redirect_uri` (RFC 7591 §3.2.2): a registered redirection URI is not acceptable.
+    pub fn invalid_redirect_uri(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", description)
+    }
+
+    /// 400 `invalid_client_metadata` (RFC 7591 §3.2.2): a client metadata field is invalid.
+    pub fn invalid_client_metadata(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_client_metadata", description)
+    }
+
+    /// 401 `invalid_token` (RFC 6750 §3.1) with a `Bearer` challenge: a missing, unknown or wrong
+    /// bearer token (initial or registration access token).
+    pub fn invalid_token(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
+    }
+
     /// The OAuth error code.
     pub fn code(&self) -> &'static str {
         self.code
@@ -148,8 +164,9 @@ impl IntoResponse for OAuthError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
+            let scheme = if self.code == "invalid_token" { "Bearer" } else { "Basic" };
             let challenge = format!(
-                "Basic realm=\"meshgate\", error=\"{}\", error_description=\"{}\"",
+                "{scheme} realm=\"meshgate\", error=\"{}\", error_description=\"{}\"",
                 self.code,
                 self.description.replace(['"', '\\'], "'")
             );

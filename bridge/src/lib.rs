@@ -14,11 +14,15 @@
 //! - [`upstream`]: the configured upstream identity providers (`adapters::Upstream` each, JWKS
 //!   disk cache, background refresh, status); [`federation`]: the per-client degradation policy
 //!   token exchange applies while an upstream is unavailable.
+//! - [`registration`]: RFC 7591/7592 dynamic client registration and the unused-client sweep;
+//!   [`cimd`]: Client ID Metadata Documents and [`cimd::resolve_client`].
+//! - [`protect`]: `meshgate protect`, the reverse proxy that guards an HTTP service or MCP server.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod cimd;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -29,6 +33,8 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod observability;
+pub mod protect;
+pub mod registration;
 pub mod serve;
 pub mod token;
 pub mod upstream;

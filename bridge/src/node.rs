@@ -349,6 +349,7 @@ impl Node {
                     jwks: jwks.map(checked_jwks).transpose()?,
                     created_at: now,
                     degradation: degradation.map(checked_degradation).transpose()?,
+                    dynamic_registration: None,
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])

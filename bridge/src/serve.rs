@@ -133,6 +133,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let upstreams = Upstreams::build(&config.upstreams, Some(&data_dir), clock.clone())?;
     let federation = Federation::new(upstreams.clone(), config.federation.clone());
     let state = AppState::with_federation(settings, node, clock, metrics, federation);
+    state.set_registration(bridge.registration.clone());
     let admin_listener = admin::bind(&data_dir)?;
     {
         let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());
@@ -176,11 +177,16 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             wait_for(shutdown_rx.clone()),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
+        let sweep = tokio::spawn(crate::registration::sweep_periodically(
+            state.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
             tracing::error!(error = %e, "OAuth listener failed");
         }
         let _ = admin_task.await;
         let _ = maintenance.await;
+        let _ = sweep.await;
     });
     ready.store(true, Ordering::SeqCst);
     tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");

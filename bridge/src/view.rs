@@ -198,6 +198,9 @@ pub struct Client {
     secrets: Vec<(Secret, Option<u64>)>,
     /// Keys for `private_key_jwt`.
     pub assertion_keys: Vec<AssertionKey>,
+    /// When this node last authenticated the client (Unix seconds; 0 = not since the record
+    /// changed); dynamically registered clients that go unused expire, see [`crate::registration`].
+    pub last_used: std::sync::atomic::AtomicU64,
 }
 
 enum Secret {
@@ -244,6 +247,15 @@ impl Client {
             token_alg,
             secrets,
             assertion_keys,
+            last_used: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a use at `now` (a relaxed store, at most once per second per client).
+    pub fn touch(&self, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.last_used.load(Relaxed) < now {
+            self.last_used.store(now, Relaxed);
         }
     }
 

@@ -4,5 +4,6 @@ mod api {
     mod exchange;
     pub mod harness;
     mod introspection;
+    mod registration;
     mod token;
 }

@@ -399,6 +399,43 @@ pub struct ClientRecord {
     /// fields come from the node's `federation.default_policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degradation: Option<ClientDegradation>,
+    /// Set when the client registered itself (RFC 7591 dynamic registration): its metadata, the
+    /// hash of its registration access token, and when it was last used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_registration: Option<DynamicRegistration>,
+}
+
+/// What a dynamically registered client (RFC 7591) carries besides the common fields.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicRegistration {
+    /// Redirection URIs, exactly as registered.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// `none` (a public client), `client_secret_basic` or `client_secret_post`.
+    pub token_endpoint_auth_method: String,
+    /// `response_types`, as registered.
+    #[serde(default)]
+    pub response_types: Vec<String>,
+    /// The remaining client metadata (client_uri, logo_uri, contacts, software_id, ...), echoed
+    /// back on RFC 7592 reads.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// SHA-256 of the registration access token (RFC 7592), base64url.
+    pub registration_token_hash: String,
+    /// When the client was last seen using a token endpoint, as far as this record knows (Unix
+    /// seconds; nodes write it back at most about once a day).
+    #[serde(default)]
+    pub last_used: u64,
+}
+
+impl std::fmt::Debug for DynamicRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicRegistration")
+            .field("redirect_uris", &self.redirect_uris)
+            .field("token_endpoint_auth_method", &self.token_endpoint_auth_method)
+            .field("last_used", &self.last_used)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A client's degradation policy as replicated with the client (all fields optional).

@@ -3,9 +3,11 @@
 //! Handlers read only the immutable [`View`]; writes (revocations) go through the node lock on a
 //! blocking thread and swap in a new view.
 
+mod cors;
 mod discovery;
 mod exchange;
 mod introspect;
+mod register;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,7 @@ struct Shared {
     driver: std::sync::OnceLock<mesh::driver::Driver>,
     document_bytes: std::sync::atomic::AtomicU64,
     federation: Federation,
+    registry: std::sync::OnceLock<Arc<crate::registration::Registry>>,
 }
 
 impl AppState {
@@ -133,7 +136,24 @@ impl AppState {
             driver: std::sync::OnceLock::new(),
             document_bytes: std::sync::atomic::AtomicU64::new(0),
             federation,
+            registry: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the dynamic-registration policy (`bridge.registration`); call before serving. Without
+    /// it the defaults apply. Answers false if a policy was already in use.
+    pub fn set_registration(&self, config: crate::registration::RegistrationConfig) -> bool {
+        self.0
+            .registry
+            .set(Arc::new(crate::registration::Registry::new(config)))
+            .is_ok()
+    }
+
+    /// The dynamic-registration policy and the Client ID Metadata Document resolver.
+    pub fn registry(&self) -> &crate::registration::Registry {
+        self.0
+            .registry
+            .get_or_init(|| Arc::new(crate::registration::Registry::new(Default::default())))
     }
 
     /// The settings.
@@ -199,7 +219,9 @@ impl AppState {
             token_endpoint: &s.token_endpoint,
             endpoint,
         };
-        crate::auth::authenticate(headers, form, view, now, &audiences, &s.replay, &s.verified)
+        let client = crate::auth::authenticate(headers, form, view, now, &audiences, &s.replay, &s.verified)?;
+        client.touch(now);
+        Ok(client)
     }
 
     /// Validates an access token presented to this node.
@@ -332,7 +354,12 @@ pub fn app(state: AppState) -> Router {
         .route("/jwks.json", get(discovery::jwks))
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
-        .route("/revoke", post(introspect::revoke));
+        .route("/revoke", post(introspect::revoke))
+        .route("/register", post(register::register))
+        .route(
+            "/register/{client_id}",
+            get(register::read).put(register::update).delete(register::delete),
+        );
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes
@@ -350,6 +377,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -55,6 +55,9 @@ enum Command {
     /// Inspect the upstream identity providers.
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// Guard an HTTP service or MCP server with OAuth: a reverse proxy serving RFC 9728 metadata,
+    /// validating tokens and forwarding the verified subject, client and scopes.
+    Protect(crate::protect::ProtectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +239,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
             &format!("{}: valid", file.display()),
         );
     }
+    if let Command::Protect(args) = cli.command {
+        return crate::protect::run(args, cli.json);
+    }
     let overrides = match &cli.command {
         Command::Serve(args) => Overrides {
             data_dir: cli.data_dir.clone(),
@@ -263,6 +269,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
+        Command::Protect(_) => unreachable!("handled above"),
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
             command: Some(IdCommand::Rotate),
@@ -527,6 +534,6 @@ fn human(value: &Value) -> String {
 impl Cli {
     /// Whether the command is `serve`.
     pub fn is_serve(&self) -> bool {
-        matches!(self.command, Command::Serve(_))
+        matches!(self.command, Command::Serve(_) | Command::Protect(_))
     }
 }

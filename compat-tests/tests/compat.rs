@@ -14,6 +14,7 @@ mod compat {
     mod oauth2_crate;
     mod openid_client;
     mod private_key_jwt;
+    pub mod protect;
     mod secrets;
     mod upstream;
 }

@@ -1,0 +1,158 @@
+//! The MCP SDK (`@modelcontextprotocol/sdk`) client against a small MCP server behind
+//! `meshgate protect` and a real `meshgate serve`: protected-resource metadata → authorization-
+//! server metadata → dynamic registration (the SDK's `registerClient` and `auth()`), and an
+//! authorized MCP call with the SDK's client_credentials provider. The interactive flow
+//! (`js/mcp_auth.mjs`) needs `/authorize` and is wired in once that lands.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use compat_tests::{ClientOptions, Meshgate, js_dir};
+use serde_json::{Value, json};
+
+use super::protect::Protected;
+use super::support;
+
+/// `node js/mcp_server.mjs`, killed when dropped.
+struct McpServer {
+    child: Child,
+    port: u16,
+}
+
+impl McpServer {
+    fn spawn() -> Self {
+        let dir = js_dir();
+        assert!(
+            dir.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+            "compat-tests/js/node_modules lacks @modelcontextprotocol/sdk: run scripts/test.sh (npm ci)"
+        );
+        let mut child = Command::new("node")
+            .arg("mcp_server.mjs")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node mcp_server.mjs");
+        let (send, receive) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = send.send(lines.next().and_then(Result::ok).unwrap_or_default());
+            for _ in lines {}
+        });
+        let line = receive.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let port = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("mcp_server.mjs printed no port: {line:?}")
+            }) as u16;
+        Self { child, port }
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `node js/SCRIPT` (bounded by coreutils `timeout`) with `input` on stdin; its JSON output.
+fn node_script(script: &str, input: &Value) -> Value {
+    let mut child = Command::new("timeout")
+        .args(["120", "node", script])
+        .current_dir(js_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node {script} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("node {script} printed no JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sdk_discovers_registers_and_calls_through_protect() {
+    let dir = support::temp_dir();
+    let server = Meshgate::spawn(dir.path());
+    let mcp = McpServer::spawn();
+    let gate = server.client_add("protect", "introspect");
+    let protect = Protected::spawn(
+        "/mcp",
+        &format!("http://127.0.0.1:{}", mcp.port),
+        server.issuer(),
+        "mcp:tools",
+        &["--client-id", &gate.client_id],
+        &[("MESHGATE_PROTECT_CLIENT_SECRET", &gate.client_secret)],
+    );
+    let agent = server.client_add_with(
+        "mcp-agent",
+        "mcp:tools",
+        &ClientOptions {
+            audiences: vec![protect.resource.clone()],
+            ..Default::default()
+        },
+    );
+    let input = json!({
+        "mcp_url": protect.resource,
+        "issuer": server.issuer(),
+        "client_id": agent.client_id,
+        "client_secret": agent.client_secret,
+    });
+    let result = tokio::task::spawn_blocking(move || node_script("mcp_discovery.mjs", &input))
+        .await
+        .unwrap();
+
+    // 401 → resource metadata → authorization server.
+    assert_eq!(result["unauthenticated"]["status"], 401, "{result:#}");
+    assert_eq!(
+        result["unauthenticated"]["resource_metadata_url"],
+        protect.url("/.well-known/oauth-protected-resource/mcp")
+    );
+    assert_eq!(result["protected_resource"]["resource"], protect.resource.as_str());
+    assert_eq!(result["protected_resource"]["authorization_servers"], json!([server.issuer()]));
+    let metadata = &result["authorization_server"];
+    assert_eq!(metadata["issuer"], server.issuer());
+    assert_eq!(metadata["registration_endpoint"], format!("{}/register", server.issuer()));
+    assert_eq!(metadata["client_id_metadata_document_supported"], true);
+    // Registration through the SDK: a public loopback client, no credentials needed.
+    for registered in [&result["registered"], &result["auth_registered"]] {
+        assert!(registered["client_id"].as_str().is_some_and(|id| id.len() >= 20), "{result:#}");
+        assert_eq!(registered["token_endpoint_auth_method"], "none");
+        assert_eq!(registered["redirect_uris"], json!(["http://127.0.0.1:33418/callback"]));
+        assert_eq!(registered["scope"], "mcp:tools");
+        assert!(registered.get("client_secret").is_none());
+    }
+    let listed = server.cli(&["client", "list", "--json"]);
+    let listed: Value = serde_json::from_str(listed.trim()).unwrap();
+    for registered in [&result["registered"], &result["auth_registered"]] {
+        assert!(
+            listed.as_array().unwrap().iter().any(|c| c["client_id"] == registered["client_id"]),
+            "the SDK's registration is a replicated client: {listed:#}"
+        );
+    }
+    // The authorized MCP call: the server saw the identity protect verified, not the token.
+    assert_eq!(result["tools"], json!(["whoami"]));
+    let whoami = &result["whoami"];
+    assert_eq!(whoami["subject"], agent.client_id.as_str(), "{result:#}");
+    assert_eq!(whoami["client"], agent.client_id.as_str());
+    assert_eq!(whoami["scope"], "mcp:tools");
+    assert_eq!(whoami["authorization"], Value::Null);
+}

@@ -125,7 +125,11 @@ impl Resolver {
         }
         self.document_url(url).map_err(OAuthError::invalid_client)?;
         if let Some((at, cached)) = self.lock().get(url).cloned() {
-            let ttl = if cached.is_ok() { CACHE_TTL_SECS } else { NEGATIVE_TTL_SECS };
+            let ttl = if cached.is_ok() {
+                CACHE_TTL_SECS
+            } else {
+                NEGATIVE_TTL_SECS
+            };
             if now < at.saturating_add(ttl) {
                 return cached.map_err(OAuthError::invalid_client);
             }
@@ -314,11 +318,13 @@ mod tests {
     #[test]
     fn documents_are_checked() {
         let url = "https://app.example/client.json";
-        let good = serde_json::json!({"client_id": url, "client_name": "App", "redirect_uris": ["http://127.0.0.1/cb"]});
+        let good =
+            serde_json::json!({"client_id": url, "client_name": "App", "redirect_uris": ["http://127.0.0.1/cb"]});
         let client = parse_document(url, good).unwrap();
         assert!(client.public);
         assert_eq!(client.redirect_uris, ["http://127.0.0.1/cb"]);
-        let wrong_id = serde_json::json!({"client_id": "https://other.example/c.json", "redirect_uris": ["http://127.0.0.1/cb"]});
+        let wrong_id =
+            serde_json::json!({"client_id": "https://other.example/c.json", "redirect_uris": ["http://127.0.0.1/cb"]});
         assert!(parse_document(url, wrong_id).is_err());
         let secret = serde_json::json!({"client_id": url, "redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "client_secret_basic"});
         assert!(parse_document(url, secret).is_err());

@@ -164,7 +164,11 @@ impl IntoResponse for OAuthError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            let scheme = if self.code == "invalid_token" { "Bearer" } else { "Basic" };
+            let scheme = if self.code == "invalid_token" {
+                "Bearer"
+            } else {
+                "Basic"
+            };
             let challenge = format!(
                 "{scheme} realm=\"meshgate\", error=\"{}\", error_description=\"{}\"",
                 self.code,

@@ -69,7 +69,12 @@ pub struct ProtectArgs {
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// Its secret.
-    #[arg(long, env = "MESHGATE_PROTECT_CLIENT_SECRET", hide_env_values = true, value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "MESHGATE_PROTECT_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub client_secret: Option<String>,
     /// How long an introspection answer is remembered per token (humantime).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -243,7 +248,10 @@ impl Protect {
     }
 
     /// The verification key `kid`, refetching the JWKS when it is unknown or old.
-    async fn key(&self, kid: &str) -> Result<Option<(jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)>, String> {
+    async fn key(
+        &self,
+        kid: &str,
+    ) -> Result<Option<(jsonwebtoken::Algorithm, Arc<jsonwebtoken::DecodingKey>)>, String> {
         let now = self.0.clock.now();
         let mut jwks = self.0.jwks.lock().await;
         let age = jwks.fetched_at.map(|at| now.saturating_sub(at));
@@ -290,7 +298,9 @@ impl Protect {
         validation.set_audience(&[self.0.args.resource.as_str()]);
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => Refusal::InvalidToken("token is for another audience"),
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    Refusal::InvalidToken("token is for another audience")
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidIssuer => Refusal::InvalidToken("token is from another issuer"),
                 _ => Refusal::InvalidToken("invalid token"),
             })?
@@ -312,7 +322,11 @@ impl Protect {
     /// Whether the issuer still calls the token active (remembered per `jti` for the interval).
     async fn active(&self, token: &str, claims: &Claims, now: u64) -> Result<bool, Refusal> {
         let interval = self.0.args.revocation_check_interval.as_secs();
-        let key = if claims.jti.is_empty() { token.to_owned() } else { claims.jti.clone() };
+        let key = if claims.jti.is_empty() {
+            token.to_owned()
+        } else {
+            claims.jti.clone()
+        };
         {
             let cache = self.0.introspected.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, active)) = cache.get(&key)
@@ -349,7 +363,10 @@ impl Protect {
             .await
             .map_err(|e| Refusal::Unavailable(format!("introspection: {e}")))?;
         if !response.status().is_success() {
-            return Err(Refusal::Unavailable(format!("introspection answered {}", response.status())));
+            return Err(Refusal::Unavailable(format!(
+                "introspection answered {}",
+                response.status()
+            )));
         }
         let answer: Value = response
             .json()
@@ -370,10 +387,15 @@ impl Protect {
     fn refuse(&self, refusal: Refusal) -> Response {
         let meta = &self.0.metadata_url;
         let scope = self.0.scopes.join(" ");
+        let scope_param = if scope.is_empty() {
+            String::new()
+        } else {
+            format!(", scope=\"{scope}\"")
+        };
         let (status, challenge, error, description) = match refusal {
             Refusal::NoToken => (
                 StatusCode::UNAUTHORIZED,
-                format!("Bearer resource_metadata=\"{meta}\", scope=\"{scope}\""),
+                format!("Bearer resource_metadata=\"{meta}\"{scope_param}"),
                 "invalid_token",
                 "a bearer token is required".to_owned(),
             ),
@@ -393,7 +415,9 @@ impl Protect {
                 tracing::warn!(reason = %why, "cannot validate tokens: the issuer is unavailable");
                 let body = json!({"error": "temporarily_unavailable", "error_description": "the authorization server cannot be reached to validate the token"});
                 let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 return response;
             }
         };
@@ -419,7 +443,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     if values.next().is_some() {
         return Err(Refusal::InvalidToken("more than one Authorization header"));
     }
-    let value = value.to_str().map_err(|_| Refusal::InvalidToken("malformed Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Refusal::InvalidToken("malformed Authorization header"))?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
         _ => Err(Refusal::NoToken),
@@ -465,7 +491,10 @@ async fn preflight() -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("MCP-Protocol-Version"),
@@ -524,7 +553,13 @@ async fn proxy(State(protect): State<Protect>, request: Request) -> Response {
         }
     }
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-    let send = protect.0.upstream.request(method, url).headers(headers).body(body).send();
+    let send = protect
+        .0
+        .upstream
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .send();
     let timeout = protect.0.args.upstream_timeout;
     let response = match tokio::time::timeout(timeout, send).await {
         Ok(Ok(response)) => response,
@@ -542,7 +577,10 @@ async fn proxy(State(protect): State<Protect>, request: Request) -> Response {
             return gateway_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
-                &format!("the upstream service did not answer within {}", humantime::format_duration(timeout)),
+                &format!(
+                    "the upstream service did not answer within {}",
+                    humantime::format_duration(timeout)
+                ),
             );
         }
     };
@@ -553,13 +591,21 @@ async fn proxy(State(protect): State<Protect>, request: Request) -> Response {
         }
     }
     let body = Body::new(reqwest::Body::from(response));
-    builder
-        .body(body)
-        .unwrap_or_else(|_| gateway_error(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream answered malformed headers"))
+    builder.body(body).unwrap_or_else(|_| {
+        gateway_error(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the upstream answered malformed headers",
+        )
+    })
 }
 
 fn gateway_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, axum::Json(json!({"error": error, "error_description": description}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
 }
 
 /// Runs `meshgate protect` until SIGINT/SIGTERM.

@@ -402,7 +402,7 @@ pub struct ClientRecord {
     /// Set when the client registered itself (RFC 7591 dynamic registration): its metadata, the
     /// hash of its registration access token, and when it was last used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic_registration: Option<DynamicRegistration>,
+    pub dynamic_registration: Option<Box<DynamicRegistration>>,
 }
 
 /// What a dynamically registered client (RFC 7591) carries besides the common fields.

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use mesh::state::Change;
 use serde_json::Value;
 
-use super::token::no_store;
 use super::AppState;
+use super::token::no_store;
 use crate::error::OAuthError;
 use crate::registration::{self, Metadata};
 
@@ -46,10 +46,10 @@ pub(super) async fn register(State(state): State<AppState>, request: Request) ->
         }
     }
     if registration::dynamic_clients(&state.view()) >= registry.config().max_dynamic_clients {
-        return Err(OAuthError::temporarily_unavailable(
-            "too many dynamically registered clients; try again later",
-        )
-        .with_retry_after(3600));
+        return Err(
+            OAuthError::temporarily_unavailable("too many dynamically registered clients; try again later")
+                .with_retry_after(3600),
+        );
     }
     let now = state.now();
     let alg = state.0.settings.default_alg.to_string();
@@ -113,11 +113,7 @@ pub(super) async fn delete(
 
 /// The dynamically registered client `client_id`, if `headers` carry its registration access
 /// token; `invalid_token` otherwise, without telling an unknown client from a wrong token.
-fn authorized(
-    state: &AppState,
-    client_id: &str,
-    headers: &HeaderMap,
-) -> Result<mesh::state::ClientRecord, OAuthError> {
+fn authorized(state: &AppState, client_id: &str, headers: &HeaderMap) -> Result<mesh::state::ClientRecord, OAuthError> {
     let token = bearer(headers)?.ok_or_else(|| OAuthError::invalid_token("a registration access token is required"))?;
     let view = state.view();
     view.clients
@@ -148,7 +144,9 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, OAuthError> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(Some(token.trim()))
         }
-        _ => Err(OAuthError::invalid_token("the Authorization header must carry a Bearer token")),
+        _ => Err(OAuthError::invalid_token(
+            "the Authorization header must carry a Bearer token",
+        )),
     }
 }
 

@@ -96,34 +96,110 @@ async fn a_public_loopback_client_registers_without_credentials() {
     assert_eq!(client.source, ClientSource::Registered);
     assert_eq!(client.redirect_uris.len(), 2);
     // The registration access token is stored hashed, never as is.
-    let state = std::fs::read_to_string(h.dir.path().join("data/state.json")).unwrap_or_default();
-    assert!(!state.contains(j["registration_access_token"].as_str().unwrap()));
+    let token = j["registration_access_token"].as_str().unwrap();
+    let mut files = 0;
+    for entry in std::fs::read_dir(h.dir.path().join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    assert!(files > 0);
+    let record = serde_json::to_string(&h.state.view().clients[id].record).unwrap();
+    assert!(!record.contains(token), "{record}");
+    assert!(record.contains("registration_token_hash"), "{record}");
 }
 
 #[tokio::test]
 async fn malicious_metadata_is_refused() {
     let h = Harness::new();
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"redirect_uris": ["javascript:alert(1)"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["data:text/html,<script>alert(1)</script>"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["http://evil.example/cb"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["https://app.example/cb#x"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["https://attacker@app.example/cb"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["http://127.0.0.1.evil.example/cb"], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": [], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": (0..11).map(|i| format!("http://127.0.0.1/cb{i}")).collect::<Vec<_>>(), "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": [format!("https://app.example/{}", "a".repeat(3000))], "token_endpoint_auth_method": "none"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": "http://127.0.0.1/cb", "token_endpoint_auth_method": "none"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "client_name": "x".repeat(201)}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "client_name": "a\u{0}b"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["implicit"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["password"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "response_types": ["token"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "tls_client_auth"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "logo_uri": "javascript:alert(1)"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "scope": "a\"b"}), "invalid_client_metadata"),
-        (json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "jwks_uri": "https://app.example/jwks"}), "invalid_client_metadata"),
+        (
+            json!({"redirect_uris": ["javascript:alert(1)"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["data:text/html,<script>alert(1)</script>"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["http://evil.example/cb"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://app.example/cb#x"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://attacker@app.example/cb"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1.evil.example/cb"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": [], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": (0..11).map(|i| format!("http://127.0.0.1/cb{i}")).collect::<Vec<_>>(), "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": [format!("https://app.example/{}", "a".repeat(3000))], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": "http://127.0.0.1/cb", "token_endpoint_auth_method": "none"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "client_name": "x".repeat(201)}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "client_name": "a\u{0}b"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["implicit"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["password"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "response_types": ["token"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "tls_client_auth"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "grant_types": ["client_credentials"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "logo_uri": "javascript:alert(1)"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "scope": "a\"b"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none", "jwks_uri": "https://app.example/jwks"}),
+            "invalid_client_metadata",
+        ),
         (json!(["not", "an", "object"]), "invalid_client_metadata"),
     ];
     for (body, code) in cases {
@@ -245,7 +321,10 @@ async fn rfc7592_read_update_delete_with_the_registration_access_token() {
     assert!(!h.state.view().clients.contains_key(&id));
     let answer = with_bearer(&h, "GET", &path, &rat).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(resolve_client(&h.state, &id).await.unwrap_err().code(), "invalid_client");
+    assert_eq!(
+        resolve_client(&h.state, &id).await.unwrap_err().code(),
+        "invalid_client"
+    );
 }
 
 #[tokio::test]
@@ -268,7 +347,10 @@ async fn unused_dynamic_clients_expire_and_used_ones_stay() {
         ..Default::default()
     });
     let (operator_id, _) = h.client("read", &[], None);
-    let idle = register(&h, None, &mcp_client()).await.json["client_id"].as_str().unwrap().to_owned();
+    let idle = register(&h, None, &mcp_client()).await.json["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let busy = register(
         &h,
         Some(IAT),
@@ -283,7 +365,11 @@ async fn unused_dynamic_clients_expire_and_used_ones_stay() {
     let day = 86_400;
     // Day 20: the busy client gets a token; nothing expires yet, and the use is written back.
     h.clock.advance(20 * day);
-    let body = form(&[("grant_type", "client_credentials"), ("client_id", &busy_id), ("client_secret", &busy_secret)]);
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", &busy_id),
+        ("client_secret", &busy_secret),
+    ]);
     assert_eq!(h.post_form("/token", None, &body).await.status, StatusCode::OK);
     let changed = bridge::registration::sweep_node(&h.state, h.state.now()).unwrap();
     assert_eq!(changed, 1, "the last use is written back to the replicated record");
@@ -407,9 +493,17 @@ async fn a_matching_document_is_a_public_client_and_is_cached() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "cached");
     h.clock.advance(bridge::cimd::CACHE_TTL_SECS);
     resolve_client(&h.state, &url).await.unwrap();
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2, "fetched again after the TTL");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "fetched again after the TTL"
+    );
     // A metadata-document client cannot authenticate at the token endpoint with a secret.
-    let body = form(&[("grant_type", "client_credentials"), ("client_id", &url), ("client_secret", "x")]);
+    let body = form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", &url),
+        ("client_secret", "x"),
+    ]);
     assert_eq!(h.post_form("/token", None, &body).await.error(), "invalid_client");
 }
 
@@ -479,7 +573,10 @@ async fn cors_on_cookie_free_endpoints_only() {
     let methods = answer.headers[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap();
     assert!(methods.contains("POST"), "{methods}");
     let allowed = answer.headers[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
-    assert!(allowed.contains("Authorization") && allowed.contains("Content-Type"), "{allowed}");
+    assert!(
+        allowed.contains("Authorization") && allowed.contains("Content-Type"),
+        "{allowed}"
+    );
     assert!(answer.headers.get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
 
     for path in ["/.well-known/oauth-authorization-server", "/jwks.json"] {
@@ -519,12 +616,18 @@ async fn cors_on_cookie_free_endpoints_only() {
             .body(Body::empty())
             .unwrap();
         let answer = h.send(request).await;
-        assert!(answer.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "{path}");
+        assert!(
+            answer.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+            "{path}"
+        );
         let request = Request::get(path)
             .header(header::ORIGIN, "http://localhost:6274")
             .body(Body::empty())
             .unwrap();
         let answer = h.send(request).await;
-        assert!(answer.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "{path}");
+        assert!(
+            answer.headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none(),
+            "{path}"
+        );
     }
 }

@@ -127,14 +127,23 @@ async fn mcp_sdk_discovers_registers_and_calls_through_protect() {
         protect.url("/.well-known/oauth-protected-resource/mcp")
     );
     assert_eq!(result["protected_resource"]["resource"], protect.resource.as_str());
-    assert_eq!(result["protected_resource"]["authorization_servers"], json!([server.issuer()]));
+    assert_eq!(
+        result["protected_resource"]["authorization_servers"],
+        json!([server.issuer()])
+    );
     let metadata = &result["authorization_server"];
     assert_eq!(metadata["issuer"], server.issuer());
-    assert_eq!(metadata["registration_endpoint"], format!("{}/register", server.issuer()));
+    assert_eq!(
+        metadata["registration_endpoint"],
+        format!("{}/register", server.issuer())
+    );
     assert_eq!(metadata["client_id_metadata_document_supported"], true);
     // Registration through the SDK: a public loopback client, no credentials needed.
     for registered in [&result["registered"], &result["auth_registered"]] {
-        assert!(registered["client_id"].as_str().is_some_and(|id| id.len() >= 20), "{result:#}");
+        assert!(
+            registered["client_id"].as_str().is_some_and(|id| id.len() >= 20),
+            "{result:#}"
+        );
         assert_eq!(registered["token_endpoint_auth_method"], "none");
         assert_eq!(registered["redirect_uris"], json!(["http://127.0.0.1:33418/callback"]));
         assert_eq!(registered["scope"], "mcp:tools");
@@ -144,7 +153,11 @@ async fn mcp_sdk_discovers_registers_and_calls_through_protect() {
     let listed: Value = serde_json::from_str(listed.trim()).unwrap();
     for registered in [&result["registered"], &result["auth_registered"]] {
         assert!(
-            listed.as_array().unwrap().iter().any(|c| c["client_id"] == registered["client_id"]),
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["client_id"] == registered["client_id"]),
             "the SDK's registration is a replicated client: {listed:#}"
         );
     }

@@ -36,7 +36,15 @@ impl Protected {
         let resource = format!("http://{listen}{path}");
         let mut command = Command::new(meshgate_bin());
         command
-            .args(["protect", "--listen", &listen, "--upstream", upstream, "--resource", &resource])
+            .args([
+                "protect",
+                "--listen",
+                &listen,
+                "--upstream",
+                upstream,
+                "--resource",
+                &resource,
+            ])
             .args(["--scope", scope, "--issuer", issuer, "--json"])
             .args(extra)
             .stdin(Stdio::null())
@@ -63,7 +71,10 @@ impl Protected {
         let line = receive.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
             let _ = child.kill();
-            panic!("meshgate protect printed no startup JSON ({e}): {line:?}\n{}", stderr.lock().unwrap())
+            panic!(
+                "meshgate protect printed no startup JSON ({e}): {line:?}\n{}",
+                stderr.lock().unwrap()
+            )
         });
         assert_eq!(info["listen"], listen.as_str(), "{info}");
         Self {
@@ -194,7 +205,10 @@ async fn protect_guards_an_http_service() {
     let metadata_url = protect.url("/.well-known/oauth-protected-resource/mcp");
 
     // RFC 9728 metadata, at the path-inserted and the root location.
-    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
         let answer = support::get(&protect.url(path)).await;
         let meta = answer.json();
         assert_eq!(meta["resource"], resource.as_str(), "{meta}");
@@ -250,7 +264,10 @@ async fn protect_guards_an_http_service() {
     assert_eq!(headers["x-meshgate-client"], agent.client_id.as_str());
     assert_eq!(headers["x-meshgate-scope"], "mcp:tools read");
     assert!(headers.get("x-meshgate-extra").is_none(), "{echo}");
-    assert!(headers.get("authorization").is_none(), "the token is not passed through: {echo}");
+    assert!(
+        headers.get("authorization").is_none(),
+        "the token is not passed through: {echo}"
+    );
 
     // Bodies are forwarded, and bounded.
     let response = support::http()
@@ -300,7 +317,10 @@ async fn protect_guards_an_http_service() {
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway", "{body}");
-    assert!(body["error_description"].as_str().unwrap().contains("upstream"), "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("upstream"),
+        "{body}"
+    );
 
     // Nothing logged a token.
     let logs = format!("{}{}", protect.stderr(), server.stderr());
@@ -312,7 +332,14 @@ async fn protect_guards_an_http_service() {
 async fn protect_refuses_to_start_without_revocation_checks() {
     let output = Command::new(meshgate_bin())
         .args(["protect", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9"])
-        .args(["--resource", "http://127.0.0.1:9/mcp", "--scope", "s", "--issuer", "http://127.0.0.1:9"])
+        .args([
+            "--resource",
+            "http://127.0.0.1:9/mcp",
+            "--scope",
+            "s",
+            "--issuer",
+            "http://127.0.0.1:9",
+        ])
         .env_remove("MESHGATE_PROTECT_CLIENT_SECRET")
         .output()
         .unwrap();

@@ -71,7 +71,8 @@ pub(super) async fn read(
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
     let record = authorized(&state, &client_id, &headers)?;
-    let body = registration::describe(&record, &client_uri(&state, &client_id));
+    let mut body = registration::describe(&record, &client_uri(&state, &client_id));
+    echo_token(&mut body, &headers);
     Ok(no_store(axum::Json(body).into_response()))
 }
 
@@ -81,7 +82,7 @@ pub(super) async fn update(
     request: Request,
 ) -> Result<Response, OAuthError> {
     let mut record = authorized(&state, &client_id, request.headers())?;
-    let (_, body) = json_body(request).await?;
+    let (headers, body) = json_body(request).await?;
     if body.get("client_id").and_then(Value::as_str) != Some(client_id.as_str()) {
         return Err(OAuthError::invalid_request(
             "the body's client_id must name the client being updated (RFC 7592 §2.2)",
@@ -95,7 +96,8 @@ pub(super) async fn update(
         ));
     }
     registration::update(&mut record, metadata);
-    let answer = registration::describe(&record, &client_uri(&state, &client_id));
+    let mut answer = registration::describe(&record, &client_uri(&state, &client_id));
+    echo_token(&mut answer, &headers);
     write(&state, vec![Change::PutClient(record)]).await?;
     Ok(no_store(axum::Json(answer).into_response()))
 }
@@ -121,6 +123,14 @@ fn authorized(state: &AppState, client_id: &str, headers: &HeaderMap) -> Result<
         .filter(|c| registration::is_registration_access_token(&c.record, token))
         .map(|c| c.record.clone())
         .ok_or_else(|| OAuthError::invalid_token("unknown client or wrong registration access token"))
+}
+
+/// RFC 7592 §3 answers carry the registration access token: the one presented (it is stored
+/// only as a hash, and it stays valid).
+fn echo_token(body: &mut Value, headers: &HeaderMap) {
+    if let Ok(Some(token)) = bearer(headers) {
+        body["registration_access_token"] = Value::String(token.to_owned());
+    }
 }
 
 fn client_uri(state: &AppState, client_id: &str) -> String {

@@ -279,7 +279,9 @@ async fn rfc7592_read_update_delete_with_the_registration_access_token() {
     assert_eq!(read.status, StatusCode::OK, "{}", read.json);
     assert_eq!(read.json["client_id"], id.as_str());
     assert_eq!(read.json["redirect_uris"], created["redirect_uris"]);
-    assert!(read.json.get("registration_access_token").is_none());
+    assert_eq!(read.json["registration_access_token"], rat.as_str());
+    assert_eq!(read.json["registration_client_uri"], created["registration_client_uri"]);
+    assert!(read.json.get("client_secret").is_none());
 
     for bad in ["wrong-token", &rat[..rat.len() - 1]] {
         let answer = with_bearer(&h, "GET", &path, bad).await;

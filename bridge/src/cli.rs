@@ -55,6 +55,25 @@ enum Command {
     /// Inspect the upstream identity providers.
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// HTTPS: create a local CA and a server certificate.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create a local CA (once; reused afterwards) in DATA_DIR/tls and issue a server certificate
+    /// for 127.0.0.1, localhost, ::1, the configured issuer's host and every --san; prints the CA
+    /// certificate clients must trust. `serve --tls` (or `bridge.tls`) then serves HTTPS with it,
+    /// and a running server picks up a re-issued certificate by itself.
+    Init {
+        /// Another name (host name or IP address) for the certificate (repeatable).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Validity of the server certificate in days (at most 825).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +98,15 @@ struct ServeArgs {
     /// Address of the mesh sync listener [default: 127.0.0.1:7946].
     #[arg(long, value_name = "ADDR")]
     sync_listen: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when it changes).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with the certificate `meshgate tls init` wrote into the data directory.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,14 +271,22 @@ fn execute(cli: Cli) -> Result<(), Error> {
             metrics_listen: args.metrics_listen.clone(),
             issuer: args.issuer.clone(),
             sync_listen: args.sync_listen.clone(),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
         },
         _ => Overrides {
             data_dir: cli.data_dir.clone(),
             ..Default::default()
         },
     };
-    let config = config::load(cli.config.as_deref(), &env, &overrides)?;
+    let mut config = config::load(cli.config.as_deref(), &env, &overrides)?;
     let data_dir = config.data_dir(&env);
+    if let Command::Serve(ServeArgs { tls: true, .. }) = &cli.command {
+        config.bridge.tls = Some(crate::tls::TlsFiles::generated(&data_dir));
+    }
+    if let Command::Tls(TlsCommand::Init { sans, days }) = &cli.command {
+        return tls_init(&config, &data_dir, sans, *days, cli.json);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Command::Upstream(UpstreamCommand::Status) = &cli.command {
         let answer = match admin::call_running(&data_dir, &AdminRequest::UpstreamStatus)? {
@@ -262,6 +298,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let request = match cli.command {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
+        Command::Tls(_) => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
@@ -490,6 +527,31 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn tls_init(config: &Config, data_dir: &std::path::Path, sans: &[String], days: u32, json: bool) -> Result<(), Error> {
+    let mut names = sans.to_vec();
+    if let Some(host) = config
+        .bridge
+        .issuer
+        .as_ref()
+        .and_then(|issuer| url::Url::parse(issuer.as_str()).ok())
+        .and_then(|url| url.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+    {
+        names.push(host);
+    }
+    let done = crate::tls::init(data_dir, &names, days)?;
+    let value = serde_json::to_value(&done).map_err(|e| Error::Admin(e.to_string()))?;
+    let text = format!(
+        "{} CA:      {}\nserver certificate: {} (names: {})\nserver key:         {}\n\nTrust the CA in clients (e.g. NODE_EXTRA_CA_CERTS={} or SSL_CERT_FILE), then run `meshgate serve --tls`.",
+        if done.new_ca { "created" } else { "reused " },
+        done.ca_cert.display(),
+        done.cert.display(),
+        done.names.join(", "),
+        done.key.display(),
+        done.ca_cert.display(),
+    );
+    print(json, &value, &text)
 }
 
 fn print(json: bool, value: &Value, text: &str) -> Result<(), Error> {

@@ -152,6 +152,9 @@ pub struct BridgeConfig {
     pub max_body_bytes: usize,
     /// How many verified access-token signatures introspection remembers (0 = verify every time).
     pub verified_token_cache: usize,
+    /// Serve HTTPS with this certificate and key (PEM files, reloaded when they change); the
+    /// default issuer then starts with `https://`. Unset: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for BridgeConfig {
@@ -165,6 +168,7 @@ impl Default for BridgeConfig {
             token_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
             verified_token_cache: 65_536,
+            tls: None,
         }
     }
 }
@@ -262,6 +266,10 @@ pub struct Overrides {
     pub issuer: Option<String>,
     /// `--sync-listen`.
     pub sync_listen: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Loads the configuration: defaults, then `file`, then the environment, then `overrides`.
@@ -302,6 +310,14 @@ pub fn load(file: Option<&Path>, env: &dyn Environment, overrides: &Overrides) -
         (&["bridge", "metrics_listen"][..], overrides.metrics_listen.clone()),
         (&["bridge", "issuer"][..], overrides.issuer.clone()),
         (&["node", "sync", "listen"][..], overrides.sync_listen.clone()),
+        (
+            &["bridge", "tls", "cert"][..],
+            overrides.tls_cert.as_ref().map(|p| p.display().to_string()),
+        ),
+        (
+            &["bridge", "tls", "key"][..],
+            overrides.tls_key.as_ref().map(|p| p.display().to_string()),
+        ),
     ];
     for (path, flag) in flags {
         if let Some(v) = flag {

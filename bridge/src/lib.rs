@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod node;
 pub mod observability;
 pub mod serve;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod verified;

@@ -58,6 +58,28 @@ const commands = {
     }
   },
 
+  // openid-client in its strict default mode (no allowInsecureRequests: https only, the server's
+  // certificate checked against the system roots plus NODE_EXTRA_CA_CERTS): discovery and
+  // client_credentials with client_secret_basic, then introspection.
+  async 'openid-client-strict'({ issuer, client_id, client_secret, scope }) {
+    const config = await client.discovery(new URL(issuer), client_id, undefined, client.ClientSecretBasic(client_secret), {
+      algorithm: 'oauth2',
+    })
+    const token = await client.clientCredentialsGrant(config, { scope })
+    const introspected = await client.tokenIntrospection(config, token.access_token)
+    return { metadata: config.serverMetadata(), token, introspected }
+  },
+
+  // The same discovery, expected to fail (e.g. the CA is not trusted): reports the error.
+  async 'openid-client-strict-fails'({ issuer, client_id }) {
+    try {
+      await client.discovery(new URL(issuer), client_id, undefined, client.None(), { algorithm: 'oauth2' })
+      return { ok: true }
+    } catch (error) {
+      return { ...failure(error), cause: String(error?.cause ?? '') }
+    }
+  },
+
   // Generates a client key pair; the public half goes into the JWKS file given to `client add`.
   async keygen({ alg }) {
     const { publicKey, privateKey } = await jose.generateKeyPair(alg, { extractable: true })

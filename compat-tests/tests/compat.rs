@@ -15,5 +15,6 @@ mod compat {
     mod openid_client;
     mod private_key_jwt;
     mod secrets;
+    mod tls;
     mod upstream;
 }

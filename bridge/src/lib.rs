@@ -29,6 +29,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod observability;
+pub mod password;
 pub mod serve;
 pub mod tls;
 pub mod token;

@@ -58,6 +58,63 @@ enum Command {
     /// HTTPS: create a local CA and a server certificate.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Bring clients (and Keycloak users) over from another OAuth server, unchanged; reports every
+    /// field it could not map.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write every client in meshgate's own format (secret hashes only) for `import meshgate`.
+    Export {
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// A Keycloak realm export (clients, and users with their password hashes).
+    Keycloak {
+        /// The realm export (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// An ORY Hydra client list (`hydra list oauth2-clients --format json`); Hydra exports no
+    /// secrets: give them with --secrets or they are rotated and printed once.
+    Hydra {
+        /// The client list (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// A node-oidc-provider client array.
+    #[command(name = "oidc-provider")]
+    OidcProvider {
+        /// The client array (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// `meshgate export` output (from this or another mesh).
+    Meshgate {
+        /// The export (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ImportOptions {
+    /// A JSON object client id → secret, for clients whose secret the file lacks.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Report what would be imported; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Overwrite existing clients with the same id (default: skip them).
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +344,12 @@ fn execute(cli: Cli) -> Result<(), Error> {
     if let Command::Tls(TlsCommand::Init { sans, days }) = &cli.command {
         return tls_init(&config, &data_dir, sans, *days, cli.json);
     }
+    if let Command::Import(command) = &cli.command {
+        return import(command, &config, &data_dir, SystemClock.now(), cli.json);
+    }
+    if let Command::Export { output } = &cli.command {
+        return export(output.as_deref(), &config, &data_dir, cli.json);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Command::Upstream(UpstreamCommand::Status) = &cli.command {
         let answer = match admin::call_running(&data_dir, &AdminRequest::UpstreamStatus)? {
@@ -299,6 +362,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
         Command::Tls(_) => unreachable!("handled above"),
+        Command::Import(_) | Command::Export { .. } => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
@@ -527,6 +591,103 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn admin_call(config: &Config, data_dir: &std::path::Path, request: &AdminRequest) -> Result<Value, Error> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alg, trusted) = (config.bridge.token_alg, config.node.sync.trusted_peers.clone());
+    admin::call(data_dir, request, || {
+        Node::open(data_dir, clock.clone(), alg, trusted.clone())
+    })
+}
+
+fn import(
+    command: &ImportCommand,
+    config: &Config,
+    data_dir: &std::path::Path,
+    now: u64,
+    json: bool,
+) -> Result<(), Error> {
+    use crate::import::{self, Source};
+    let (source, file, options) = match command {
+        ImportCommand::Keycloak { file, options } => (Source::Keycloak, file, options),
+        ImportCommand::Hydra { file, options } => (Source::Hydra, file, options),
+        ImportCommand::OidcProvider { file, options } => (Source::OidcProvider, file, options),
+        ImportCommand::Meshgate { file, options } => (Source::Meshgate, file, options),
+    };
+    let text = import::read_file(file)?;
+    let parsed = import::parse(source, &text).map_err(|e| Error::Admin(format!("{}: {e}", file.display())))?;
+    let secrets = match &options.secrets {
+        Some(path) => import::read_secrets(path)?,
+        None => Default::default(),
+    };
+    let planned = import::plan(&parsed, &secrets, config.bridge.token_alg, now, options.dry_run)?;
+    let request = AdminRequest::ClientImport {
+        records: planned.records,
+        dry_run: options.dry_run,
+        replace: options.replace,
+    };
+    let mut answer = admin_call(config, data_dir, &request)?;
+    let imported: Vec<String> = answer["imported"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut skipped = answer["skipped"].as_array().cloned().unwrap_or_default();
+    for (client_id, reason) in &parsed.skipped {
+        skipped.push(json!({"client_id": client_id, "reason": reason}));
+    }
+    // A generated secret is shown only for a client that was really imported.
+    let rotated: Vec<&import::Rotated> = planned
+        .rotated
+        .iter()
+        .filter(|r| imported.contains(&r.client_id))
+        .collect();
+    let users = import::import_users_into_user_store(&parsed.users);
+    answer["source"] = json!(parsed.source);
+    answer["skipped"] = Value::Array(skipped);
+    answer["rotated"] = json!(rotated);
+    answer["unmapped"] = json!(planned.unmapped);
+    answer["methods"] = json!(planned.methods);
+    answer["users"] = json!(users);
+    print(json, &answer, &import::report_text(&answer))
+}
+
+fn export(
+    output: Option<&std::path::Path>,
+    config: &Config,
+    data_dir: &std::path::Path,
+    json: bool,
+) -> Result<(), Error> {
+    let export = admin_call(config, data_dir, &AdminRequest::Export)?;
+    let text = serde_json::to_string_pretty(&export).map_err(|e| Error::Admin(e.to_string()))?;
+    let Some(path) = output else {
+        return print(false, &export, &text);
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| Error::Io {
+                action: format!("create {}", path.display()),
+                source,
+            })?;
+        file.write_all(text.as_bytes()).map_err(|source| Error::Io {
+            action: format!("write {}", path.display()),
+            source,
+        })?;
+    }
+    let clients = export["clients"].as_array().map_or(0, Vec::len);
+    let summary = json!({"file": path, "clients": clients, "omitted": export["omitted"]});
+    print(
+        json,
+        &summary,
+        &format!("{clients} clients written to {}", path.display()),
+    )
 }
 
 fn tls_init(config: &Config, data_dir: &std::path::Path, sans: &[String], days: u32, json: bool) -> Result<(), Error> {

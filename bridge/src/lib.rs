@@ -25,6 +25,7 @@ pub mod error;
 pub mod federation;
 pub mod form;
 pub mod http;
+pub mod import;
 pub mod keys;
 pub mod metrics;
 pub mod node;

@@ -213,6 +213,9 @@ pub struct AssertionKey {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// Ready to verify.
     pub decoding: jsonwebtoken::DecodingKey,
+    /// After this time (Unix seconds) the key no longer verifies (a rotated `client_secret_jwt`
+    /// secret's grace period); `None` = no expiry.
+    pub expires_at: Option<u64>,
 }
 
 impl Client {
@@ -236,8 +239,11 @@ impl Client {
             .as_ref()
             .and_then(|set| set.get("keys"))
             .and_then(|keys| keys.as_array())
-            .map(|keys| keys.iter().filter_map(AssertionKey::new).collect())
-            .unwrap_or_default();
+            .map(|keys| keys.iter().filter_map(AssertionKey::new).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(record.secrets.iter().filter_map(AssertionKey::hmac))
+            .collect();
         let token_alg = record.token_alg.parse().ok();
         Self {
             record,
@@ -289,6 +295,24 @@ fn verify_argon2(phc: &str, presented: &str) -> bool {
 }
 
 impl AssertionKey {
+    /// The HMAC key of a `client_secret_jwt` client (RFC 7523 §2.2 with HS256/384/512).
+    fn hmac(secret: &mesh::state::SecretRecord) -> Option<Self> {
+        let SecretHash::HmacKey(b64) = &secret.hash else {
+            return None;
+        };
+        let key = URL_SAFE_NO_PAD.decode(b64).ok()?;
+        Some(Self {
+            kid: None,
+            algorithms: vec![
+                jsonwebtoken::Algorithm::HS256,
+                jsonwebtoken::Algorithm::HS384,
+                jsonwebtoken::Algorithm::HS512,
+            ],
+            decoding: jsonwebtoken::DecodingKey::from_secret(&key),
+            expires_at: secret.expires_at,
+        })
+    }
+
     fn new(jwk: &serde_json::Value) -> Option<Self> {
         let algorithms = match jwk.get("kty")?.as_str()? {
             "RSA" => vec![jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::PS256],
@@ -302,6 +326,7 @@ impl AssertionKey {
             kid,
             algorithms,
             decoding,
+            expires_at: None,
         })
     }
 }

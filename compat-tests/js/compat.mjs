@@ -109,6 +109,30 @@ const commands = {
     return { token, introspected, after_revocation: afterRevocation, sent }
   },
 
+  // client_secret_jwt (RFC 7523 with an HS256 assertion keyed by the client secret) through
+  // openid-client: token and introspection.
+  async 'client-secret-jwt'({ issuer, client_id, client_secret, scope }) {
+    const sent = []
+    const config = await discover(issuer, client_id, client.ClientSecretJwt(client_secret), sent)
+    const token = await client.clientCredentialsGrant(config, { scope })
+    const introspected = await client.tokenIntrospection(config, token.access_token)
+    return { token, introspected, sent }
+  },
+
+  // One HS256 client assertion keyed by a client secret, built by hand so a test can replay it.
+  async 'hs-assertion'({ secret, client_id, aud, jti }) {
+    const assertion = await new jose.SignJWT({})
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setIssuer(client_id)
+      .setSubject(client_id)
+      .setAudience(aud)
+      .setJti(jti ?? crypto.randomUUID())
+      .setIssuedAt()
+      .setExpirationTime('60s')
+      .sign(new TextEncoder().encode(secret))
+    return { assertion }
+  },
+
   // One client assertion built by hand, so a test can replay it.
   async assertion({ private_jwk, client_id, aud, jti, lifetime }) {
     const key = await jose.importJWK(private_jwk, private_jwk.alg)

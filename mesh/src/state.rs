@@ -399,6 +399,9 @@ pub struct ClientRecord {
     /// fields come from the node's `federation.default_policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degradation: Option<ClientDegradation>,
+    /// Registered redirect URIs (authorization-code clients), compared exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
 }
 
 /// A client's degradation policy as replicated with the client (all fields optional).
@@ -430,6 +433,7 @@ impl std::fmt::Debug for SecretRecord {
         let kind = match self.hash {
             SecretHash::Sha256(_) => "sha256",
             SecretHash::Argon2(_) => "argon2",
+            SecretHash::HmacKey(_) => "hmac_key",
         };
         f.debug_struct("SecretRecord")
             .field("hash", &kind)
@@ -448,6 +452,11 @@ pub enum SecretHash {
     Sha256(String),
     /// An argon2 PHC string, for imported (possibly low-entropy) secrets.
     Argon2(String),
+    /// The secret itself (base64url), for `client_secret_jwt` clients only: verifying their HS256/
+    /// 384/512 assertions needs the key on every node, so it cannot be hashed. Protected by the data
+    /// directory's permissions (0700/0600) and the mesh's authenticated sync; never exported, never
+    /// usable for `client_secret_basic`/`client_secret_post`.
+    HmacKey(String),
 }
 
 /// A signing key's public record, attested by the node identity that holds its private half.

@@ -95,6 +95,20 @@ enum ImportCommand {
         #[command(flatten)]
         options: ImportOptions,
     },
+    /// The previous gateway's JWKS (a URL or a file): every node publishes its keys and accepts
+    /// its tokens at introspection until --until, so tokens it issued stay valid through the
+    /// cutover.
+    Jwks {
+        /// `https://old-gateway/.well-known/jwks.json` or a file.
+        source: String,
+        /// When to stop: an RFC 3339 time (2026-12-01T12:00:00Z) or a duration from now (24h);
+        /// at least the old gateway's longest token lifetime after its last issuance.
+        #[arg(long, value_name = "TIME")]
+        until: String,
+        /// The issuer (`iss`) of the old gateway's tokens.
+        #[arg(long, value_name = "URL")]
+        issuer: String,
+    },
     /// `meshgate export` output (from this or another mesh).
     Meshgate {
         /// The export (JSON).
@@ -609,7 +623,26 @@ fn import(
     json: bool,
 ) -> Result<(), Error> {
     use crate::import::{self, Source};
+    if let ImportCommand::Jwks { source, until, issuer } = command {
+        let until = parse_until(until, now)?;
+        let jwks = crate::legacy::fetch(source)?;
+        let request = AdminRequest::ImportJwks {
+            jwks,
+            issuer: issuer.clone(),
+            until,
+        };
+        let answer = admin_call(config, data_dir, &request)?;
+        let text = format!(
+            "published until {until} (Unix time) for issuer {issuer}: {}",
+            answer["kids"]
+                .as_array()
+                .map(|k| k.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+        return print(json, &answer, &text);
+    }
     let (source, file, options) = match command {
+        ImportCommand::Jwks { .. } => unreachable!("handled above"),
         ImportCommand::Keycloak { file, options } => (Source::Keycloak, file, options),
         ImportCommand::Hydra { file, options } => (Source::Hydra, file, options),
         ImportCommand::OidcProvider { file, options } => (Source::OidcProvider, file, options),
@@ -650,6 +683,21 @@ fn import(
     answer["methods"] = json!(planned.methods);
     answer["users"] = json!(users);
     print(json, &answer, &import::report_text(&answer))
+}
+
+/// `--until`: an RFC 3339 time or a duration from `now`, as Unix seconds.
+fn parse_until(text: &str, now: u64) -> Result<u64, Error> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(now.saturating_add(duration.as_secs()));
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        Error::Admin(format!(
+            "--until `{text}`: neither a duration (24h) nor an RFC 3339 time: {e}"
+        ))
+    })?;
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| Error::Admin(format!("--until `{text}` is before 1970")))
 }
 
 fn export(

@@ -27,6 +27,7 @@ pub mod form;
 pub mod http;
 pub mod import;
 pub mod keys;
+pub mod legacy;
 pub mod metrics;
 pub mod node;
 pub mod observability;

@@ -118,6 +118,16 @@ pub enum AdminRequest {
     },
     /// Exports the clients in meshgate's own format (hashes only; `meshgate export`).
     Export,
+    /// Publishes a previous gateway's public keys in every node's JWKS, and accepts its tokens at
+    /// introspection, until `until` (`meshgate import jwks`); see [`crate::legacy`].
+    ImportJwks {
+        /// The JWK Set (public keys).
+        jwks: Value,
+        /// The issuer of the tokens they signed.
+        issuer: String,
+        /// Unix seconds after which they are dropped.
+        until: u64,
+    },
 }
 
 /// The writable node.
@@ -321,6 +331,14 @@ impl Node {
             }
             changes.push(Change::RemoveKey(kid));
         }
+        let state = self.store.state();
+        changes.extend(
+            state
+                .legacy_keys
+                .values()
+                .filter(|k| now >= k.until)
+                .map(|k| Change::RemoveLegacyKey(k.kid.clone())),
+        );
         if !changes.is_empty() {
             self.store.apply(&changes, self.clock.now())?;
         }
@@ -492,6 +510,12 @@ impl Node {
                 replace,
             } => crate::import::apply(self.store.state(), records, dry_run, replace)?,
             AdminRequest::Export => (crate::import::meshgate::export(self.store.state(), now), vec![]),
+            AdminRequest::ImportJwks { jwks, issuer, until } => {
+                let records = crate::legacy::records(&jwks, &issuer, until, &self.identity, now)?;
+                let kids: Vec<&str> = records.iter().map(|r| r.kid.as_str()).collect();
+                let answer = json!({"kids": kids, "issuer": issuer, "until": until});
+                (answer, records.into_iter().map(Change::PutLegacyKey).collect())
+            }
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],

@@ -35,6 +35,8 @@ pub struct View {
     pub current_keys: Arc<HashMap<DidKey, [u8; 32]>>,
     /// This node's active signing key per algorithm.
     signing: [Option<Arc<SigningKey>>; 3],
+    /// A previous gateway's keys by `kid` (`meshgate import jwks`), signatures verified.
+    pub legacy: imbl::HashMap<String, Arc<crate::legacy::Verifier>>,
 }
 
 /// Looks up this node's private signing keys by `kid`.
@@ -78,6 +80,9 @@ impl View {
         }
         view.revoked = state.revocations.iter().map(|(k, v)| (k.clone(), *v)).collect();
         view.refresh_members(local);
+        for key in state.legacy_keys.values() {
+            view.apply(&Change::PutLegacyKey(key.clone()), local);
+        }
         view
     }
 
@@ -111,6 +116,18 @@ impl View {
             // rotated key verify, and changes the key a member's handshake must be signed with.
             Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_) => {
                 self.refresh_members(local)
+            }
+            Change::PutLegacyKey(record) => {
+                let chains = |did: &DidKey| local.keys_of(did);
+                match crate::legacy::Verifier::new(record, &chains) {
+                    Ok(key) => {
+                        self.legacy.insert(record.kid.clone(), Arc::new(key));
+                    }
+                    Err(e) => tracing::warn!(kid = %record.kid, error = %e, "ignoring legacy-key record"),
+                }
+            }
+            Change::RemoveLegacyKey(kid) => {
+                self.legacy.remove(kid);
             }
             _ => {}
         }

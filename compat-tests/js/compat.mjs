@@ -133,6 +133,29 @@ const commands = {
     return { assertion }
   },
 
+  // A stand-in for the previous central gateway: a key pair (its public JWKS) and tokens it
+  // issued — one valid, one with another issuer, one already expired.
+  async 'legacy-gateway'({ alg, issuer, kid, client_id, scope }) {
+    const { publicKey, privateKey } = await jose.generateKeyPair(alg, { extractable: true })
+    const jwk = await jose.exportJWK(publicKey)
+    const sign = (iss, exp) =>
+      new jose.SignJWT({ client_id, scope })
+        .setProtectedHeader({ alg, kid, typ: 'at+jwt' })
+        .setIssuer(iss)
+        .setSubject(client_id)
+        .setAudience('https://api.corp')
+        .setJti(crypto.randomUUID())
+        .setIssuedAt()
+        .setExpirationTime(exp)
+        .sign(privateKey)
+    return {
+      jwks: { keys: [{ ...jwk, kid, alg, use: 'sig' }] },
+      token: await sign(issuer, '1h'),
+      other_issuer_token: await sign('https://not-the-old-gateway.example', '1h'),
+      expired_token: await sign(issuer, Math.floor(Date.now() / 1000) - 120),
+    }
+  },
+
   // One client assertion built by hand, so a test can replay it.
   async assertion({ private_jwk, client_id, aud, jti, lifetime }) {
     const key = await jose.importJWK(private_jwk, private_jwk.alg)

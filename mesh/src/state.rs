@@ -44,6 +44,9 @@ pub struct State {
     /// Identity key events, by [`KeyEvent::key`] (`"{did}|{seq}"`); see [`crate::kel`].
     #[serde(default)]
     pub key_events: BTreeMap<String, KeyEvent>,
+    /// A previous gateway's public keys, by `kid`; see [`crate::legacy`].
+    #[serde(default)]
+    pub legacy_keys: BTreeMap<String, crate::legacy::LegacyKey>,
 }
 
 impl Default for State {
@@ -57,6 +60,7 @@ impl Default for State {
             nodes: BTreeMap::new(),
             removals: BTreeMap::new(),
             key_events: BTreeMap::new(),
+            legacy_keys: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +98,12 @@ impl State {
             }
             Change::PutKeyEvent(event) => {
                 self.key_events.insert(event.key(), event.clone());
+            }
+            Change::PutLegacyKey(key) => {
+                self.legacy_keys.insert(key.kid.clone(), key.clone());
+            }
+            Change::RemoveLegacyKey(kid) => {
+                self.legacy_keys.remove(kid);
             }
         }
     }
@@ -149,6 +159,10 @@ pub enum Change {
     RemoveNode(Removal),
     /// Adds an event to a node's identity key event log.
     PutKeyEvent(KeyEvent),
+    /// Adds or replaces a previous gateway's key ([`crate::legacy`]).
+    PutLegacyKey(crate::legacy::LegacyKey),
+    /// Removes a previous gateway's key (its `until` has passed, or an operator withdrew it).
+    RemoveLegacyKey(String),
 }
 
 /// A member's signed statement that `did` belongs to the mesh.

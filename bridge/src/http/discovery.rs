@@ -54,6 +54,7 @@ pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let keys: Vec<_> = keys
         .iter()
         .map(|k| published_jwk(&k.record.jwk, &k.record.kid, &k.record.alg))
+        .chain(crate::legacy::published(&view, now))
         .collect();
     let mut response = axum::Json(json!({ "keys": keys })).into_response();
     // Short enough that a resource server sees a rotation's new key soon; resource servers also

@@ -66,7 +66,9 @@ impl PasswordHash {
         match self {
             Self::Argon2 { phc } => {
                 use argon2::PasswordVerifier;
-                let Ok(parsed) = argon2::PasswordHash::new(phc) else { return false };
+                let Ok(parsed) = argon2::PasswordHash::new(phc) else {
+                    return false;
+                };
                 argon2::Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
@@ -81,7 +83,9 @@ impl PasswordHash {
                 let (Ok(salt), Ok(hash)) = (STANDARD.decode(salt), STANDARD.decode(hash)) else {
                     return false;
                 };
-                let Some(iterations) = std::num::NonZeroU32::new(*iterations) else { return false };
+                let Some(iterations) = std::num::NonZeroU32::new(*iterations) else {
+                    return false;
+                };
                 if iterations.get() > MAX_PBKDF2_ITERATIONS || hash.is_empty() {
                     return false;
                 }
@@ -120,10 +124,10 @@ impl PasswordHash {
             serde_json::from_str(credential_data).map_err(|e| format!("credentialData: {e}"))?;
         let salt = secret.salt.ok_or("secretData: no salt")?;
         let salt_bytes = STANDARD.decode(&salt).map_err(|e| format!("secretData.salt: {e}"))?;
-        let hash_bytes = STANDARD.decode(&secret.value).map_err(|e| format!("secretData.value: {e}"))?;
-        let iterations = credential
-            .hash_iterations
-            .ok_or("credentialData: no hashIterations")?;
+        let hash_bytes = STANDARD
+            .decode(&secret.value)
+            .map_err(|e| format!("secretData.value: {e}"))?;
+        let iterations = credential.hash_iterations.ok_or("credentialData: no hashIterations")?;
         let iterations = u32::try_from(iterations)
             .ok()
             .filter(|i| (1..=MAX_PBKDF2_ITERATIONS).contains(i))
@@ -226,9 +230,13 @@ mod tests {
         use argon2::{Algorithm, Argon2, Params, Version};
         let salt = b"keycloak-salt-16";
         let mut out = [0u8; 32];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(7168, 5, 1, Some(32)).unwrap())
-            .hash_password_into(b"s3cret", salt, &mut out)
-            .unwrap();
+        Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(7168, 5, 1, Some(32)).unwrap(),
+        )
+        .hash_password_into(b"s3cret", salt, &mut out)
+        .unwrap();
         let secret = serde_json::json!({"value": STANDARD.encode(out), "salt": STANDARD.encode(salt)}).to_string();
         let credential = serde_json::json!({
             "hashIterations": 5, "algorithm": "argon2",
@@ -247,7 +255,10 @@ mod tests {
         for (credential, needle) in [
             (r#"{"hashIterations": 1, "algorithm": "md5"}"#, "md5"),
             (r#"{"hashIterations": 0, "algorithm": "pbkdf2-sha256"}"#, "out of range"),
-            (r#"{"hashIterations": 99999999999, "algorithm": "pbkdf2-sha256"}"#, "out of range"),
+            (
+                r#"{"hashIterations": 99999999999, "algorithm": "pbkdf2-sha256"}"#,
+                "out of range",
+            ),
             (r#"{"algorithm": "pbkdf2-sha256"}"#, "hashIterations"),
             ("not json", "credentialData"),
         ] {

@@ -314,7 +314,7 @@ pub fn plan(
                 }
                 (None, true) => {}
                 (None, false) => {
-                    let secret = (!dry_run).then(|| node::new_secret());
+                    let secret = (!dry_run).then(node::new_secret);
                     if let Some((secret, hash)) = secret {
                         let hash = if method == AuthMethod::ClientSecretJwt {
                             hmac_key(&secret)?
@@ -339,10 +339,7 @@ pub fn plan(
             } else {
                 methods.extend(["client_secret_basic".to_owned(), "client_secret_post".to_owned()]);
             }
-        } else if let Some(secret) = &client.secret
-            && !secret.is_empty()
-        {
-            let _ = secret;
+        } else if client.secret.as_deref().is_some_and(|s| !s.is_empty()) {
             unmapped(
                 "secret",
                 json!("(not shown)"),

@@ -655,17 +655,26 @@ fn import(
         None => Default::default(),
     };
     let planned = import::plan(&parsed, &secrets, config.bridge.token_alg, now, options.dry_run)?;
-    let request = AdminRequest::ClientImport {
-        records: planned.records,
-        dry_run: options.dry_run,
-        replace: options.replace,
-    };
-    let mut answer = admin_call(config, data_dir, &request)?;
-    let imported: Vec<String> = answer["imported"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    let mut skipped = answer["skipped"].as_array().cloned().unwrap_or_default();
+    // In batches: one admin request stays far below the socket's request limit.
+    let mut imported: Vec<String> = Vec::new();
+    let mut skipped: Vec<Value> = Vec::new();
+    for batch in planned.records.chunks(100) {
+        let request = AdminRequest::ClientImport {
+            records: batch.to_vec(),
+            dry_run: options.dry_run,
+            replace: options.replace,
+        };
+        let answer = admin_call(config, data_dir, &request)?;
+        imported.extend(
+            answer["imported"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned)),
+        );
+        skipped.extend(answer["skipped"].as_array().cloned().unwrap_or_default());
+    }
+    let mut answer = json!({"imported": imported, "dry_run": options.dry_run});
     for (client_id, reason) in &parsed.skipped {
         skipped.push(json!({"client_id": client_id, "reason": reason}));
     }

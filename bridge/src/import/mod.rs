@@ -613,3 +613,65 @@ pub(crate) mod field {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Parsed {
+        parse(Source::Hydra, text).unwrap()
+    }
+
+    #[test]
+    fn secrets_come_from_the_source_then_the_map_then_rotation() {
+        let p = parsed(
+            r#"[{"client_id": "a", "grant_types": ["client_credentials", "implicit"], "scope": "x y"},
+                {"client_id": "b", "grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_jwt"},
+                {"client_id": "c", "client_secret": "from-the-file", "grant_types": ["client_credentials"]}]"#,
+        );
+        let secrets: BTreeMap<String, String> = [("a".to_owned(), "from-the-map".to_owned())].into();
+        let planned = plan(&p, &secrets, Alg::EdDSA, 100, false).unwrap();
+        let by_id = |id: &str| planned.records.iter().find(|r| r.client_id == id).unwrap();
+        assert!(matches!(by_id("a").secrets[0].hash, SecretHash::Argon2(_)));
+        assert!(matches!(by_id("b").secrets[0].hash, SecretHash::HmacKey(_)));
+        assert!(matches!(by_id("c").secrets[0].hash, SecretHash::Argon2(_)));
+        assert_eq!(by_id("a").grant_types, ["client_credentials"]);
+        assert_eq!(by_id("a").scopes, ["x", "y"]);
+        assert_eq!(planned.rotated.len(), 1);
+        assert_eq!(planned.rotated[0].client_id, "b");
+        assert!(planned.rotated[0].client_secret.is_some());
+        assert!(
+            planned
+                .unmapped
+                .iter()
+                .any(|u| u.client_id.as_deref() == Some("a") && u.field == "grant_types" && u.value == "implicit")
+        );
+        // A dry run generates nothing.
+        let dry = plan(&p, &secrets, Alg::EdDSA, 100, true).unwrap();
+        assert_eq!(dry.rotated[0].client_secret, None);
+    }
+
+    #[test]
+    fn apply_skips_existing_ids_unless_replacing_and_checks_records() {
+        let p = parsed(r#"[{"client_id": "a", "client_secret": "s", "grant_types": ["client_credentials"]}]"#);
+        let planned = plan(&p, &BTreeMap::new(), Alg::EdDSA, 100, false).unwrap();
+        let mut state = State::default();
+        let (answer, changes) = apply(&state, planned.records.clone(), false, false).unwrap();
+        assert_eq!(answer["imported"], json!(["a"]));
+        for change in &changes {
+            state.apply(change);
+        }
+        let (answer, changes) = apply(&state, planned.records.clone(), false, false).unwrap();
+        assert!(changes.is_empty());
+        assert!(answer["skipped"][0]["reason"].as_str().unwrap().contains("exists"));
+        let (_, changes) = apply(&state, planned.records.clone(), false, true).unwrap();
+        assert_eq!(changes.len(), 1);
+        let mut bad = planned.records[0].clone();
+        bad.redirect_uris = vec!["https://x/cb#frag".into()];
+        bad.client_id = "z".into();
+        let (answer, _) = apply(&state, vec![bad], false, false).unwrap();
+        assert!(answer["skipped"][0]["reason"].as_str().unwrap().contains("fragment"));
+        let (_, changes) = apply(&State::default(), planned.records, true, false).unwrap();
+        assert!(changes.is_empty(), "a dry run changes nothing");
+    }
+}

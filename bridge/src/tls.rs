@@ -394,6 +394,26 @@ mod tests {
     }
 
     #[test]
+    fn bridge_tls_is_configured_by_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "bridge:\n  tls: { cert: /etc/c.pem, key: /etc/k.pem }\n").unwrap();
+        let config = crate::config::check(&file).unwrap();
+        assert_eq!(
+            config.bridge.tls,
+            Some(TlsFiles {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            })
+        );
+        std::fs::write(&file, "bridge:\n  tls: { cert: /etc/c.pem, kee: /etc/k.pem }\n").unwrap();
+        let Err(Error::Config(problems)) = crate::config::check(&file) else {
+            panic!("accepted a misspelt key")
+        };
+        assert!(problems.join("\n").contains("bridge.tls"), "{problems:?}");
+    }
+
+    #[test]
     fn a_key_that_does_not_match_the_certificate_is_refused() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();

@@ -1,5 +1,7 @@
 //! Client authentication at the token, introspection and revocation endpoints (RFC 6749 §2.3):
-//! `client_secret_basic`, `client_secret_post` and `private_key_jwt` (RFC 7523 §2.2, §3).
+//! `client_secret_basic`, `client_secret_post`, `private_key_jwt` (RFC 7523 §2.2, §3) and
+//! `client_secret_jwt` (the same assertion, HS256/384/512 keyed by the client secret; the MAC is
+//! checked in constant time by aws-lc-rs, and the `jti` is single-use as for `private_key_jwt`).
 //!
 //! Exactly one method per request. Every failure is `invalid_client`; the reason is logged at debug.
 
@@ -197,7 +199,13 @@ fn by_assertion(
     let header = jsonwebtoken::decode_header(assertion).map_err(|_| "assertion: malformed header")?;
     if !matches!(
         header.alg,
-        Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256 | Algorithm::EdDSA
+        Algorithm::RS256
+            | Algorithm::PS256
+            | Algorithm::ES256
+            | Algorithm::EdDSA
+            | Algorithm::HS256
+            | Algorithm::HS384
+            | Algorithm::HS512
     ) {
         return Err("assertion: algorithm not allowed");
     }
@@ -218,6 +226,7 @@ fn by_assertion(
         .assertion_keys
         .iter()
         .filter(|k| k.algorithms.contains(&header.alg))
+        .filter(|k| k.expires_at.is_none_or(|t| now < t))
         .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
         .find_map(|k| jsonwebtoken::decode::<AssertionClaims>(assertion, &k.decoding, &validation).ok())
         .ok_or("assertion: signature does not verify with the client's keys")?

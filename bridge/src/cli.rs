@@ -58,6 +58,96 @@ enum Command {
     /// Guard an HTTP service or MCP server with OAuth: a reverse proxy serving RFC 9728 metadata,
     /// validating tokens and forwarding the verified subject, client and scopes.
     Protect(crate::protect::ProtectArgs),
+    /// HTTPS: create a local CA and a server certificate.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+    /// Bring clients (and Keycloak users) over from another OAuth server, unchanged; reports every
+    /// field it could not map.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write every client in meshgate's own format (secret hashes only) for `import meshgate`.
+    Export {
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// A Keycloak realm export (clients, and users with their password hashes).
+    Keycloak {
+        /// The realm export (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// An ORY Hydra client list (`hydra list oauth2-clients --format json`); Hydra exports no
+    /// secrets: give them with --secrets or they are rotated and printed once.
+    Hydra {
+        /// The client list (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// A node-oidc-provider client array.
+    #[command(name = "oidc-provider")]
+    OidcProvider {
+        /// The client array (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+    /// The previous gateway's JWKS (a URL or a file): every node publishes its keys and accepts
+    /// its tokens at introspection until --until, so tokens it issued stay valid through the
+    /// cutover.
+    Jwks {
+        /// `https://old-gateway/.well-known/jwks.json` or a file.
+        source: String,
+        /// When to stop: an RFC 3339 time (2026-12-01T12:00:00Z) or a duration from now (24h);
+        /// at least the old gateway's longest token lifetime after its last issuance.
+        #[arg(long, value_name = "TIME")]
+        until: String,
+        /// The issuer (`iss`) of the old gateway's tokens.
+        #[arg(long, value_name = "URL")]
+        issuer: String,
+    },
+    /// `meshgate export` output (from this or another mesh).
+    Meshgate {
+        /// The export (JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        options: ImportOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ImportOptions {
+    /// A JSON object client id → secret, for clients whose secret the file lacks.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Report what would be imported; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Overwrite existing clients with the same id (default: skip them).
+    #[arg(long)]
+    replace: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create a local CA (once; reused afterwards) in DATA_DIR/tls and issue a server certificate
+    /// for 127.0.0.1, localhost, ::1, the configured issuer's host and every --san; prints the CA
+    /// certificate clients must trust. `serve --tls` (or `bridge.tls`) then serves HTTPS with it,
+    /// and a running server picks up a re-issued certificate by itself.
+    Init {
+        /// Another name (host name or IP address) for the certificate (repeatable).
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Validity of the server certificate in days (at most 825).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +172,15 @@ struct ServeArgs {
     /// Address of the mesh sync listener [default: 127.0.0.1:7946].
     #[arg(long, value_name = "ADDR")]
     sync_listen: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when it changes).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with the certificate `meshgate tls init` wrote into the data directory.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,14 +348,28 @@ fn execute(cli: Cli) -> Result<(), Error> {
             metrics_listen: args.metrics_listen.clone(),
             issuer: args.issuer.clone(),
             sync_listen: args.sync_listen.clone(),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
         },
         _ => Overrides {
             data_dir: cli.data_dir.clone(),
             ..Default::default()
         },
     };
-    let config = config::load(cli.config.as_deref(), &env, &overrides)?;
+    let mut config = config::load(cli.config.as_deref(), &env, &overrides)?;
     let data_dir = config.data_dir(&env);
+    if let Command::Serve(ServeArgs { tls: true, .. }) = &cli.command {
+        config.bridge.tls = Some(crate::tls::TlsFiles::generated(&data_dir));
+    }
+    if let Command::Tls(TlsCommand::Init { sans, days }) = &cli.command {
+        return tls_init(&config, &data_dir, sans, *days, cli.json);
+    }
+    if let Command::Import(command) = &cli.command {
+        return import(command, &config, &data_dir, SystemClock.now(), cli.json);
+    }
+    if let Command::Export { output } = &cli.command {
+        return export(output.as_deref(), &config, &data_dir, cli.json);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Command::Upstream(UpstreamCommand::Status) = &cli.command {
         let answer = match admin::call_running(&data_dir, &AdminRequest::UpstreamStatus)? {
@@ -268,6 +381,8 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let request = match cli.command {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
+        Command::Tls(_) => unreachable!("handled above"),
+        Command::Import(_) | Command::Export { .. } => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
         Command::Protect(_) => unreachable!("handled above"),
         Command::Id { command: None } => AdminRequest::Status,
@@ -497,6 +612,171 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn admin_call(config: &Config, data_dir: &std::path::Path, request: &AdminRequest) -> Result<Value, Error> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alg, trusted) = (config.bridge.token_alg, config.node.sync.trusted_peers.clone());
+    admin::call(data_dir, request, || {
+        Node::open(data_dir, clock.clone(), alg, trusted.clone())
+    })
+}
+
+fn import(
+    command: &ImportCommand,
+    config: &Config,
+    data_dir: &std::path::Path,
+    now: u64,
+    json: bool,
+) -> Result<(), Error> {
+    use crate::import::{self, Source};
+    if let ImportCommand::Jwks { source, until, issuer } = command {
+        let until = parse_until(until, now)?;
+        let jwks = crate::legacy::fetch(source)?;
+        let request = AdminRequest::ImportJwks {
+            jwks,
+            issuer: issuer.clone(),
+            until,
+        };
+        let answer = admin_call(config, data_dir, &request)?;
+        let text = format!(
+            "published until {until} (Unix time) for issuer {issuer}: {}",
+            answer["kids"]
+                .as_array()
+                .map(|k| k.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+        return print(json, &answer, &text);
+    }
+    let (source, file, options) = match command {
+        ImportCommand::Jwks { .. } => unreachable!("handled above"),
+        ImportCommand::Keycloak { file, options } => (Source::Keycloak, file, options),
+        ImportCommand::Hydra { file, options } => (Source::Hydra, file, options),
+        ImportCommand::OidcProvider { file, options } => (Source::OidcProvider, file, options),
+        ImportCommand::Meshgate { file, options } => (Source::Meshgate, file, options),
+    };
+    let text = import::read_file(file)?;
+    let parsed = import::parse(source, &text).map_err(|e| Error::Admin(format!("{}: {e}", file.display())))?;
+    let secrets = match &options.secrets {
+        Some(path) => import::read_secrets(path)?,
+        None => Default::default(),
+    };
+    let planned = import::plan(&parsed, &secrets, config.bridge.token_alg, now, options.dry_run)?;
+    // In batches: one admin request stays far below the socket's request limit.
+    let mut imported: Vec<String> = Vec::new();
+    let mut skipped: Vec<Value> = Vec::new();
+    for batch in planned.records.chunks(100) {
+        let request = AdminRequest::ClientImport {
+            records: batch.to_vec(),
+            dry_run: options.dry_run,
+            replace: options.replace,
+        };
+        let answer = admin_call(config, data_dir, &request)?;
+        imported.extend(
+            answer["imported"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned)),
+        );
+        skipped.extend(answer["skipped"].as_array().cloned().unwrap_or_default());
+    }
+    let mut answer = json!({"imported": imported, "dry_run": options.dry_run});
+    for (client_id, reason) in &parsed.skipped {
+        skipped.push(json!({"client_id": client_id, "reason": reason}));
+    }
+    // A generated secret is shown only for a client that was really imported.
+    let rotated: Vec<&import::Rotated> = planned
+        .rotated
+        .iter()
+        .filter(|r| imported.contains(&r.client_id))
+        .collect();
+    let users = import::import_users_into_user_store(&parsed.users);
+    answer["source"] = json!(parsed.source);
+    answer["skipped"] = Value::Array(skipped);
+    answer["rotated"] = json!(rotated);
+    answer["unmapped"] = json!(planned.unmapped);
+    answer["methods"] = json!(planned.methods);
+    answer["users"] = json!(users);
+    print(json, &answer, &import::report_text(&answer))
+}
+
+/// `--until`: an RFC 3339 time or a duration from `now`, as Unix seconds.
+fn parse_until(text: &str, now: u64) -> Result<u64, Error> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(now.saturating_add(duration.as_secs()));
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        Error::Admin(format!(
+            "--until `{text}`: neither a duration (24h) nor an RFC 3339 time: {e}"
+        ))
+    })?;
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| Error::Admin(format!("--until `{text}` is before 1970")))
+}
+
+fn export(
+    output: Option<&std::path::Path>,
+    config: &Config,
+    data_dir: &std::path::Path,
+    json: bool,
+) -> Result<(), Error> {
+    let export = admin_call(config, data_dir, &AdminRequest::Export)?;
+    let text = serde_json::to_string_pretty(&export).map_err(|e| Error::Admin(e.to_string()))?;
+    let Some(path) = output else {
+        return print(false, &export, &text);
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| Error::Io {
+                action: format!("create {}", path.display()),
+                source,
+            })?;
+        file.write_all(text.as_bytes()).map_err(|source| Error::Io {
+            action: format!("write {}", path.display()),
+            source,
+        })?;
+    }
+    let clients = export["clients"].as_array().map_or(0, Vec::len);
+    let summary = json!({"file": path, "clients": clients, "omitted": export["omitted"]});
+    print(
+        json,
+        &summary,
+        &format!("{clients} clients written to {}", path.display()),
+    )
+}
+
+fn tls_init(config: &Config, data_dir: &std::path::Path, sans: &[String], days: u32, json: bool) -> Result<(), Error> {
+    let mut names = sans.to_vec();
+    if let Some(host) = config
+        .bridge
+        .issuer
+        .as_ref()
+        .and_then(|issuer| url::Url::parse(issuer.as_str()).ok())
+        .and_then(|url| url.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+    {
+        names.push(host);
+    }
+    let done = crate::tls::init(data_dir, &names, days)?;
+    let value = serde_json::to_value(&done).map_err(|e| Error::Admin(e.to_string()))?;
+    let text = format!(
+        "{} CA:      {}\nserver certificate: {} (names: {})\nserver key:         {}\n\nTrust the CA in clients (e.g. NODE_EXTRA_CA_CERTS={} or SSL_CERT_FILE), then run `meshgate serve --tls`.",
+        if done.new_ca { "created" } else { "reused " },
+        done.ca_cert.display(),
+        done.cert.display(),
+        done.names.join(", "),
+        done.key.display(),
+        done.ca_cert.display(),
+    );
+    print(json, &value, &text)
 }
 
 fn print(json: bool, value: &Value, text: &str) -> Result<(), Error> {

@@ -154,6 +154,9 @@ pub struct BridgeConfig {
     pub verified_token_cache: usize,
     /// Dynamic client registration (RFC 7591) and Client ID Metadata Documents.
     pub registration: crate::registration::RegistrationConfig,
+    /// Serve HTTPS with this certificate and key (PEM files, reloaded when they change); the
+    /// default issuer then starts with `https://`. Unset: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for BridgeConfig {
@@ -168,6 +171,7 @@ impl Default for BridgeConfig {
             max_body_bytes: 64 * 1024,
             verified_token_cache: 65_536,
             registration: Default::default(),
+            tls: None,
         }
     }
 }
@@ -265,6 +269,10 @@ pub struct Overrides {
     pub issuer: Option<String>,
     /// `--sync-listen`.
     pub sync_listen: Option<String>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Loads the configuration: defaults, then `file`, then the environment, then `overrides`.
@@ -305,6 +313,14 @@ pub fn load(file: Option<&Path>, env: &dyn Environment, overrides: &Overrides) -
         (&["bridge", "metrics_listen"][..], overrides.metrics_listen.clone()),
         (&["bridge", "issuer"][..], overrides.issuer.clone()),
         (&["node", "sync", "listen"][..], overrides.sync_listen.clone()),
+        (
+            &["bridge", "tls", "cert"][..],
+            overrides.tls_cert.as_ref().map(|p| p.display().to_string()),
+        ),
+        (
+            &["bridge", "tls", "key"][..],
+            overrides.tls_key.as_ref().map(|p| p.display().to_string()),
+        ),
     ];
     for (path, flag) in flags {
         if let Some(v) = flag {

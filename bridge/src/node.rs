@@ -107,6 +107,27 @@ pub enum AdminRequest {
     /// The state of every configured upstream; answered by the running server (its breakers and
     /// caches live there), never by a node opened from the CLI.
     UpstreamStatus,
+    /// Imports client records with their ids unchanged (`meshgate import`); see [`crate::import`].
+    ClientImport {
+        /// The records, secrets already hashed.
+        records: Vec<ClientRecord>,
+        /// Check only; change nothing.
+        dry_run: bool,
+        /// Overwrite clients with the same id.
+        replace: bool,
+    },
+    /// Exports the clients in meshgate's own format (hashes only; `meshgate export`).
+    Export,
+    /// Publishes a previous gateway's public keys in every node's JWKS, and accepts its tokens at
+    /// introspection, until `until` (`meshgate import jwks`); see [`crate::legacy`].
+    ImportJwks {
+        /// The JWK Set (public keys).
+        jwks: Value,
+        /// The issuer of the tokens they signed.
+        issuer: String,
+        /// Unix seconds after which they are dropped.
+        until: u64,
+    },
 }
 
 /// The writable node.
@@ -310,6 +331,14 @@ impl Node {
             }
             changes.push(Change::RemoveKey(kid));
         }
+        let state = self.store.state();
+        changes.extend(
+            state
+                .legacy_keys
+                .values()
+                .filter(|k| now >= k.until)
+                .map(|k| Change::RemoveLegacyKey(k.kid.clone())),
+        );
         if !changes.is_empty() {
             self.store.apply(&changes, self.clock.now())?;
         }
@@ -350,6 +379,7 @@ impl Node {
                     created_at: now,
                     degradation: degradation.map(checked_degradation).transpose()?,
                     dynamic_registration: None,
+                    redirect_uris: Vec::new(),
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])
@@ -380,6 +410,7 @@ impl Node {
             }
             AdminRequest::ClientRotateSecret { client_id, grace_secs } => {
                 let mut record = self.client(&client_id)?.clone();
+                let hmac = record.secrets.iter().any(|s| matches!(s.hash, SecretHash::HmacKey(_)));
                 let until = now.saturating_add(grace_secs);
                 record.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
                 for old in &mut record.secrets {
@@ -389,6 +420,12 @@ impl Node {
                     record.secrets.clear();
                 }
                 let (secret, hash) = new_secret();
+                // A client_secret_jwt client keeps its method: the new secret is its HMAC key.
+                let hash = if hmac {
+                    SecretHash::HmacKey(URL_SAFE_NO_PAD.encode(secret.as_bytes()))
+                } else {
+                    hash
+                };
                 record.secrets.push(SecretRecord { hash, expires_at: None });
                 let answer =
                     json!({"client_id": client_id, "client_secret": secret, "previous_secrets_valid_until": until});
@@ -467,6 +504,18 @@ impl Node {
             }
             AdminRequest::UpstreamStatus => {
                 return Err(Error::Admin("upstream status is answered by the running server".into()));
+            }
+            AdminRequest::ClientImport {
+                records,
+                dry_run,
+                replace,
+            } => crate::import::apply(self.store.state(), records, dry_run, replace)?,
+            AdminRequest::Export => (crate::import::meshgate::export(self.store.state(), now), vec![]),
+            AdminRequest::ImportJwks { jwks, issuer, until } => {
+                let records = crate::legacy::records(&jwks, &issuer, until, &self.identity, now)?;
+                let kids: Vec<&str> = records.iter().map(|r| r.kid.as_str()).collect();
+                let answer = json!({"kids": kids, "issuer": issuer, "until": until});
+                (answer, records.into_iter().map(Change::PutLegacyKey).collect())
             }
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
@@ -574,13 +623,13 @@ fn random_id() -> String {
 }
 
 /// A new 256-bit secret (base64url) and its SHA-256 hash.
-fn new_secret() -> (String, SecretHash) {
+pub(crate) fn new_secret() -> (String, SecretHash) {
     let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let hash = SecretHash::Sha256(URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes())));
     (secret, hash)
 }
 
-fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
+pub(crate) fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
     use argon2::PasswordHasher;
     if secret.is_empty() {
         return Err(Error::Admin("the secret must not be empty".into()));
@@ -593,14 +642,14 @@ fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
     Ok(SecretHash::Argon2(hash.to_string()))
 }
 
-fn checked_name(name: String) -> Result<String, Error> {
+pub(crate) fn checked_name(name: String) -> Result<String, Error> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(Error::Admin("--name must be 1 to 200 characters".into()));
     }
     Ok(name)
 }
 
-fn checked_grants(grants: Vec<String>) -> Result<Vec<String>, Error> {
+pub(crate) fn checked_grants(grants: Vec<String>) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::new();
     for grant in grants {
         let grant = match grant.as_str() {
@@ -641,7 +690,7 @@ pub fn is_scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
+pub(crate) fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::new();
     for audience in audiences {
         if audience.is_empty() || audience.chars().any(char::is_control) {
@@ -654,7 +703,7 @@ fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-fn checked_degradation(policy: ClientDegradation) -> Result<ClientDegradation, Error> {
+pub(crate) fn checked_degradation(policy: ClientDegradation) -> Result<ClientDegradation, Error> {
     if let Some(mode) = &policy.on_upstream_unavailable
         && mode != "issue_local"
         && mode != "fail_closed"
@@ -671,7 +720,7 @@ fn checked_degradation(policy: ClientDegradation) -> Result<ClientDegradation, E
     Ok(policy)
 }
 
-fn checked_jwks(jwks: Value) -> Result<Value, Error> {
+pub(crate) fn checked_jwks(jwks: Value) -> Result<Value, Error> {
     let keys = jwks
         .get("keys")
         .and_then(|k| k.as_array())
@@ -692,8 +741,22 @@ fn checked_jwks(jwks: Value) -> Result<Value, Error> {
 
 fn summary(client: &ClientRecord, now: u64) -> Value {
     let mut methods = Vec::new();
-    if client.secrets.iter().any(|s| s.expires_at.is_none_or(|t| t > now)) {
+    let live = |s: &&SecretRecord| s.expires_at.is_none_or(|t| t > now);
+    if client
+        .secrets
+        .iter()
+        .filter(live)
+        .any(|s| !matches!(s.hash, SecretHash::HmacKey(_)))
+    {
         methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
+    if client
+        .secrets
+        .iter()
+        .filter(live)
+        .any(|s| matches!(s.hash, SecretHash::HmacKey(_)))
+    {
+        methods.push("client_secret_jwt");
     }
     if client.jwks.is_some() {
         methods.push("private_key_jwt");

@@ -193,6 +193,7 @@ pub fn new_client(metadata: Metadata, token_alg: &str, now: u64) -> NewClient {
         created_at: now,
         degradation: None,
         dynamic_registration: Some(Box::new(dynamic)),
+        redirect_uris: Vec::new(),
     };
     update(&mut record, metadata);
     NewClient {

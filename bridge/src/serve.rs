@@ -64,6 +64,9 @@ impl Running {
 /// Starts serving `config` from `data_dir`.
 pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Running, Error> {
     let bridge = &config.bridge;
+    crate::tls::install_crypto_provider();
+    // Load the certificate before anything else: a bad pair is a configuration error at start.
+    let tls = bridge.tls.clone().map(crate::tls::ReloadingCert::new).transpose()?;
     let node = {
         let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
         let trusted = config.node.sync.trusted_peers.clone();
@@ -113,7 +116,9 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             } else {
                 listen
             };
-            Issuer::parse(&format!("http://{host}")).map_err(|e| Error::Config(vec![format!("bridge.issuer: {e}")]))?
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            Issuer::parse(&format!("{scheme}://{host}"))
+                .map_err(|e| Error::Config(vec![format!("bridge.issuer: {e}")]))?
         }
     };
     let settings = Settings {
@@ -181,7 +186,20 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             state.clone(),
             wait_for(shutdown_rx.clone()),
         ));
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+        let served = match tls {
+            None => axum::serve(listener, app).with_graceful_shutdown(signal).await,
+            Some(cert) => {
+                tokio::spawn(cert.clone().watch(crate::tls::RELOAD_POLL, shutdown_rx.clone()));
+                match crate::tls::server_config(cert)
+                    .map_err(std::io::Error::other)
+                    .and_then(|config| crate::tls::TlsListener::spawn(listener, config, shutdown_rx.clone()))
+                {
+                    Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(signal).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "OAuth listener failed");
         }
         let _ = admin_task.await;

@@ -35,6 +35,8 @@ pub struct View {
     pub current_keys: Arc<HashMap<DidKey, [u8; 32]>>,
     /// This node's active signing key per algorithm.
     signing: [Option<Arc<SigningKey>>; 3],
+    /// A previous gateway's keys by `kid` (`meshgate import jwks`), signatures verified.
+    pub legacy: imbl::HashMap<String, Arc<crate::legacy::Verifier>>,
 }
 
 /// Looks up this node's private signing keys by `kid`.
@@ -78,6 +80,9 @@ impl View {
         }
         view.revoked = state.revocations.iter().map(|(k, v)| (k.clone(), *v)).collect();
         view.refresh_members(local);
+        for key in state.legacy_keys.values() {
+            view.apply(&Change::PutLegacyKey(key.clone()), local);
+        }
         view
     }
 
@@ -111,6 +116,18 @@ impl View {
             // rotated key verify, and changes the key a member's handshake must be signed with.
             Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_) => {
                 self.refresh_members(local)
+            }
+            Change::PutLegacyKey(record) => {
+                let chains = |did: &DidKey| local.keys_of(did);
+                match crate::legacy::Verifier::new(record, &chains) {
+                    Ok(key) => {
+                        self.legacy.insert(record.kid.clone(), Arc::new(key));
+                    }
+                    Err(e) => tracing::warn!(kid = %record.kid, error = %e, "ignoring legacy-key record"),
+                }
+            }
+            Change::RemoveLegacyKey(kid) => {
+                self.legacy.remove(kid);
             }
             _ => {}
         }
@@ -216,6 +233,9 @@ pub struct AssertionKey {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// Ready to verify.
     pub decoding: jsonwebtoken::DecodingKey,
+    /// After this time (Unix seconds) the key no longer verifies (a rotated `client_secret_jwt`
+    /// secret's grace period); `None` = no expiry.
+    pub expires_at: Option<u64>,
 }
 
 impl Client {
@@ -239,8 +259,11 @@ impl Client {
             .as_ref()
             .and_then(|set| set.get("keys"))
             .and_then(|keys| keys.as_array())
-            .map(|keys| keys.iter().filter_map(AssertionKey::new).collect())
-            .unwrap_or_default();
+            .map(|keys| keys.iter().filter_map(AssertionKey::new).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(record.secrets.iter().filter_map(AssertionKey::hmac))
+            .collect();
         let token_alg = record.token_alg.parse().ok();
         Self {
             record,
@@ -301,6 +324,24 @@ fn verify_argon2(phc: &str, presented: &str) -> bool {
 }
 
 impl AssertionKey {
+    /// The HMAC key of a `client_secret_jwt` client (RFC 7523 §2.2 with HS256/384/512).
+    fn hmac(secret: &mesh::state::SecretRecord) -> Option<Self> {
+        let SecretHash::HmacKey(b64) = &secret.hash else {
+            return None;
+        };
+        let key = URL_SAFE_NO_PAD.decode(b64).ok()?;
+        Some(Self {
+            kid: None,
+            algorithms: vec![
+                jsonwebtoken::Algorithm::HS256,
+                jsonwebtoken::Algorithm::HS384,
+                jsonwebtoken::Algorithm::HS512,
+            ],
+            decoding: jsonwebtoken::DecodingKey::from_secret(&key),
+            expires_at: secret.expires_at,
+        })
+    }
+
     fn new(jwk: &serde_json::Value) -> Option<Self> {
         let algorithms = match jwk.get("kty")?.as_str()? {
             "RSA" => vec![jsonwebtoken::Algorithm::RS256, jsonwebtoken::Algorithm::PS256],
@@ -314,6 +355,7 @@ impl AssertionKey {
             kid,
             algorithms,
             decoding,
+            expires_at: None,
         })
     }
 }

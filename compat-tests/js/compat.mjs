@@ -58,6 +58,28 @@ const commands = {
     }
   },
 
+  // openid-client in its strict default mode (no allowInsecureRequests: https only, the server's
+  // certificate checked against the system roots plus NODE_EXTRA_CA_CERTS): discovery and
+  // client_credentials with client_secret_basic, then introspection.
+  async 'openid-client-strict'({ issuer, client_id, client_secret, scope }) {
+    const config = await client.discovery(new URL(issuer), client_id, undefined, client.ClientSecretBasic(client_secret), {
+      algorithm: 'oauth2',
+    })
+    const token = await client.clientCredentialsGrant(config, { scope })
+    const introspected = await client.tokenIntrospection(config, token.access_token)
+    return { metadata: config.serverMetadata(), token, introspected }
+  },
+
+  // The same discovery, expected to fail (e.g. the CA is not trusted): reports the error.
+  async 'openid-client-strict-fails'({ issuer, client_id }) {
+    try {
+      await client.discovery(new URL(issuer), client_id, undefined, client.None(), { algorithm: 'oauth2' })
+      return { ok: true }
+    } catch (error) {
+      return { ...failure(error), cause: String(error?.cause ?? '') }
+    }
+  },
+
   // Generates a client key pair; the public half goes into the JWKS file given to `client add`.
   async keygen({ alg }) {
     const { publicKey, privateKey } = await jose.generateKeyPair(alg, { extractable: true })
@@ -85,6 +107,53 @@ const commands = {
     await client.tokenRevocation(config, token.access_token)
     const afterRevocation = await client.tokenIntrospection(config, token.access_token)
     return { token, introspected, after_revocation: afterRevocation, sent }
+  },
+
+  // client_secret_jwt (RFC 7523 with an HS256 assertion keyed by the client secret) through
+  // openid-client: token and introspection.
+  async 'client-secret-jwt'({ issuer, client_id, client_secret, scope }) {
+    const sent = []
+    const config = await discover(issuer, client_id, client.ClientSecretJwt(client_secret), sent)
+    const token = await client.clientCredentialsGrant(config, { scope })
+    const introspected = await client.tokenIntrospection(config, token.access_token)
+    return { token, introspected, sent }
+  },
+
+  // One HS256 client assertion keyed by a client secret, built by hand so a test can replay it.
+  async 'hs-assertion'({ secret, client_id, aud, jti }) {
+    const assertion = await new jose.SignJWT({})
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setIssuer(client_id)
+      .setSubject(client_id)
+      .setAudience(aud)
+      .setJti(jti ?? crypto.randomUUID())
+      .setIssuedAt()
+      .setExpirationTime('60s')
+      .sign(new TextEncoder().encode(secret))
+    return { assertion }
+  },
+
+  // A stand-in for the previous central gateway: a key pair (its public JWKS) and tokens it
+  // issued — one valid, one with another issuer, one already expired.
+  async 'legacy-gateway'({ alg, issuer, kid, client_id, scope }) {
+    const { publicKey, privateKey } = await jose.generateKeyPair(alg, { extractable: true })
+    const jwk = await jose.exportJWK(publicKey)
+    const sign = (iss, exp) =>
+      new jose.SignJWT({ client_id, scope })
+        .setProtectedHeader({ alg, kid, typ: 'at+jwt' })
+        .setIssuer(iss)
+        .setSubject(client_id)
+        .setAudience('https://api.corp')
+        .setJti(crypto.randomUUID())
+        .setIssuedAt()
+        .setExpirationTime(exp)
+        .sign(privateKey)
+    return {
+      jwks: { keys: [{ ...jwk, kid, alg, use: 'sig' }] },
+      token: await sign(issuer, '1h'),
+      other_issuer_token: await sign('https://not-the-old-gateway.example', '1h'),
+      expired_token: await sign(issuer, Math.floor(Date.now() / 1000) - 120),
+    }
   },
 
   // One client assertion built by hand, so a test can replay it.

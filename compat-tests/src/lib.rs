@@ -427,6 +427,11 @@ pub fn js_dir() -> PathBuf {
 /// Panics — never skips — when `compat-tests/js/node_modules` is missing, and with the script's
 /// stderr when it fails.
 pub fn node(command: &str, input: &Value) -> Value {
+    node_with_env(command, input, &[])
+}
+
+/// [`node`] with extra environment variables for the node process (e.g. `NODE_EXTRA_CA_CERTS`).
+pub fn node_with_env(command: &str, input: &Value, env: &[(&str, &str)]) -> Value {
     let dir = js_dir();
     assert!(
         dir.join("node_modules").is_dir(),
@@ -436,6 +441,9 @@ pub fn node(command: &str, input: &Value) -> Value {
     );
     let mut process = Command::new("node");
     process.arg(dir.join("compat.mjs")).arg(command).current_dir(&dir);
+    for (name, value) in env {
+        process.env(name, value);
+    }
     let output = run(process, Some(input.to_string()), COMMAND_TIMEOUT);
     assert!(
         output.status.success(),

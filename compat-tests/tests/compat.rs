@@ -9,6 +9,7 @@ mod compat {
 
     mod bad_input;
     mod examples;
+    mod import;
     mod lifecycle;
     mod mcp_sdk;
     mod mesh;
@@ -17,5 +18,6 @@ mod compat {
     mod private_key_jwt;
     pub mod protect;
     mod secrets;
+    mod tls;
     mod upstream;
 }

@@ -7,6 +7,7 @@
 //! - [`kel`]: the identity key event log (pre-rotation): a DID keeps its inception key's name while
 //!   the key that signs for it changes.
 //! - [`keystore`]: the [`keystore::KeyStore`] trait ("local enclave") and its 0600-file implementation.
+//! - [`legacy`]: a previous gateway's public keys, published and trusted until a cutover ends.
 //! - [`state`]: the replicated state document (clients, signing-key records, revocations) and the
 //!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
 //! - [`store`]: crash-safe persistence of the state in the data directory, under an exclusive lock.
@@ -31,6 +32,7 @@ pub mod driver;
 pub mod identity;
 pub mod kel;
 pub mod keystore;
+pub mod legacy;
 pub mod membership;
 pub mod session;
 pub mod state;

@@ -44,6 +44,9 @@ pub struct State {
     /// Identity key events, by [`KeyEvent::key`] (`"{did}|{seq}"`); see [`crate::kel`].
     #[serde(default)]
     pub key_events: BTreeMap<String, KeyEvent>,
+    /// A previous gateway's public keys, by `kid`; see [`crate::legacy`].
+    #[serde(default)]
+    pub legacy_keys: BTreeMap<String, crate::legacy::LegacyKey>,
 }
 
 impl Default for State {
@@ -57,6 +60,7 @@ impl Default for State {
             nodes: BTreeMap::new(),
             removals: BTreeMap::new(),
             key_events: BTreeMap::new(),
+            legacy_keys: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +98,12 @@ impl State {
             }
             Change::PutKeyEvent(event) => {
                 self.key_events.insert(event.key(), event.clone());
+            }
+            Change::PutLegacyKey(key) => {
+                self.legacy_keys.insert(key.kid.clone(), key.clone());
+            }
+            Change::RemoveLegacyKey(kid) => {
+                self.legacy_keys.remove(kid);
             }
         }
     }
@@ -149,6 +159,10 @@ pub enum Change {
     RemoveNode(Removal),
     /// Adds an event to a node's identity key event log.
     PutKeyEvent(KeyEvent),
+    /// Adds or replaces a previous gateway's key ([`crate::legacy`]).
+    PutLegacyKey(crate::legacy::LegacyKey),
+    /// Removes a previous gateway's key (its `until` has passed, or an operator withdrew it).
+    RemoveLegacyKey(String),
 }
 
 /// A member's signed statement that `did` belongs to the mesh.
@@ -403,6 +417,9 @@ pub struct ClientRecord {
     /// hash of its registration access token, and when it was last used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_registration: Option<Box<DynamicRegistration>>,
+    /// Registered redirect URIs (authorization-code clients), compared exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
 }
 
 /// What a dynamically registered client (RFC 7591) carries besides the common fields.
@@ -467,6 +484,7 @@ impl std::fmt::Debug for SecretRecord {
         let kind = match self.hash {
             SecretHash::Sha256(_) => "sha256",
             SecretHash::Argon2(_) => "argon2",
+            SecretHash::HmacKey(_) => "hmac_key",
         };
         f.debug_struct("SecretRecord")
             .field("hash", &kind)
@@ -485,6 +503,11 @@ pub enum SecretHash {
     Sha256(String),
     /// An argon2 PHC string, for imported (possibly low-entropy) secrets.
     Argon2(String),
+    /// The secret itself (base64url), for `client_secret_jwt` clients only: verifying their HS256/
+    /// 384/512 assertions needs the key on every node, so it cannot be hashed. Protected by the data
+    /// directory's permissions (0700/0600) and the mesh's authenticated sync; never exported, never
+    /// usable for `client_secret_basic`/`client_secret_post`.
+    HmacKey(String),
 }
 
 /// A signing key's public record, attested by the node identity that holds its private half.

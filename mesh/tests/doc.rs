@@ -29,6 +29,7 @@ fn client(id: &str, name: &str) -> ClientRecord {
         created_at: 1,
         degradation: None,
         dynamic_registration: None,
+        redirect_uris: Vec::new(),
     }
 }
 

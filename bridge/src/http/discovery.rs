@@ -10,8 +10,13 @@ use crate::keys::published_jwk;
 
 pub(super) async fn metadata(State(state): State<AppState>) -> Response {
     let s = &state.0;
-    let auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
-    let assertion_algs = ["RS256", "PS256", "ES256", "EdDSA"];
+    let auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "client_secret_jwt",
+    ];
+    let assertion_algs = ["RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384", "HS512"];
     let mut body = json!({
         "issuer": s.settings.issuer,
         "token_endpoint": s.token_endpoint,
@@ -50,6 +55,7 @@ pub(super) async fn jwks(State(state): State<AppState>) -> Response {
     let keys: Vec<_> = keys
         .iter()
         .map(|k| published_jwk(&k.record.jwk, &k.record.kid, &k.record.alg))
+        .chain(crate::legacy::published(&view, now))
         .collect();
     let mut response = axum::Json(json!({ "keys": keys })).into_response();
     // Short enough that a resource server sees a rotation's new key soon; resource servers also

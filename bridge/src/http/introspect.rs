@@ -37,6 +37,9 @@ pub(super) async fn introspect(
             claims: Some(claims),
             token_type: Some("Bearer"),
         },
+        Err(_) if let Some(legacy) = crate::legacy::validate(&view, token, now) => {
+            return Ok(no_store(axum::Json(legacy).into_response()));
+        }
         Err(reason) => {
             tracing::debug!(?reason, "introspection: inactive token");
             Introspection {

@@ -562,6 +562,7 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         created_at: START,
         degradation: None,
         dynamic_registration: None,
+        redirect_uris: Vec::new(),
     };
     h.state
         .with_node(|node| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use compat_tests::{ClientOptions, Meshgate, Registered, cli, client_add};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::support::{self, basic, form, introspect, jwks, kids, post_form};
 
@@ -506,4 +506,90 @@ async fn a_node_rotates_its_identity_key_and_stays_a_member() {
     })
     .await;
     drop((a, b, c));
+}
+
+/// JWKS of `server` as kids.
+async fn jwks_kids(server: &Meshgate) -> Vec<String> {
+    support::kids(&support::jwks(server).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_gateways_keys_are_published_and_its_tokens_accepted_on_every_node_until_the_cutover_ends() {
+    let mesh = Mesh::new(2);
+    let (one, two) = (mesh.start(1), mesh.start(2));
+    let client = add_client(&mesh.data(1), "resource-server");
+    let old_issuer = "https://old-gateway.example/realms/agents";
+    let gateway = compat_tests::node(
+        "legacy-gateway",
+        &json!({"alg": "ES256", "issuer": old_issuer, "kid": "old-es256", "client_id": "legacy-agent", "scope": "read"}),
+    );
+    let short = compat_tests::node(
+        "legacy-gateway",
+        &json!({"alg": "RS256", "issuer": old_issuer, "kid": "old-rs256", "client_id": "legacy-agent", "scope": "read"}),
+    );
+    let files = support::temp_dir();
+    let (long_file, short_file) = (files.path().join("old.json"), files.path().join("short.json"));
+    std::fs::write(&long_file, gateway["jwks"].to_string()).unwrap();
+    std::fs::write(&short_file, short["jwks"].to_string()).unwrap();
+
+    // Imported on node 1 while it runs; replicated to node 2.
+    cli(
+        &mesh.data(1),
+        &[
+            "import",
+            "jwks",
+            long_file.to_str().unwrap(),
+            "--until",
+            "1h",
+            "--issuer",
+            old_issuer,
+        ],
+    );
+    cli(
+        &mesh.data(1),
+        &[
+            "import",
+            "jwks",
+            short_file.to_str().unwrap(),
+            "--until",
+            "4s",
+            "--issuer",
+            old_issuer,
+        ],
+    );
+    eventually("node 2 publishes the old gateway's key", || async {
+        jwks_kids(&two).await.contains(&"old-es256".to_owned())
+    })
+    .await;
+    let token = gateway["token"].as_str().unwrap();
+    for server in [&one, &two] {
+        let answer = introspect(server, &client, token).await;
+        assert_eq!(answer["active"], true, "{answer:#}");
+        assert_eq!(answer["iss"], old_issuer);
+        assert_eq!(answer["client_id"], "legacy-agent");
+        assert_eq!(answer["scope"], "read");
+        for bad in ["other_issuer_token", "expired_token"] {
+            assert!(
+                !active(server, &client, gateway[bad].as_str().unwrap()).await,
+                "{bad} accepted"
+            );
+        }
+    }
+    // A token of some other key (not imported) under the same kid is refused.
+    let impostor = compat_tests::node(
+        "legacy-gateway",
+        &json!({"alg": "ES256", "issuer": old_issuer, "kid": "old-es256", "client_id": "legacy-agent", "scope": "read"}),
+    );
+    assert!(!active(&two, &client, impostor["token"].as_str().unwrap()).await);
+
+    // The short cutover ends: its key leaves every JWKS and its tokens stop introspecting active;
+    // the other key stays.
+    eventually("the short-lived import ends on both nodes", || async {
+        !jwks_kids(&one).await.contains(&"old-rs256".to_owned())
+            && !jwks_kids(&two).await.contains(&"old-rs256".to_owned())
+    })
+    .await;
+    assert!(!active(&two, &client, short["token"].as_str().unwrap()).await);
+    assert!(jwks_kids(&two).await.contains(&"old-es256".to_owned()));
+    assert!(active(&two, &client, token).await);
 }

@@ -65,7 +65,10 @@ pub(super) fn changes(doc: &Automerge, maps: &Maps, before: &[ChangeHash], patch
                 Some(change) => changes.push(change),
                 None => match field {
                     Field::Clients => changes.push(Change::RemoveClient((*key).to_owned())),
-                    Field::Keys => changes.push(Change::RemoveKey((*key).to_owned())),
+                    Field::Keys => match key.strip_prefix(crate::legacy::LEGACY_KEY_PREFIX) {
+                        Some(kid) => changes.push(Change::RemoveLegacyKey(kid.to_owned())),
+                        None => changes.push(Change::RemoveKey((*key).to_owned())),
+                    },
                     _ => tracing::warn!(
                         map = field.name(),
                         key,

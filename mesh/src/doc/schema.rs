@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
 use crate::kel::KeyEvent;
+use crate::legacy::{LEGACY_KEY_PREFIX, LegacyKey};
 use crate::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
@@ -185,6 +186,8 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::PutKeyEvent(event) => {
             Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
         }
+        Change::PutLegacyKey(key) => Write::Put(Field::Keys, key.entry(), json(key)?),
+        Change::RemoveLegacyKey(kid) => Write::Delete(Field::Keys, format!("{LEGACY_KEY_PREFIX}{kid}")),
     })
 }
 
@@ -244,7 +247,10 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
     };
     let change = match field {
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
-        Field::Keys => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
+        Field::Keys => match key.strip_prefix(LEGACY_KEY_PREFIX) {
+            Some(kid) => Change::PutLegacyKey(record(text, kid, |k: &LegacyKey| k.kid.clone())?),
+            None => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
+        },
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
         Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
             Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
@@ -289,6 +295,9 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::PutKeyEvent(e) => {
             state.key_events.insert(e.key(), e);
+        }
+        Change::PutLegacyKey(k) => {
+            state.legacy_keys.insert(k.kid.clone(), k);
         }
         other => state.apply(&other),
     }

@@ -209,5 +209,6 @@ pub fn client(client_id: &str) -> ClientRecord {
         created_at: 1,
         degradation: None,
         dynamic_registration: None,
+        redirect_uris: Vec::new(),
     }
 }

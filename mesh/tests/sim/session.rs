@@ -116,6 +116,7 @@ fn client(id: &str) -> Change {
         created_at: 1,
         degradation: None,
         dynamic_registration: None,
+        redirect_uris: Vec::new(),
     })
 }
 

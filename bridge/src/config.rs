@@ -152,6 +152,10 @@ pub struct BridgeConfig {
     pub max_body_bytes: usize,
     /// How many verified access-token signatures introspection remembers (0 = verify every time).
     pub verified_token_cache: usize,
+    /// Token buckets per source address and per client (`bridge.rate_limits`).
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// Connection cap and read timeouts of the OAuth listener (`bridge.connections`).
+    pub connections: crate::listener::ConnectionConfig,
 }
 
 impl Default for BridgeConfig {
@@ -165,6 +169,8 @@ impl Default for BridgeConfig {
             token_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
             verified_token_cache: 65_536,
+            rate_limits: Default::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -356,7 +362,13 @@ fn from_value(mut value: Value) -> Result<Config, Error> {
             }
         }
         if let Ok(config) = &result {
-            for problem in crate::upstream::check(&config.upstreams) {
+            let bridge = &config.bridge;
+            let limits = bridge
+                .rate_limits
+                .problems()
+                .into_iter()
+                .chain(bridge.connections.problems());
+            for problem in crate::upstream::check(&config.upstreams).into_iter().chain(limits) {
                 if !problems.contains(&problem) {
                     problems.push(problem);
                 }

@@ -167,6 +167,14 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         addr: listen.to_string(),
         source,
     })?;
+    state.set_hardening(crate::ratelimit::Hardening {
+        limits: bridge
+            .rate_limits
+            .enabled
+            .then(|| crate::ratelimit::RateLimits::new(&bridge.rate_limits, state.metrics().clone())),
+        body_read_timeout: Some(bridge.connections.body_read_timeout),
+    });
+    let connections = bridge.connections.clone();
     let app = http::app(state.clone());
     let signal = wait_for(shutdown_rx.clone());
     let server = tokio::spawn(async move {
@@ -176,9 +184,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             wait_for(shutdown_rx.clone()),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
-            tracing::error!(error = %e, "OAuth listener failed");
-        }
+        crate::listener::serve(listener, app, connections, signal).await;
         let _ = admin_task.await;
         let _ = maintenance.await;
     });

@@ -318,6 +318,20 @@ pub fn load(file: Option<&Path>, env: &dyn Environment, overrides: &Overrides) -
     from_value(value)
 }
 
+/// Parses a configuration from YAML text alone (defaults, then `text`; no environment, no flags),
+/// returning a complete [`Config`] or every problem found. What [`check`] does to a file's text.
+pub fn from_yaml(text: &str) -> Result<Config, Error> {
+    if text.trim().is_empty() {
+        return from_value(Value::Mapping(Default::default()));
+    }
+    let value: Value =
+        serde_yaml::from_str(text).map_err(|e| Error::Config(vec![format!("not valid YAML: {e}")]))?;
+    if value.is_null() {
+        return from_value(Value::Mapping(Default::default()));
+    }
+    from_value(value)
+}
+
 /// Checks a configuration file, returning every problem found.
 pub fn check(file: &Path) -> Result<Config, Error> {
     load(Some(file), &BTreeMap::new(), &Overrides::default())

@@ -61,7 +61,10 @@ pub fn form(data: &[u8]) {
         let mut second: Vec<&str> = again.all(name).collect();
         first.dedup();
         second.dedup();
-        assert!(first.iter().all(|v| second.contains(v)), "{name}: {first:?} became {second:?}");
+        assert!(
+            first.iter().all(|v| second.contains(v)),
+            "{name}: {first:?} became {second:?}"
+        );
     }
 }
 
@@ -156,7 +159,10 @@ fn fixture() -> &'static Fixture {
             key_client,
             client_key,
         };
-        assert!(fixture.check_token(&fixture.token), "the fixture's own token is not active");
+        assert!(
+            fixture.check_token(&fixture.token),
+            "the fixture's own token is not active"
+        );
         fixture
     })
 }
@@ -185,7 +191,16 @@ impl Fixture {
         };
         let replay = ReplayCache::default();
         let verified = VerifiedSecrets::default();
-        authenticate(&HeaderMap::new(), &form, &self.view, NOW, &audiences, &replay, &verified).is_ok()
+        authenticate(
+            &HeaderMap::new(),
+            &form,
+            &self.view,
+            NOW,
+            &audiences,
+            &replay,
+            &verified,
+        )
+        .is_ok()
     }
 
     fn authenticate_assertion(&self, assertion: &str) -> bool {
@@ -228,10 +243,18 @@ pub fn mutate(token: &str, ops: &[u8]) -> Vec<u8> {
 /// Checks a candidate access token: raw (first byte even) must not panic and is active only if it
 /// is the fixture's own token; mutated (first byte odd) must be rejected unless unchanged.
 pub fn access_token(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let fixture = fixture();
-    let candidate = if mode % 2 == 0 { rest.to_vec() } else { mutate(&fixture.token, rest) };
-    let Ok(candidate) = std::str::from_utf8(&candidate) else { return };
+    let candidate = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        mutate(&fixture.token, rest)
+    };
+    let Ok(candidate) = std::str::from_utf8(&candidate) else {
+        return;
+    };
     let active = fixture.check_token(candidate);
     if candidate == fixture.token {
         assert!(active, "the fixture's token became inactive");
@@ -245,7 +268,9 @@ pub fn access_token(data: &[u8]) {
 /// panic; mutated (first byte odd) alters a valid `private_key_jwt` assertion, which must then be
 /// refused.
 pub fn client_assertion(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let fixture = fixture();
     if mode % 2 == 0 {
         fixture.authenticate_form(rest);
@@ -253,7 +278,9 @@ pub fn client_assertion(data: &[u8]) {
     }
     let original = fixture.assertion();
     let mutated = mutate(&original, rest);
-    let Ok(mutated) = std::str::from_utf8(&mutated) else { return };
+    let Ok(mutated) = std::str::from_utf8(&mutated) else {
+        return;
+    };
     let accepted = fixture.authenticate_assertion(mutated);
     if mutated == original {
         assert!(accepted, "the fixture's assertion was refused");

@@ -324,8 +324,7 @@ pub fn from_yaml(text: &str) -> Result<Config, Error> {
     if text.trim().is_empty() {
         return from_value(Value::Mapping(Default::default()));
     }
-    let value: Value =
-        serde_yaml::from_str(text).map_err(|e| Error::Config(vec![format!("not valid YAML: {e}")]))?;
+    let value: Value = serde_yaml::from_str(text).map_err(|e| Error::Config(vec![format!("not valid YAML: {e}")]))?;
     if value.is_null() {
         return from_value(Value::Mapping(Default::default()));
     }

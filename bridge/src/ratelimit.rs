@@ -19,7 +19,7 @@
 //! out the keys that are being throttled.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,9 +183,7 @@ impl Limiter {
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        hasher.finish()
+        self.hasher.hash_one(key)
     }
 
     /// Spends one token of `key`'s bucket at `now_ns`; `Err(retry_after)` when it is empty.

@@ -317,8 +317,8 @@ fn a_corrupt_snapshot_is_recovered_from_the_previous_one_and_the_logs() {
             let heads = store.heads();
             drop(store);
             damage(&dir.path().join(SNAPSHOT));
-            let store = Store::open(dir.path())
-                .unwrap_or_else(|e| panic!("{what} after {compactions} compactions: {e}"));
+            let store =
+                Store::open(dir.path()).unwrap_or_else(|e| panic!("{what} after {compactions} compactions: {e}"));
             assert_revoked(&store, n);
             assert_eq!(store.heads(), heads, "{what}");
             assert!(dir.path().join("state.automerge.corrupt").exists(), "{what}");

@@ -85,7 +85,12 @@ fn post(client: &reqwest::blocking::Client, url: &str, who: &Registered, body: S
 }
 
 fn token(client: &reqwest::blocking::Client, base: &str, who: &Registered) -> Option<String> {
-    let (status, body) = post(client, &format!("{base}/token"), who, form(&[("grant_type", "client_credentials")]))?;
+    let (status, body) = post(
+        client,
+        &format!("{base}/token"),
+        who,
+        form(&[("grant_type", "client_credentials")]),
+    )?;
     if status != 200 {
         return None;
     }
@@ -100,7 +105,16 @@ fn admin_writer(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex
         match rng.below(10) {
             0..=5 => {
                 let name = format!("crash-{}", rng.next() % 1_000_000);
-                let args = ["client", "add", "--name", &name, "--grant", "client_credentials", "--scope", "read"];
+                let args = [
+                    "client",
+                    "add",
+                    "--name",
+                    &name,
+                    "--grant",
+                    "client_credentials",
+                    "--scope",
+                    "read",
+                ];
                 if let Some(answer) = try_cli(&dir, &args)
                     && let Some(id) = answer["client_id"].as_str()
                 {
@@ -145,7 +159,9 @@ fn admin_writer(dir: PathBuf, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex
 fn revocation_writer(base: String, checker: Registered, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acknowledged>>) {
     let client = http();
     while !stop.load(Ordering::SeqCst) {
-        let Some(token) = token(&client, &base, &checker) else { continue };
+        let Some(token) = token(&client, &base, &checker) else {
+            continue;
+        };
         let revoked = post(&client, &format!("{base}/revoke"), &checker, form(&[("token", &token)]));
         if matches!(revoked, Some((200, _))) {
             let mut acked = acked.lock().unwrap();
@@ -175,9 +191,17 @@ fn verify(server: &Meshgate, checker: &Registered, survivor: &str, acked: &Ackno
         );
     }
     let introspect = |token: &str| -> Value {
-        let (status, body) = post(&client, &format!("{base}/introspect"), checker, form(&[("token", token)]))
-            .expect("introspection after a restart");
-        assert_eq!(status, 200, "iteration {iteration}: introspection answered {status}: {body}");
+        let (status, body) = post(
+            &client,
+            &format!("{base}/introspect"),
+            checker,
+            form(&[("token", token)]),
+        )
+        .expect("introspection after a restart");
+        assert_eq!(
+            status, 200,
+            "iteration {iteration}: introspection answered {status}: {body}"
+        );
         serde_json::from_str(&body).expect("introspection JSON")
     };
     for token in &acked.revoked {
@@ -188,7 +212,10 @@ fn verify(server: &Meshgate, checker: &Registered, survivor: &str, acked: &Ackno
         );
     }
     let answer = introspect(survivor);
-    assert_eq!(answer["active"], true, "iteration {iteration}: a live token went inactive: {answer}");
+    assert_eq!(
+        answer["active"], true,
+        "iteration {iteration}: a live token went inactive: {answer}"
+    );
     let jwks: Value = client
         .get(format!("{base}/jwks.json"))
         .send()
@@ -259,6 +286,9 @@ fn sigkill_during_writes_loses_nothing_acknowledged() {
         acked.revoked.len(),
         acked.kids.len()
     );
-    assert!(acked.writes >= iterations, "too few writes were acknowledged to test anything");
+    assert!(
+        acked.writes >= iterations,
+        "too few writes were acknowledged to test anything"
+    );
     assert!(!acked.revoked.is_empty() && !acked.kids.is_empty() && acked.clients.values().any(|p| !p));
 }

@@ -77,7 +77,10 @@ async fn credential_guessing_is_throttled_per_client_and_per_source() {
         );
     }
     let (attempt, answer) = throttled.expect("20 more failures from one source were never throttled");
-    assert!(attempt >= 9, "the source was throttled after only {attempt} more failures");
+    assert!(
+        attempt >= 9,
+        "the source was throttled after only {attempt} more failures"
+    );
     assert_throttled(&answer, "guessing from one source");
     let right = post_form(
         &server.url("/token"),
@@ -138,7 +141,9 @@ async fn slow_clients_are_cut_off_and_do_not_starve_legitimate_ones() {
     let slow: Vec<TcpStream> = (0..SLOW)
         .map(|_| {
             let mut stream = TcpStream::connect(&addr).expect("connect");
-            stream.write_all(b"POST /token HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            stream
+                .write_all(b"POST /token HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
             stream
         })
         .collect();
@@ -179,8 +184,7 @@ async fn slow_clients_are_cut_off_and_do_not_starve_legitimate_ones() {
     );
 
     // Every slow connection is closed by the server, the slow body with a 408.
-    let body_answer =
-        read_to_close(&mut slow_body, Duration::from_secs(30)).expect("the slow body was never cut off");
+    let body_answer = read_to_close(&mut slow_body, Duration::from_secs(30)).expect("the slow body was never cut off");
     assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer:?}");
     dribbler.join().unwrap();
     for (i, mut stream) in slow.into_iter().enumerate() {
@@ -194,11 +198,12 @@ async fn slow_clients_are_cut_off_and_do_not_starve_legitimate_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
     let dir = support::temp_dir();
-    let server = Meshgate::spawn_with_env(dir.path(), &[("MESHGATE_BRIDGE__CONNECTIONS__HEADER_READ_TIMEOUT", "1s")]);
+    let server = Meshgate::spawn_with_env(
+        dir.path(),
+        &[("MESHGATE_BRIDGE__CONNECTIONS__HEADER_READ_TIMEOUT", "1s")],
+    );
     let mut stream = TcpStream::connect(&server.info().listen).expect("connect");
-    stream
-        .write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let answer = read_to_close(&mut stream, Duration::from_secs(30)).expect("the idle connection stayed open");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }

@@ -141,7 +141,7 @@ impl Store {
             _lock: lock,
         };
         match (replay, damage) {
-            (Some(_), Some(_)) => store.replace_damaged_log(),
+            (Some(_), Some(_)) => store.replace_damaged_log(!recovered),
             (Some(replay), None) if replay.len() >= log::MAGIC.len() as u64 => {
                 store.log = Some(Log::open(&log_path, replay.len())?);
             }
@@ -258,12 +258,16 @@ impl Store {
 
     /// After loading a damaged log: writes a snapshot of what was kept, sets the damaged log aside
     /// and starts a new one. On failure the store still works: the next persist compacts.
-    fn replace_damaged_log(&mut self) {
+    /// `pairs_with_previous`: the damaged log followed the snapshot that becomes the previous one
+    /// (false after a recovery, when the previous snapshot and log on disk already pair).
+    fn replace_damaged_log(&mut self, pairs_with_previous: bool) {
         let damaged = self.dir.join(DAMAGED_LOG_FILE);
         let result = self.write_snapshot().and_then(|()| {
             fs::rename(self.dir.join(LOG_FILE), &damaged).map_err(Error::io("rename aside", &damaged))?;
             // The intact frames of the damaged log pair with the previous snapshot.
-            keep_previous(&self.dir, DAMAGED_LOG_FILE, PREV_LOG_FILE)?;
+            if pairs_with_previous {
+                keep_previous(&self.dir, DAMAGED_LOG_FILE, PREV_LOG_FILE)?;
+            }
             self.start_log()
         });
         match result {

@@ -11,7 +11,7 @@ on every node. Every --interval seconds one row: per-node RSS, requests, retries
 p50/p99. Exits non-zero when there were errors or a node did not come back.
 
 usage: soak.py --bin MESHGATE --work DIR [--duration S] [--interval S] [--restart-every S]
-               [--threads N] [--out RESULTS_JSON]
+               [--threads N] [--revoke-share F] [--out RESULTS_JSON]
 """
 
 import argparse
@@ -151,7 +151,7 @@ class Client:
         return None, b"", None
 
 
-def worker(nodes, cc, xc, stats, stop, seed):
+def worker(nodes, cc, xc, stats, stop, seed, revoke_share):
     rng = random.Random(seed)
     client = Client(nodes, stats)
     cc_auth, xc_auth = basic(*cc), basic(*xc)
@@ -174,7 +174,7 @@ def worker(nodes, cc, xc, stats, stop, seed):
         if status != 200:
             stats.error(f"exchange: {status} {body[:120]!r}")
             continue
-        if rng.random() < 0.5:
+        if rng.random() < revoke_share:
             # Revocation, then the revoked token is inactive where it was revoked.
             status, body, where = client.call(k, "/revoke", cc_auth, {"token": token})
             if status != 200:
@@ -228,6 +228,7 @@ def main():
     ap.add_argument("--interval", type=float, default=30)
     ap.add_argument("--restart-every", type=float, default=60)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--revoke-share", type=float, default=0.5, help="share of loops that revoke their token")
     ap.add_argument("--out")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -275,7 +276,7 @@ def main():
         log(f"soaking for {a.duration:.0f} s: {a.threads} client threads, node 3 restarts every {a.restart_every:.0f} s")
 
         stats, stop, events = Stats(), threading.Event(), []
-        threads = [threading.Thread(target=worker, args=(nodes, cc, xc, stats, stop, s), daemon=True) for s in range(a.threads)]
+        threads = [threading.Thread(target=worker, args=(nodes, cc, xc, stats, stop, s, a.revoke_share), daemon=True) for s in range(a.threads)]
         threads.append(threading.Thread(target=restarter, args=(nodes, a.restart_every, stop, events), daemon=True))
         for t in threads:
             t.start()

@@ -5,11 +5,12 @@
 # ("Soak").
 #
 #   bench/soak.sh [--duration SECS] [--interval SECS] [--restart-every SECS] [--threads N]
-#                 [--keep] [--quick]
+#                 [--revoke-share F] [--keep] [--quick]
 #
-# Defaults: 600 s, a row every 30 s, a restart every 60 s, 4 client threads. --quick: 60 s, a row
-# every 10 s, a restart every 15 s, 2 threads. Exits non-zero when a request failed on every node,
-# an answer was wrong, or the restarted node did not come back.
+# Defaults: 600 s, a row every 30 s, a restart every 60 s, 4 client threads, half of the loops
+# revoke their token (--revoke-share 0.5; every revocation grows the replicated document, and
+# memory with it). --quick: 60 s, a row every 10 s, a restart every 15 s, 2 threads. Exits non-zero
+# when a request failed on every node, an answer was wrong, or the restarted node did not come back.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,9 +21,10 @@ DURATION=600
 INTERVAL=30
 RESTART=60
 THREADS=4
+REVOKE_SHARE=0.5
 KEEP=0
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --interval) INTERVAL="$2"; shift 2 ;;
     --restart-every) RESTART="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
+    --revoke-share) REVOKE_SHARE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --quick) DURATION=60; INTERVAL=10; RESTART=15; THREADS=2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -75,6 +78,6 @@ fi
 [ -x "$MESHGATE" ] || { log "ERROR: no binary at $MESHGATE"; exit 1; }
 
 python3 "$BENCH_DIR/soak.py" --bin "$MESHGATE" --work "$WORK" --duration "$DURATION" --interval "$INTERVAL" \
-  --restart-every "$RESTART" --threads "$THREADS" --out "$WORK/results.json" &
+  --restart-every "$RESTART" --threads "$THREADS" --revoke-share "$REVOKE_SHARE" --out "$WORK/results.json" &
 PY_PID=$!
 wait "$PY_PID"

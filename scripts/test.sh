@@ -35,4 +35,7 @@ bench/run.sh --quick
 step "mesh benchmark smoke run (bench/mesh.sh --quick)"
 bench/mesh.sh --quick
 
+step "short soak: mixed grants on a 3-node mesh with a restarting node (bench/soak.sh --quick)"
+bench/soak.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -248,3 +248,39 @@ fn by_assertion(
     }
     Ok(client.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 6749 §2.3.1: form-urlencode id and secret, join with `:`, base64.
+    fn encode_basic(id: &str, secret: &str) -> String {
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", encode(id), encode(secret)))
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn basic_credentials_round_trip(id in "\\PC{1,24}", secret in "\\PC{1,40}") {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, encode_basic(&id, &secret).parse().unwrap());
+            let decoded = basic_credentials(&headers).unwrap();
+            prop_assert_eq!(decoded, Some((id, secret)));
+        }
+
+        #[test]
+        fn any_authorization_value_is_an_answer_not_a_panic(value in "[ -~]{0,80}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = value.parse() {
+                headers.insert(header::AUTHORIZATION, value);
+                if let Err(e) = basic_credentials(&headers) {
+                    prop_assert_eq!(e.code(), "invalid_client");
+                }
+            }
+        }
+    }
+}

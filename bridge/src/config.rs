@@ -157,6 +157,10 @@ pub struct BridgeConfig {
     /// Serve HTTPS with this certificate and key (PEM files, reloaded when they change); the
     /// default issuer then starts with `https://`. Unset: plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Token buckets per source address and per client (`bridge.rate_limits`).
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// Connection cap and read timeouts of the OAuth listener (`bridge.connections`).
+    pub connections: crate::listener::ConnectionConfig,
 }
 
 impl Default for BridgeConfig {
@@ -172,6 +176,8 @@ impl Default for BridgeConfig {
             verified_token_cache: 65_536,
             registration: Default::default(),
             tls: None,
+            rate_limits: Default::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -331,6 +337,19 @@ pub fn load(file: Option<&Path>, env: &dyn Environment, overrides: &Overrides) -
     from_value(value)
 }
 
+/// Parses a configuration from YAML text alone (defaults, then `text`; no environment, no flags),
+/// returning a complete [`Config`] or every problem found. What [`check`] does to a file's text.
+pub fn from_yaml(text: &str) -> Result<Config, Error> {
+    if text.trim().is_empty() {
+        return from_value(Value::Mapping(Default::default()));
+    }
+    let value: Value = serde_yaml::from_str(text).map_err(|e| Error::Config(vec![format!("not valid YAML: {e}")]))?;
+    if value.is_null() {
+        return from_value(Value::Mapping(Default::default()));
+    }
+    from_value(value)
+}
+
 /// Checks a configuration file, returning every problem found.
 pub fn check(file: &Path) -> Result<Config, Error> {
     load(Some(file), &BTreeMap::new(), &Overrides::default())
@@ -375,7 +394,13 @@ fn from_value(mut value: Value) -> Result<Config, Error> {
             }
         }
         if let Ok(config) = &result {
-            for problem in crate::upstream::check(&config.upstreams) {
+            let bridge = &config.bridge;
+            let limits = bridge
+                .rate_limits
+                .problems()
+                .into_iter()
+                .chain(bridge.connections.problems());
+            for problem in crate::upstream::check(&config.upstreams).into_iter().chain(limits) {
                 if !problems.contains(&problem) {
                     problems.push(problem);
                 }

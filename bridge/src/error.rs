@@ -126,6 +126,27 @@ impl OAuthError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
     }
 
+    /// 429 `temporarily_unavailable` (the RFC 6749 code clients treat as retriable): too many
+    /// requests (RFC 6585 §4), or too many failed client authentications; carries `Retry-After`
+    /// (seconds, at least 1).
+    pub fn too_many_requests(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "too many requests; retry later",
+        )
+        .with_retry_after(retry_after.max(1))
+    }
+
+    /// 408 `invalid_request`: the request body did not arrive within the body read timeout.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "the request body did not arrive in time",
+        )
+    }
+
     /// The OAuth error code.
     pub fn code(&self) -> &'static str {
         self.code

@@ -46,6 +46,7 @@ pub struct Metrics {
     latency: Latency,
     tokens: Counters<{ GRANTS.len() }>,
     degraded: AtomicU64,
+    rate_limited: Counters<{ crate::ratelimit::Scope::ALL.len() }>,
 }
 
 impl Metrics {
@@ -63,6 +64,16 @@ impl Metrics {
     /// Records one token minted while its upstream was unavailable (`degraded: true`).
     pub fn degraded_token_issued(&self) {
         self.degraded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one request refused by a rate limit.
+    pub fn rate_limited(&self, scope: crate::ratelimit::Scope) {
+        self.rate_limited.0[scope as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused by each rate limit, in [`crate::ratelimit::Scope::ALL`] order.
+    pub fn rate_limited_counts(&self) -> Vec<u64> {
+        self.rate_limited.values()
     }
 
     /// Renders the Prometheus text format, with `key_ages` (algorithm, seconds) of the active
@@ -137,6 +148,11 @@ impl Metrics {
             KeyAges(key_ages.to_vec()),
         );
         registry.register("clients", "Registered clients", Scalar(clients as u64));
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by each rate limit",
+            RateLimitedSnapshot(self.rate_limited.values()),
+        );
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
@@ -251,6 +267,23 @@ impl EncodeMetric for TokensSnapshot {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         for (grant, value) in GRANTS.iter().zip(&self.0) {
             let labels = [("grant_type", *grant)];
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+#[derive(Debug)]
+struct RateLimitedSnapshot(Vec<u64>);
+impl EncodeMetric for RateLimitedSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (scope, value) in crate::ratelimit::Scope::ALL.iter().zip(&self.0) {
+            let labels = [("limit", scope.label())];
             encoder
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(value, None)?;

@@ -173,6 +173,14 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         addr: listen.to_string(),
         source,
     })?;
+    state.set_hardening(crate::ratelimit::Hardening {
+        limits: bridge
+            .rate_limits
+            .enabled
+            .then(|| crate::ratelimit::RateLimits::new(&bridge.rate_limits, state.metrics().clone())),
+        body_read_timeout: Some(bridge.connections.body_read_timeout),
+    });
+    let connections = bridge.connections.clone();
     let app = http::app(state.clone());
     let signal = wait_for(shutdown_rx.clone());
     let server = tokio::spawn(async move {
@@ -186,21 +194,16 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             state.clone(),
             wait_for(shutdown_rx.clone()),
         ));
-        let served = match tls {
-            None => axum::serve(listener, app).with_graceful_shutdown(signal).await,
+        let tls = match tls {
+            None => Ok(None),
             Some(cert) => {
                 tokio::spawn(cert.clone().watch(crate::tls::RELOAD_POLL, shutdown_rx.clone()));
-                match crate::tls::server_config(cert)
-                    .map_err(std::io::Error::other)
-                    .and_then(|config| crate::tls::TlsListener::spawn(listener, config, shutdown_rx.clone()))
-                {
-                    Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(signal).await,
-                    Err(e) => Err(e),
-                }
+                crate::tls::server_config(cert).map(Some)
             }
         };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "OAuth listener failed");
+        match tls {
+            Ok(tls) => crate::listener::serve(listener, app, connections, tls, signal).await,
+            Err(e) => tracing::error!(error = %e, "OAuth listener failed"),
         }
         let _ = admin_task.await;
         let _ = maintenance.await;

@@ -13,7 +13,6 @@
 //!   holds up the accept loop.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,17 +25,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+use tokio::sync::watch;
 
 use crate::error::Error;
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// Longest a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The directory in the data directory `meshgate tls init` writes to.
 pub const TLS_DIR: &str = "tls";
 
@@ -172,72 +169,6 @@ pub fn server_config(cert: Arc<ReloadingCert>) -> Result<Arc<rustls::ServerConfi
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// A TLS listener for `axum::serve`: accepts TCP connections and hands over those whose
-/// handshake completed.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Accepts on `listener` until `shutdown` flips, handshaking with `config`.
-    pub fn spawn(
-        listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-        shutdown: watch::Receiver<bool>,
-    ) -> io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(256);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            let stop = crate::serve::wait_for(shutdown);
-            tokio::pin!(stop);
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    _ = &mut stop => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { local, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(pair) => pair,
-            // The accept loop has stopped (shutdown): never yield another connection.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 /// What `meshgate tls init` wrote.

@@ -2,6 +2,7 @@
 
 mod api {
     mod exchange;
+    mod fuzz_corpus;
     pub mod harness;
     mod introspection;
     mod registration;

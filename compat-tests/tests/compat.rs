@@ -8,7 +8,9 @@ mod compat {
     pub mod support;
 
     mod bad_input;
+    mod crash;
     mod examples;
+    mod hardening;
     mod import;
     mod lifecycle;
     mod mcp_sdk;

@@ -11,6 +11,10 @@
 //!   each (format in `store/log.rs`). [`Store::apply`] and [`Store::receive_sync_message`] append one frame
 //!   with the changes made since the last one and sync it before returning: a change is
 //!   acknowledged only once it is on disk.
+//! - `state.automerge.prev` and `state.log.prev`: the snapshot and the log as they were before the
+//!   last compaction (hard links, so they cost no copy). Together they hold everything the current
+//!   snapshot holds: if `state.automerge` is ever found corrupt (bit rot, a truncating copy), the
+//!   document is rebuilt from them and the current log — see *Recovery*.
 //! - `lock`: one process at a time owns a data directory; [`Store::open`] takes an exclusive lock on
 //!   it.
 //!
@@ -21,6 +25,19 @@
 //! its checksum (a crash during an append, or damage) ends the log: it is logged with what was
 //! dropped, the rest is ignored and everything before it is kept. The damaged log is then set
 //! aside as `state.log.damaged` and replaced by a compaction, so new frames never follow damage.
+//!
+//! # Recovery
+//!
+//! A snapshot that does not load (Automerge checksums every chunk, so truncation and damage are
+//! detected) is set aside as `state.automerge.corrupt`, logged at error level with the reason, and
+//! the document is rebuilt from `state.automerge.prev` (or the genesis document when the corrupt
+//! snapshot was the first), `state.log.prev` and `state.log`, then written as a new snapshot.
+//! Every crash point of a compaction leaves a previous snapshot and logs that add up to everything
+//! acknowledged (the order is: link the old snapshot to `.prev`, rename the new one into place,
+//! link the old log to `.prev`, replace the log). A corrupt snapshot without `state.log.prev` (a
+//! directory never compacted by this version) cannot be rebuilt and is an error naming the file;
+//! the node's peers still hold the replicated state, so the operator can move the file aside and
+//! let the node sync again.
 //!
 //! # Compaction
 //!
@@ -52,6 +69,9 @@ use crate::state::{Change, State};
 const STATE_FILE: &str = "state.automerge";
 const LOG_FILE: &str = "state.log";
 const DAMAGED_LOG_FILE: &str = "state.log.damaged";
+const PREV_STATE_FILE: &str = "state.automerge.prev";
+const PREV_LOG_FILE: &str = "state.log.prev";
+const CORRUPT_STATE_FILE: &str = "state.automerge.corrupt";
 const LOCK_FILE: &str = "lock";
 
 /// How a [`Store`] persists its document.
@@ -98,7 +118,11 @@ impl Store {
         let lock = lock(dir)?;
         let mut actor = [0u8; 16];
         getrandom::fill(&mut actor).map_err(|_| Error::Random)?;
-        let (mut doc, snapshot_size) = load_snapshot(&dir.join(STATE_FILE), actor)?;
+        let (mut doc, snapshot_size, recovered) = match load_snapshot(&dir.join(STATE_FILE), actor) {
+            Ok((doc, size)) => (doc, size, false),
+            Err(Error::CorruptDocument { reason }) => (recover_snapshot(dir, actor, reason)?, 0, true),
+            Err(e) => return Err(e),
+        };
         let log_path = dir.join(LOG_FILE);
         let replay = Replay::read(&log_path)?;
         let damage = match &replay {
@@ -117,12 +141,16 @@ impl Store {
             _lock: lock,
         };
         match (replay, damage) {
-            (Some(_), Some(_)) => store.replace_damaged_log(),
+            (Some(_), Some(_)) => store.replace_damaged_log(!recovered),
             (Some(replay), None) if replay.len() >= log::MAGIC.len() as u64 => {
                 store.log = Some(Log::open(&log_path, replay.len())?);
             }
             // No log (a directory written before there was one) or an empty file.
             _ => store.log = Some(Log::create(dir, LOG_FILE)?),
+        }
+        if recovered {
+            store.write_snapshot()?;
+            tracing::warn!(dir = %dir.display(), "wrote a new state snapshot from the recovered document");
         }
         Ok(store)
     }
@@ -213,6 +241,7 @@ impl Store {
     fn write_snapshot(&mut self) -> Result<(), Error> {
         let point = self.doc.save_point();
         let bytes = self.doc.save();
+        keep_previous(&self.dir, STATE_FILE, PREV_STATE_FILE)?;
         write_atomically(&self.dir, STATE_FILE, &bytes)?;
         self.saved = point;
         self.snapshot_size = bytes.len() as u64;
@@ -222,16 +251,23 @@ impl Store {
     /// Replaces the log by an empty one; only once the snapshot holds everything the log does.
     fn start_log(&mut self) -> Result<(), Error> {
         self.log = None;
+        keep_previous(&self.dir, LOG_FILE, PREV_LOG_FILE)?;
         self.log = Some(Log::create(&self.dir, LOG_FILE)?);
         Ok(())
     }
 
     /// After loading a damaged log: writes a snapshot of what was kept, sets the damaged log aside
     /// and starts a new one. On failure the store still works: the next persist compacts.
-    fn replace_damaged_log(&mut self) {
+    /// `pairs_with_previous`: the damaged log followed the snapshot that becomes the previous one
+    /// (false after a recovery, when the previous snapshot and log on disk already pair).
+    fn replace_damaged_log(&mut self, pairs_with_previous: bool) {
         let damaged = self.dir.join(DAMAGED_LOG_FILE);
         let result = self.write_snapshot().and_then(|()| {
             fs::rename(self.dir.join(LOG_FILE), &damaged).map_err(Error::io("rename aside", &damaged))?;
+            // The intact frames of the damaged log pair with the previous snapshot.
+            if pairs_with_previous {
+                keep_previous(&self.dir, DAMAGED_LOG_FILE, PREV_LOG_FILE)?;
+            }
             self.start_log()
         });
         match result {
@@ -289,6 +325,47 @@ fn load_snapshot(path: &Path, actor: [u8; 16]) -> Result<(Doc, u64), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Doc::new(actor), 0)),
         Err(e) => Err(Error::io("read", path)(e)),
     }
+}
+
+/// Rebuilds the document after the snapshot failed to load with `reason`: sets the corrupt file
+/// aside and loads the previous snapshot (or the genesis document) with the previous log; the
+/// current log is loaded by the caller as usual.
+fn recover_snapshot(dir: &Path, actor: [u8; 16], reason: String) -> Result<Doc, Error> {
+    let prev_log = dir.join(PREV_LOG_FILE);
+    if !prev_log.exists() {
+        return Err(Error::CorruptDocument { reason });
+    }
+    let (mut doc, _) = load_snapshot(&dir.join(PREV_STATE_FILE), actor).map_err(|e| Error::CorruptDocument {
+        reason: format!("{reason}; the previous snapshot does not load either: {e}"),
+    })?;
+    if let Some(replay) = log::Replay::read(&prev_log)? {
+        replay_log(&mut doc, &replay, &prev_log);
+    }
+    let corrupt = dir.join(CORRUPT_STATE_FILE);
+    fs::rename(dir.join(STATE_FILE), &corrupt).map_err(Error::io("rename aside", &corrupt))?;
+    sync_dir(dir)?;
+    tracing::error!(
+        %reason,
+        copy = %corrupt.display(),
+        "the state snapshot is corrupt; recovering from the previous snapshot and its log \
+         (state.automerge.prev, state.log.prev) and the current log"
+    );
+    Ok(doc)
+}
+
+/// Makes `dir/previous` a hard link to `dir/name` (if it exists), durably: the copy of a file
+/// that recovery falls back on, replaced atomically.
+fn keep_previous(dir: &Path, name: &str, previous: &str) -> Result<(), Error> {
+    let source = dir.join(name);
+    if !source.exists() {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{previous}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    fs::hard_link(&source, &tmp).map_err(Error::io("link", &tmp))?;
+    let target = dir.join(previous);
+    fs::rename(&tmp, &target).map_err(Error::io("rename into place", &target))?;
+    sync_dir(dir)
 }
 
 /// Loads the intact frames of the log at `path` into `doc`, up to the first damaged one or the

@@ -92,6 +92,7 @@ struct Shared {
     document_bytes: std::sync::atomic::AtomicU64,
     federation: Federation,
     registry: std::sync::OnceLock<Arc<crate::registration::Registry>>,
+    hardening: std::sync::OnceLock<crate::ratelimit::Hardening>,
 }
 
 impl AppState {
@@ -137,6 +138,7 @@ impl AppState {
             document_bytes: std::sync::atomic::AtomicU64::new(0),
             federation,
             registry: std::sync::OnceLock::new(),
+            hardening: std::sync::OnceLock::new(),
         }))
     }
 
@@ -267,6 +269,21 @@ impl AppState {
         Ok(answer)
     }
 
+    /// Attaches rate limits and the body read timeout (once; later calls are ignored).
+    pub fn set_hardening(&self, hardening: crate::ratelimit::Hardening) {
+        let _ = self.0.hardening.set(hardening);
+    }
+
+    /// The rate limits, if attached and enabled.
+    pub fn rate_limits(&self) -> Option<&crate::ratelimit::RateLimits> {
+        self.0.hardening.get().and_then(|h| h.limits.as_ref())
+    }
+
+    /// The body read timeout, if attached.
+    pub(crate) fn body_read_timeout(&self) -> Option<std::time::Duration> {
+        self.0.hardening.get().and_then(|h| h.body_read_timeout)
+    }
+
     /// Attaches the mesh driver, so local changes are sent to peers at once.
     pub fn set_driver(&self, driver: mesh::driver::Driver) {
         let _ = self.0.driver.set(driver);
@@ -378,6 +395,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::ratelimit::limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -311,4 +311,38 @@ mod tests {
         assert_eq!(short.frames(), 0);
         assert_eq!(short.damage.map(|d| d.dropped), Some(3));
     }
+
+    proptest::proptest! {
+        /// Any frames round-trip, and any cut or flipped byte keeps exactly an intact prefix of
+        /// them (never a changed payload).
+        #[test]
+        fn frames_round_trip_and_damage_keeps_a_prefix(
+            written in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..6),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let refs: Vec<&[u8]> = written.iter().map(Vec::as_slice).collect();
+            let whole = log_of(&refs);
+            let replay = Replay::parse(whole.clone()).unwrap();
+            proptest::prop_assert_eq!(payloads(&replay), written.clone());
+            proptest::prop_assert_eq!(replay.damage.clone(), None);
+
+            let at = MAGIC.len() + cut.index(whole.len() - MAGIC.len() + 1);
+            let replay = Replay::parse(whole[..at].to_vec()).unwrap();
+            let kept = payloads(&replay);
+            proptest::prop_assert!(kept.len() <= written.len());
+            proptest::prop_assert_eq!(&kept[..], &written[..kept.len()]);
+
+            if whole.len() > MAGIC.len() {
+                let mut bytes = whole.clone();
+                let at = MAGIC.len() + flip.index(whole.len() - MAGIC.len());
+                bytes[at] ^= 1 << bit;
+                let replay = Replay::parse(bytes).unwrap();
+                let kept = payloads(&replay);
+                proptest::prop_assert!(kept.len() < written.len(), "a flipped byte went unnoticed");
+                proptest::prop_assert_eq!(&kept[..], &written[..kept.len()]);
+            }
+        }
+    }
 }

@@ -55,6 +55,12 @@ enum Command {
     /// Inspect the upstream identity providers.
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// The audit log of administrative changes (who, what, when), replicated on every node.
+    Audit {
+        /// Only changes at or after TIME: RFC 3339 (2026-11-30T12:00:00Z) or a duration ago (1h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +269,12 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
+        Command::Audit { since } => AdminRequest::Audit {
+            since: since
+                .map(|t| crate::audit::parse_since(&t, clock.now()))
+                .transpose()
+                .map_err(Error::Admin)?,
+        },
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
             command: Some(IdCommand::Rotate),
@@ -349,6 +361,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     };
     let text = match request {
         AdminRequest::MeshStatus => mesh_status_text(&answer),
+        AdminRequest::Audit { .. } => crate::audit::text(&answer),
         _ => human(&answer),
     };
     print(cli.json, &answer, &text)

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
 use crate::kel::KeyEvent;
-use crate::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
+use crate::state::{Admission, AuditRecord, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
 const GENESIS_MESSAGE: &str = "meshgate genesis";
@@ -22,6 +22,9 @@ const GENESIS_MINOR: u64 = 0;
 /// [`KeyEvent::key`]. No DID starts with it, so they never collide with node information; a build
 /// of minor 0 finds entries that do not parse as node information and skips them.
 pub(super) const KEY_EVENT_PREFIX: &str = "key-event|";
+/// Audit records (schema minor 2) live in the `nodes` map under this prefix followed by
+/// [`AuditRecord::id`], for the same reasons as key events.
+pub(super) const AUDIT_PREFIX: &str = "audit|";
 /// Root key of the schema version map.
 pub(super) const SCHEMA_KEY: &str = "schema";
 /// Keys of the schema version map.
@@ -185,6 +188,8 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::PutKeyEvent(event) => {
             Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
         }
+        Change::PutAudit(record) => Write::Put(Field::Nodes, format!("{AUDIT_PREFIX}{}", record.id), json(record)?),
+        Change::RemoveAudit(id) => Write::Delete(Field::Nodes, format!("{AUDIT_PREFIX}{id}")),
     })
 }
 
@@ -248,7 +253,10 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
         Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
             Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
-            None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+            None => match key.strip_prefix(AUDIT_PREFIX) {
+                Some(key) => Change::PutAudit(record(text, key, |a: &AuditRecord| a.id.clone())?),
+                None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+            },
         },
         Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
@@ -289,6 +297,9 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::PutKeyEvent(e) => {
             state.key_events.insert(e.key(), e);
+        }
+        Change::PutAudit(a) => {
+            state.audit.insert(a.id.clone(), a);
         }
         other => state.apply(&other),
     }

@@ -55,6 +55,10 @@ enum Command {
     /// Inspect the upstream identity providers.
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// Check this node's configuration and surroundings (key permissions, state, JWKS, clock skew
+    /// against peers, upstreams, certificates, algorithms) and explain each finding; exits 1 when
+    /// a check fails.
+    Doctor,
     /// The audit log of administrative changes (who, what, when), replicated on every node.
     Audit {
         /// Only changes at or after TIME: RFC 3339 (2026-11-30T12:00:00Z) or a duration ago (1h, 7d).
@@ -219,6 +223,17 @@ enum ConfigCommand {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let json = cli.json;
+    if let Command::Doctor = cli.command {
+        let overrides = Overrides {
+            data_dir: cli.data_dir.clone(),
+            ..Default::default()
+        };
+        let findings = crate::doctor::run(cli.config.as_deref(), &ProcessEnvironment, &overrides, Arc::new(SystemClock));
+        let text = crate::doctor::text(&findings);
+        let _ = print(json, &crate::doctor::json(&findings), &text);
+        let failed = findings.iter().any(|f| f.status == crate::doctor::Status::Fail);
+        return i32::from(failed);
+    }
     match execute(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -269,6 +284,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Serve(_) => return serve(&config, data_dir, clock, cli.json),
         Command::Upstream(_) => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
+        Command::Doctor => unreachable!("handled in run"),
         Command::Audit { since } => AdminRequest::Audit {
             since: since
                 .map(|t| crate::audit::parse_since(&t, clock.now()))

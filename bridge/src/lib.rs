@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod federation;
 pub mod form;

@@ -358,3 +358,106 @@ async fn a_frozen_collector_slows_no_token_request() {
     let status = server.stop();
     assert!(status.success(), "{status}\n{}", server.output());
 }
+
+/// Runs `meshgate doctor --json --config CONFIG --data-dir DIR`; returns the exit code and report.
+fn doctor(data_dir: &Path, config: &Path) -> (i32, Value) {
+    let output = std::process::Command::new(compat_tests::meshgate_bin())
+        .args(["doctor", "--json", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run meshgate doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json printed no JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().expect("exit code"), report)
+}
+
+fn findings<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_explains_each_finding_and_fails_on_readable_keys() {
+    let dir = support::temp_dir();
+    let data = dir.path().join("node");
+    // An upstream nobody listens on: reachable = no, which is a warning (degradation applies).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.path().join("meshgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "bridge:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\nnode:\n  sync:\n    listen: 127.0.0.1:0\n\
+             upstreams:\n  - name: corp\n    issuer: http://{dead}/realms/corp\n"
+        ),
+    )
+    .unwrap();
+    let server = Meshgate::spawn_with_config(&data, &config, &[]);
+    server.client_add("eddsa-client", "read");
+
+    let (code, report) = doctor(&data, &config);
+    assert_eq!(code, 0, "no check fails on a healthy node: {report:#}");
+    assert_eq!(report["status"], "warn", "{report:#}");
+    for (check, status) in [
+        ("config", "ok"),
+        ("data_dir", "ok"),
+        ("key_files", "ok"),
+        ("state", "ok"),
+        ("jwks", "ok"),
+        ("clock_skew", "ok"),
+        ("upstream", "warn"),
+        ("algorithms", "warn"),
+    ] {
+        let found = findings(&report, check);
+        assert_eq!(found.len(), 1, "{check}: {report:#}");
+        assert_eq!(found[0]["status"], status, "{check}: {report:#}");
+    }
+    for finding in report["findings"].as_array().unwrap() {
+        assert!(!finding["explanation"].as_str().unwrap().is_empty(), "{finding}");
+        if finding["status"] != "ok" {
+            assert!(!finding["fix"].as_str().unwrap().is_empty(), "{finding}");
+        }
+    }
+    assert!(findings(&report, "upstream")[0]["summary"].as_str().unwrap().contains("corp"));
+    assert!(
+        findings(&report, "algorithms")[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("RS256")
+    );
+
+    // A key file readable by others fails the check, with the command that fixes it.
+    let key = std::fs::read_dir(data.join("keys")).unwrap().flatten().next().unwrap().path();
+    let private = std::fs::metadata(&key).unwrap().permissions();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, report) = doctor(&data, &config);
+    std::fs::set_permissions(&key, private).unwrap();
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["status"], "fail");
+    let keys = findings(&report, "key_files");
+    assert_eq!(keys[0]["status"], "fail", "{report:#}");
+    assert!(keys[0]["fix"].as_str().unwrap().contains("chmod 600"), "{report:#}");
+
+    // A broken configuration is a failure that names the key.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "bridge:\n  lissen: 127.0.0.1:1\n").unwrap();
+    let (code, report) = doctor(&data, &broken);
+    assert_eq!(code, 1);
+    assert!(
+        findings(&report, "config")[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("bridge.lissen"),
+        "{report:#}"
+    );
+}

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod observability;
+pub mod reference;
 pub mod serve;
 pub mod telemetry;
 pub mod token;

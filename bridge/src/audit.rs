@@ -171,7 +171,11 @@ pub fn text(records: &Value) -> String {
             actor.truncate(21);
             actor.push('…');
         }
-        let mark = if r["verified"] == true { "" } else { " (SIGNATURE DOES NOT VERIFY)" };
+        let mark = if r["verified"] == true {
+            ""
+        } else {
+            " (SIGNATURE DOES NOT VERIFY)"
+        };
         out.push_str(&format!(
             "\n{:<20} {:<24} {:<22} {:<20} {}{mark}",
             r["time"].as_str().unwrap_or("-"),
@@ -237,7 +241,11 @@ mod tests {
 
     #[test]
     fn read_only_commands_are_not_audited() {
-        for request in [AdminRequest::ClientList, AdminRequest::KeysList, AdminRequest::MeshStatus] {
+        for request in [
+            AdminRequest::ClientList,
+            AdminRequest::KeysList,
+            AdminRequest::MeshStatus,
+        ] {
             assert!(describe(&request).is_none(), "{request:?}");
         }
     }
@@ -258,7 +266,13 @@ mod tests {
             degradation: None,
         };
         let answer = json!({"client_id": "abc", "client_secret": "generated-secret-value"});
-        let change = record(&identity, 5, Actor::Operator { uid: 7 }, describe(&request).unwrap(), &answer);
+        let change = record(
+            &identity,
+            5,
+            Actor::Operator { uid: 7 },
+            describe(&request).unwrap(),
+            &answer,
+        );
         let text = serde_json::to_string(&change).unwrap();
         assert!(!text.contains("secret-value"), "{text}");
         let Change::PutAudit(record) = change else { panic!() };

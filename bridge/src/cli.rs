@@ -228,7 +228,12 @@ pub fn run(cli: Cli) -> i32 {
             data_dir: cli.data_dir.clone(),
             ..Default::default()
         };
-        let findings = crate::doctor::run(cli.config.as_deref(), &ProcessEnvironment, &overrides, Arc::new(SystemClock));
+        let findings = crate::doctor::run(
+            cli.config.as_deref(),
+            &ProcessEnvironment,
+            &overrides,
+            Arc::new(SystemClock),
+        );
         let text = crate::doctor::text(&findings);
         let _ = print(json, &crate::doctor::json(&findings), &text);
         let failed = findings.iter().any(|f| f.status == crate::doctor::Status::Fail);

@@ -61,7 +61,11 @@ fn finding(check: &'static str, status: Status, summary: String, explanation: &s
         status,
         summary,
         explanation: explanation.to_owned(),
-        fix: if status == Status::Ok { String::new() } else { fix.to_owned() },
+        fix: if status == Status::Ok {
+            String::new()
+        } else {
+            fix.to_owned()
+        },
     }
 }
 
@@ -247,7 +251,10 @@ fn key_files_finding(keys: &Path) -> Finding {
             Status::Fail,
             format!("readable by others: {}", open.join(", ")),
             "Private keys (node identity, token signing keys) readable by other users can be copied to mint tokens; meshgate refuses to load them.",
-            &format!("chmod 600 {}/*  (and rotate the keys if someone may have read them: `meshgate keys rotate`, `meshgate id rotate`)", keys.display()),
+            &format!(
+                "chmod 600 {}/*  (and rotate the keys if someone may have read them: `meshgate keys rotate`, `meshgate id rotate`)",
+                keys.display()
+            ),
         );
     }
     finding(
@@ -393,7 +400,9 @@ fn rfc1123_to_rfc3339(date: &str) -> Option<String> {
     let [_, day, month, year, time, "GMT"] = parts[..] else {
         return None;
     };
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let month = MONTHS.iter().position(|m| *m == month)? + 1;
     Some(format!("{year}-{month:02}-{day:0>2}T{time}Z"))
 }
@@ -496,7 +505,10 @@ async fn upstream_findings(client: &adapters::http::HttpClient, config: &Config)
 
 fn algorithm_finding(config: &Config, facts: &NodeFacts) -> Finding {
     let eddsa = facts.clients.iter().filter(|c| c["token_alg"] == "EdDSA").count();
-    let has_rs256 = facts.keys.iter().any(|k| k["alg"] == "RS256" && k["retired_at"].is_null());
+    let has_rs256 = facts
+        .keys
+        .iter()
+        .any(|k| k["alg"] == "RS256" && k["retired_at"].is_null());
     if config.bridge.token_alg == Alg::EdDSA || eddsa > 0 {
         return finding(
             "algorithms",
@@ -595,7 +607,9 @@ fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
         let body = &rest[start + 27..];
-        let Some(end) = body.find("-----END CERTIFICATE-----") else { break };
+        let Some(end) = body.find("-----END CERTIFICATE-----") else {
+            break;
+        };
         let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
         if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(b64) {
             out.push(der);
@@ -625,7 +639,9 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// The `notAfter` of a DER X.509 certificate (Unix seconds).
 pub fn not_after(certificate: &[u8]) -> Option<i64> {
-    let (0x30, cert, _) = der(certificate)? else { return None };
+    let (0x30, cert, _) = der(certificate)? else {
+        return None;
+    };
     let (0x30, tbs, _) = der(cert)? else { return None };
     let mut rest = tbs;
     let (tag, _, after) = der(rest)?;

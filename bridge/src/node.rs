@@ -212,7 +212,10 @@ impl Node {
                     &node.identity,
                     now,
                     crate::audit::Actor::Node,
-                    ("mesh_admit", json!({"did": admission.did, "from": "node.sync.trusted_peers"})),
+                    (
+                        "mesh_admit",
+                        json!({"did": admission.did, "from": "node.sync.trusted_peers"}),
+                    ),
                     &Value::Null,
                 )),
                 _ => None,

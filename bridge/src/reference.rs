@@ -222,7 +222,12 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
         self.deserialize_seq(visitor)
     }
 
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _: &'static str, _: usize, visitor: V) -> Result<V::Value, Stop> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: usize,
+        visitor: V,
+    ) -> Result<V::Value, Stop> {
         self.deserialize_seq(visitor)
     }
 
@@ -290,7 +295,9 @@ impl<'de> de::MapAccess<'de> for Entry<'_> {
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Stop> {
         match self.key.take() {
-            Some(key) => seed.deserialize(de::value::StringDeserializer::<Stop>::new(key)).map(Some),
+            Some(key) => seed
+                .deserialize(de::value::StringDeserializer::<Stop>::new(key))
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -347,12 +354,22 @@ pub fn default_of(debug: &str, path: &[String]) -> Option<String> {
     let (at, value) = found?;
     if value.ends_with('{') || value.ends_with('[') || value.ends_with('(') {
         // Nested: a struct (its fields are keys of their own), or a non-empty list or option.
-        let close = format!("{}{}", " ".repeat(indent), &value[value.len() - 1..].replace('{', "}").replace('[', "]").replace('(', ")"));
+        let close = format!(
+            "{}{}",
+            " ".repeat(indent),
+            &value[value.len() - 1..]
+                .replace('{', "}")
+                .replace('[', "]")
+                .replace('(', ")")
+        );
         let end = lines[at..].iter().position(|l| l.starts_with(&close))? + at;
         if value.ends_with('{') {
             return None;
         }
-        let inner: Vec<String> = lines[at + 1..end].iter().map(|l| l.trim().trim_end_matches(',').to_owned()).collect();
+        let inner: Vec<String> = lines[at + 1..end]
+            .iter()
+            .map(|l| l.trim().trim_end_matches(',').to_owned())
+            .collect();
         return Some(format!("{}{}{}", &value, inner.join(", "), &close.trim()));
     }
     Some(value)
@@ -380,7 +397,11 @@ pub fn markdown(keys: &[Key], defaults: &str, docs: &[(String, String, String)])
             Kind::Enum(variants) => format!("one of {}", variants.join(", ")),
             Kind::Scalar(hint) => (*hint).to_owned(),
         };
-        let kind = if key.optional { format!("{kind} (optional)") } else { kind };
+        let kind = if key.optional {
+            format!("{kind} (optional)")
+        } else {
+            kind
+        };
         let description = key
             .parent
             .as_ref()
@@ -408,6 +429,38 @@ pub fn markdown(keys: &[Key], defaults: &str, docs: &[(String, String, String)])
     out
 }
 
+/// The metrics reference as Markdown, from what `/metrics` exposes (its HELP and TYPE lines).
+pub fn metrics_markdown() -> String {
+    let text = crate::metrics::Metrics::default().render(&[], 0, &crate::metrics::MeshGauges::default(), &[]);
+    let mut out = String::from("| Metric | Type | Description |\n|---|---|---|\n");
+    let mut help = std::collections::BTreeMap::new();
+    let mut types = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ")
+            && let Some((name, text)) = rest.split_once(' ')
+        {
+            help.insert(name.to_owned(), text.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            types.push((name.to_owned(), kind.to_owned()));
+        }
+    }
+    types.sort();
+    for (name, kind) in types {
+        let exposed = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.clone()
+        };
+        out.push_str(&format!(
+            "| `{exposed}` | {kind} | {} |\n",
+            help.get(&name).map(String::as_str).unwrap_or("")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,12 +470,21 @@ mod tests {
     fn every_key_is_found_with_its_kind() {
         let keys = keys::<Config>();
         let find = |dotted: &str| {
-            keys.iter()
-                .find(|k| k.dotted() == dotted)
-                .unwrap_or_else(|| panic!("{dotted} missing from {:#?}", keys.iter().map(Key::dotted).collect::<Vec<_>>()))
+            keys.iter().find(|k| k.dotted() == dotted).unwrap_or_else(|| {
+                panic!(
+                    "{dotted} missing from {:#?}",
+                    keys.iter().map(Key::dotted).collect::<Vec<_>>()
+                )
+            })
         };
         assert_eq!(find("bridge.listen").kind, Kind::Scalar("string"));
-        assert!(matches!(find("bridge").kind, Kind::Struct { name: "BridgeConfig", .. }));
+        assert!(matches!(
+            find("bridge").kind,
+            Kind::Struct {
+                name: "BridgeConfig",
+                ..
+            }
+        ));
         assert!(find("bridge.issuer").optional);
         assert_eq!(find("upstreams").kind, Kind::List);
         assert!(matches!(find("node.identity.did_method").kind, Kind::Enum(_)));
@@ -436,9 +498,15 @@ mod tests {
     fn defaults_are_read_from_debug_output() {
         let debug = format!("{:#?}", Config::default());
         let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
-        assert_eq!(default_of(&debug, &path("bridge.listen")).as_deref(), Some("127.0.0.1:8700"));
+        assert_eq!(
+            default_of(&debug, &path("bridge.listen")).as_deref(),
+            Some("127.0.0.1:8700")
+        );
         assert_eq!(default_of(&debug, &path("bridge.issuer")).as_deref(), Some("None"));
-        assert_eq!(default_of(&debug, &path("node.sync.gossip_peers")).as_deref(), Some("[]"));
+        assert_eq!(
+            default_of(&debug, &path("node.sync.gossip_peers")).as_deref(),
+            Some("[]")
+        );
         assert_eq!(default_of(&debug, &path("bridge")), None);
     }
 
@@ -454,7 +522,7 @@ mod tests {
         }
         let docs = field_docs(&sources);
         let config = markdown(&keys::<Config>(), &format!("{:#?}", Config::default()), &docs);
-        let metrics = crate::reference::metrics_markdown();
+        let metrics = metrics_markdown();
         let path = root.join("docs/operations.md");
         let text = std::fs::read_to_string(&path).expect("docs/operations.md");
         let updated = replace_between(&text, "config-reference", &config);
@@ -479,7 +547,10 @@ mod tests {
         let unit = std::fs::read_to_string(root.join("docs/meshgate.service")).expect("docs/meshgate.service");
         let mut commands = 0;
         for line in unit.lines() {
-            let Some(command) = line.strip_prefix("ExecStart=").or_else(|| line.strip_prefix("ExecStartPre=")) else {
+            let Some(command) = line
+                .strip_prefix("ExecStart=")
+                .or_else(|| line.strip_prefix("ExecStartPre="))
+            else {
                 continue;
             };
             let args: Vec<&str> = command.split_whitespace().collect();
@@ -507,36 +578,14 @@ mod tests {
     fn replace_between(text: &str, marker: &str, body: &str) -> String {
         let begin = format!("<!-- BEGIN {marker} (generated) -->\n");
         let end = format!("<!-- END {marker} -->");
-        let start = text.find(&begin).unwrap_or_else(|| panic!("docs/operations.md lacks `{}`", begin.trim())) + begin.len();
-        let stop = text[start..].find(&end).unwrap_or_else(|| panic!("docs/operations.md lacks `{end}`")) + start;
+        let start = text
+            .find(&begin)
+            .unwrap_or_else(|| panic!("docs/operations.md lacks `{}`", begin.trim()))
+            + begin.len();
+        let stop = text[start..]
+            .find(&end)
+            .unwrap_or_else(|| panic!("docs/operations.md lacks `{end}`"))
+            + start;
         format!("{}{body}{}", &text[..start], &text[stop..])
     }
-}
-
-/// The metrics reference as Markdown, from what `/metrics` exposes (its HELP and TYPE lines).
-pub fn metrics_markdown() -> String {
-    let text = crate::metrics::Metrics::default().render(&[], 0, &crate::metrics::MeshGauges::default(), &[]);
-    let mut out = String::from("| Metric | Type | Description |\n|---|---|---|\n");
-    let mut help = std::collections::BTreeMap::new();
-    let mut types = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ")
-            && let Some((name, text)) = rest.split_once(' ')
-        {
-            help.insert(name.to_owned(), text.to_owned());
-        } else if let Some(rest) = line.strip_prefix("# TYPE ")
-            && let Some((name, kind)) = rest.split_once(' ')
-        {
-            types.push((name.to_owned(), kind.to_owned()));
-        }
-    }
-    types.sort();
-    for (name, kind) in types {
-        let exposed = if kind == "counter" { format!("{name}_total") } else { name.clone() };
-        out.push_str(&format!(
-            "| `{exposed}` | {kind} | {} |\n",
-            help.get(&name).map(String::as_str).unwrap_or("")
-        ));
-    }
-    out
 }

@@ -177,7 +177,12 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
-    let otlp = crate::telemetry::otlp::spawn(&config.observability.otlp, state.clone(), did.clone(), shutdown_rx.clone())?;
+    let otlp = crate::telemetry::otlp::spawn(
+        &config.observability.otlp,
+        state.clone(),
+        did.clone(),
+        shutdown_rx.clone(),
+    )?;
 
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind {
         addr: listen.to_string(),
@@ -223,11 +228,7 @@ pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
 
 /// Drops expired revocations, retired keys whose tokens have all expired, and audit records
 /// beyond the configured retention.
-async fn maintain(
-    state: AppState,
-    audit: crate::audit::AuditConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+async fn maintain(state: AppState, audit: crate::audit::AuditConfig, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {

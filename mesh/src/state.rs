@@ -225,7 +225,13 @@ impl AuditRecord {
 
     /// Checks the signature against `node`'s keys (any key of its chain).
     pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
-        verify_fields(chains, &self.node, &self.signed_fields(), &self.signature, "audit record")
+        verify_fields(
+            chains,
+            &self.node,
+            &self.signed_fields(),
+            &self.signature,
+            "audit record",
+        )
     }
 }
 

@@ -262,7 +262,9 @@ pub fn metrics_from_text(text: &str, now_nanos: u128) -> Vec<Value> {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let Ok(value) = value.parse::<f64>() else { continue };
         let (name, labels) = match series.split_once('{') {
             Some((name, labels)) => (name, labels.trim_end_matches('}')),
@@ -288,7 +290,11 @@ pub fn metrics_from_text(text: &str, now_nanos: u128) -> Vec<Value> {
             "timeUnixNano": now_nanos.to_string(),
             "asDouble": value,
         });
-        points.entry(name.to_owned()).or_insert((monotonic, Vec::new())).1.push(point);
+        points
+            .entry(name.to_owned())
+            .or_insert((monotonic, Vec::new()))
+            .1
+            .push(point);
     }
     points
         .into_iter()
@@ -298,7 +304,11 @@ pub fn metrics_from_text(text: &str, now_nanos: u128) -> Vec<Value> {
                 .or_else(|| name.strip_suffix("_sum"))
                 .or_else(|| name.strip_suffix("_count"))
                 .unwrap_or(&name);
-            let description = help.get(base).or_else(|| help.get(name.as_str())).copied().unwrap_or("");
+            let description = help
+                .get(base)
+                .or_else(|| help.get(name.as_str()))
+                .copied()
+                .unwrap_or("");
             if monotonic {
                 json!({"name": name, "description": description, "sum": {
                     "dataPoints": data_points, "aggregationTemporality": 2, "isMonotonic": true}})
@@ -370,7 +380,10 @@ mod tests {
         assert_eq!(point["attributes"][0]["key"], "endpoint");
         assert_eq!(point["attributes"][1]["value"]["stringValue"], "200");
         assert_eq!(by_name("meshgate_clients")["gauge"]["dataPoints"][0]["asDouble"], 3.0);
-        assert_eq!(by_name("meshgate_latency_count")["sum"]["dataPoints"][0]["asDouble"], 2.0);
+        assert_eq!(
+            by_name("meshgate_latency_count")["sum"]["dataPoints"][0]["asDouble"],
+            2.0
+        );
         assert!(metrics.iter().all(|m| m["name"] != "meshgate_latency_bucket"));
     }
 }

@@ -67,7 +67,10 @@ async fn the_log_file_survives_a_restart() {
     second.stop();
 
     let files = log_files(dir.path());
-    let (name, text) = files.iter().find(|(n, _)| n == "meshgate.log").expect("logs/meshgate.log");
+    let (name, text) = files
+        .iter()
+        .find(|(n, _)| n == "meshgate.log")
+        .expect("logs/meshgate.log");
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: not a JSON line ({e}): {l}")))
@@ -149,8 +152,12 @@ async fn the_audit_log_names_who_changed_what_and_never_a_secret() {
     let mut server = Meshgate::spawn(dir.path());
     let client = server.client_add("audited", "read");
     server.cli(&["client", "update", &client.client_id, "--max-offline", "1h"]);
-    let rotated: Value =
-        serde_json::from_str(server.cli(&["client", "rotate-secret", &client.client_id, "--json"]).trim()).unwrap();
+    let rotated: Value = serde_json::from_str(
+        server
+            .cli(&["client", "rotate-secret", &client.client_id, "--json"])
+            .trim(),
+    )
+    .unwrap();
     server.cli(&["keys", "rotate"]);
     server.cli(&["client", "remove", &client.client_id]);
     server.cli(&["client", "list"]);
@@ -192,7 +199,10 @@ async fn the_audit_log_names_who_changed_what_and_never_a_secret() {
 
     // Without a server the CLI changes the data directory itself, and says so.
     server.stop();
-    cli(dir.path(), &["client", "add", "--name", "offline", "--grant", "client_credentials"]);
+    cli(
+        dir.path(),
+        &["client", "add", "--name", "offline", "--grant", "client_credentials"],
+    );
     let records = audit(dir.path(), &[]);
     assert_eq!(records.len(), 6);
     assert_eq!(records[5]["actor"], "offline cli");
@@ -311,7 +321,10 @@ async fn otlp_export_reaches_a_collector() {
     .await;
     assert_eq!(issued["sum"]["isMonotonic"], true);
     let resource = received.lock().unwrap()[0].1.to_string();
-    assert!(resource.contains(&server.info().did), "service.instance.id is the DID: {resource}");
+    assert!(
+        resource.contains(&server.info().did),
+        "service.instance.id is the DID: {resource}"
+    );
     assert!(
         !resource.contains(&client.client_secret),
         "a secret went to the collector"
@@ -352,7 +365,9 @@ async fn a_frozen_collector_slows_no_token_request() {
             .filter(|n| *n >= 1.0)
     })
     .await;
-    let dropped = metric(&server, "meshgate_otlp_spans_dropped_total").await.unwrap_or(0.0);
+    let dropped = metric(&server, "meshgate_otlp_spans_dropped_total")
+        .await
+        .unwrap_or(0.0);
     assert!(dropped >= 1.0, "50 spans through a queue of 4 dropped none");
     // Shutdown is not held up by the hanging export either.
     let status = server.stop();
@@ -392,7 +407,10 @@ async fn doctor_explains_each_finding_and_fails_on_readable_keys() {
     let dir = support::temp_dir();
     let data = dir.path().join("node");
     // An upstream nobody listens on: reachable = no, which is a warning (degradation applies).
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = dir.path().join("meshgate.yaml");
     std::fs::write(
         &config,
@@ -428,7 +446,12 @@ async fn doctor_explains_each_finding_and_fails_on_readable_keys() {
             assert!(!finding["fix"].as_str().unwrap().is_empty(), "{finding}");
         }
     }
-    assert!(findings(&report, "upstream")[0]["summary"].as_str().unwrap().contains("corp"));
+    assert!(
+        findings(&report, "upstream")[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("corp")
+    );
     assert!(
         findings(&report, "algorithms")[0]["fix"]
             .as_str()
@@ -437,7 +460,12 @@ async fn doctor_explains_each_finding_and_fails_on_readable_keys() {
     );
 
     // A key file readable by others fails the check, with the command that fixes it.
-    let key = std::fs::read_dir(data.join("keys")).unwrap().flatten().next().unwrap().path();
+    let key = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let private = std::fs::metadata(&key).unwrap().permissions();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (code, report) = doctor(&data, &config);

@@ -104,6 +104,7 @@ pub fn describe(request: &AdminRequest) -> Option<(&'static str, Value)> {
 /// secrets are never copied.
 pub fn record(
     identity: &NodeIdentity,
+    state: &State,
     now: u64,
     actor: Actor,
     (action, mut detail): (&'static str, Value),
@@ -120,7 +121,7 @@ pub fn record(
         actor.describe(identity),
         action.to_owned(),
         detail,
-        &nonce(),
+        &nonce(state, identity, now),
     );
     Change::PutAudit(record)
 }
@@ -205,16 +206,19 @@ fn time(at: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at)).to_string()
 }
 
-/// A process-wide sequence number (so records of one second sort in the order they were made),
-/// then random bytes (so two processes never collide).
-fn nonce() -> String {
+/// The node's count of records in this second (so its records sort in the order they were made,
+/// whichever process made them), a process-wide sequence number (for several records made before
+/// the state records any), then random bytes (so two processes never collide).
+fn nonce(state: &State, identity: &NodeIdentity, now: u64) -> String {
     static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let did = identity.did();
+    let earlier = state.audit.values().filter(|r| r.at == now && r.node == did).count();
+    let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff;
     let mut bytes = [0u8; 4];
     // The OS RNG failing is unrecoverable; getrandom documents it as practically impossible.
     getrandom::fill(&mut bytes).expect("operating system random number generator failed");
     let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{sequence:08x}{random}")
+    format!("{earlier:06}{sequence:04x}{random}")
 }
 
 /// Durations in humantime notation (`90d`) for serde.
@@ -268,6 +272,7 @@ mod tests {
         let answer = json!({"client_id": "abc", "client_secret": "generated-secret-value"});
         let change = record(
             &identity,
+            &State::default(),
             5,
             Actor::Operator { uid: 7 },
             describe(&request).unwrap(),
@@ -288,7 +293,14 @@ mod tests {
         let identity = NodeIdentity::load_or_generate(&store).unwrap();
         let mut state = State::default();
         for at in [10, 20, 30, 1_000, 1_010] {
-            let change = record(&identity, at, Actor::OfflineCli, ("keys_rotate", json!({})), &json!({}));
+            let change = record(
+                &identity,
+                &state,
+                at,
+                Actor::OfflineCli,
+                ("keys_rotate", json!({})),
+                &json!({}),
+            );
             state.apply(&change);
         }
         let config = AuditConfig {

@@ -210,6 +210,7 @@ impl Node {
             .filter_map(|change| match change {
                 Change::Admit(admission) => Some(crate::audit::record(
                     &node.identity,
+                    node.store.state(),
                     now,
                     crate::audit::Actor::Node,
                     (
@@ -508,7 +509,14 @@ impl Node {
             AdminRequest::Audit { since } => (crate::audit::query(self.store.state(), since), vec![]),
         };
         if let Some(audit) = audit.filter(|_| !changes.is_empty()) {
-            changes.push(crate::audit::record(&self.identity, now, actor, audit, &answer));
+            changes.push(crate::audit::record(
+                &self.identity,
+                self.store.state(),
+                now,
+                actor,
+                audit,
+                &answer,
+            ));
         }
         if !changes.is_empty() {
             self.store.apply(&changes, self.clock.now())?;

@@ -489,3 +489,61 @@ async fn doctor_explains_each_finding_and_fails_on_readable_keys() {
         "{report:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_measures_clock_skew_against_a_peer() {
+    let dir = support::temp_dir();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let sync = [port(), port()];
+    let data: Vec<std::path::PathBuf> = (0..2).map(|i| dir.path().join(format!("node{i}"))).collect();
+    let dids: Vec<String> = data
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(cli(d, &["id", "--json"]).trim()).unwrap()["did"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let configs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("node{i}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "node:\n  sync:\n    listen: 127.0.0.1:{}\n    gossip_peers: [\"127.0.0.1:{}\"]\n    trusted_peers: [\"{}\"]\n\
+                     bridge:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n",
+                    sync[i],
+                    sync[1 - i],
+                    dids[1 - i]
+                ),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let _nodes: Vec<Meshgate> = (0..2)
+        .map(|i| Meshgate::spawn_with_config(&data[i], &configs[i], &[]))
+        .collect();
+    // Once node 1's information (its issuer) has synced to node 0, doctor on node 0 compares the
+    // clocks: both run on this machine, so the skew is within a second or two.
+    let skew = eventually("doctor comparing clocks with the peer", async || {
+        let (code, report) = doctor(&data[0], &configs[0]);
+        assert_eq!(code, 0, "{report:#}");
+        findings(&report, "clock_skew")
+            .into_iter()
+            .find(|f| {
+                let summary = f["summary"].as_str().unwrap_or_default();
+                summary.contains(&dids[1]) && summary.contains(" s (http://")
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(skew["status"], "ok", "{skew:#}");
+}

@@ -546,4 +546,15 @@ async fn doctor_measures_clock_skew_against_a_peer() {
     })
     .await;
     assert_eq!(skew["status"], "ok", "{skew:#}");
+
+    // The audit log is replicated: node 0 answers with node 1's record of admitting node 0
+    // (made by node 1 itself, from its trusted_peers), signed by node 1 and verified.
+    let record = eventually("node 1's audit record on node 0", async || {
+        audit(&data[0], &[]).into_iter().find(|r| r["node"] == dids[1].as_str())
+    })
+    .await;
+    assert_eq!(record["action"], "mesh_admit", "{record:#}");
+    assert_eq!(record["actor"], format!("node {}", dids[1]), "{record:#}");
+    assert_eq!(record["detail"]["did"], dids[0].as_str(), "{record:#}");
+    assert_eq!(record["verified"], true, "{record:#}");
 }

@@ -51,12 +51,15 @@ pub async fn serve(listener: UnixListener, state: AppState, shutdown: impl std::
             },
         };
         let state = state.clone();
+        // The peer's uid names the operator in the audit log; the socket is 0600, so it is the
+        // data directory's owner (or root).
+        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
             let answer = match reader.read_line(&mut line).await {
-                Ok(_) => handle(&state, &line).await,
+                Ok(_) => handle(&state, &line, crate::audit::Actor::Operator { uid }).await,
                 Err(e) => json!({"error": format!("reading request: {e}")}),
             };
             let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -66,7 +69,7 @@ pub async fn serve(listener: UnixListener, state: AppState, shutdown: impl std::
     }
 }
 
-async fn handle(state: &AppState, line: &str) -> Value {
+async fn handle(state: &AppState, line: &str, actor: crate::audit::Actor) -> Value {
     let request: AdminRequest = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return json!({"error": format!("malformed admin request: {e}")}),
@@ -78,7 +81,7 @@ async fn handle(state: &AppState, line: &str) -> Value {
     let status = matches!(request, AdminRequest::MeshStatus);
     let peers = state.mesh_peers();
     let state = state.clone();
-    let result = tokio::task::spawn_blocking(move || state.with_node(|node| node.execute(request))).await;
+    let result = tokio::task::spawn_blocking(move || state.with_node(|node| node.execute_as(request, actor))).await;
     match result {
         Ok(Ok(mut value)) => {
             if status {

@@ -71,6 +71,16 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Check this node's configuration and surroundings (key permissions, state, JWKS, clock skew
+    /// against peers, upstreams, certificates, algorithms) and explain each finding; exits 1 when
+    /// a check fails.
+    Doctor,
+    /// The audit log of administrative changes (who, what, when), replicated on every node.
+    Audit {
+        /// Only changes at or after TIME: RFC 3339 (2026-11-30T12:00:00Z) or a duration ago (1h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +325,22 @@ enum ConfigCommand {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let json = cli.json;
+    if let Command::Doctor = cli.command {
+        let overrides = Overrides {
+            data_dir: cli.data_dir.clone(),
+            ..Default::default()
+        };
+        let findings = crate::doctor::run(
+            cli.config.as_deref(),
+            &ProcessEnvironment,
+            &overrides,
+            Arc::new(SystemClock),
+        );
+        let text = crate::doctor::text(&findings);
+        let _ = print(json, &crate::doctor::json(&findings), &text);
+        let failed = findings.iter().any(|f| f.status == crate::doctor::Status::Fail);
+        return i32::from(failed);
+    }
     match execute(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -385,6 +411,13 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Import(_) | Command::Export { .. } => unreachable!("handled above"),
         Command::Config(_) => unreachable!("handled above"),
         Command::Protect(_) => unreachable!("handled above"),
+        Command::Doctor => unreachable!("handled in run"),
+        Command::Audit { since } => AdminRequest::Audit {
+            since: since
+                .map(|t| crate::audit::parse_since(&t, clock.now()))
+                .transpose()
+                .map_err(Error::Admin)?,
+        },
         Command::Id { command: None } => AdminRequest::Status,
         Command::Id {
             command: Some(IdCommand::Rotate),
@@ -471,6 +504,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     };
     let text = match request {
         AdminRequest::MeshStatus => mesh_status_text(&answer),
+        AdminRequest::Audit { .. } => crate::audit::text(&answer),
         _ => human(&answer),
     };
     print(cli.json, &answer, &text)

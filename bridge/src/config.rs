@@ -29,6 +29,10 @@ pub struct Config {
     pub upstreams: Vec<adapters::config::UpstreamConfig>,
     /// What token exchange does per client while an upstream is unavailable (`federation:`).
     pub federation: crate::federation::FederationConfig,
+    /// How much of the replicated audit log every node keeps (`audit:`).
+    pub audit: crate::audit::AuditConfig,
+    /// The log file and OpenTelemetry export (`observability:`).
+    pub observability: crate::telemetry::ObservabilityConfig,
 }
 
 /// `node:`: the mesh node.

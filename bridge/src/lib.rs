@@ -21,10 +21,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cimd;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod federation;
 pub mod form;
@@ -39,8 +41,10 @@ pub mod observability;
 pub mod password;
 pub mod protect;
 pub mod ratelimit;
+pub mod reference;
 pub mod registration;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod upstream;
@@ -48,19 +52,30 @@ pub mod verified;
 pub mod view;
 
 /// Installs the log subscriber: structured lines on stderr, filtered by `MESHGATE_LOG` (default
-/// `info,automerge=warn` for `serve`, `warn` otherwise). Tokens, secrets and `Authorization` headers are never
-/// logged: handlers log reasons, not request contents.
+/// `info,automerge=warn` for `serve`, `warn` otherwise), and the same events as JSON lines to the
+/// log file once `serve` opens one ([`telemetry::logfile`]). Tokens, secrets and `Authorization`
+/// headers are never logged: handlers log reasons, not request contents.
 pub fn init_logging(serving: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // automerge instruments document loading at INFO with the whole change graph in the span:
     // formatting it cost half a node's CPU under write load, so it is quiet unless asked for.
     let default = if serving { "info,automerge=warn" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
-        .try_init();
+        .with_filter(filter());
+    let file = tracing_subscriber::fmt::layer()
+        .json()
+        .with_writer(telemetry::logfile::Sink)
+        .with_filter(tracing_subscriber::filter::filter_fn(|_| telemetry::logfile::active()))
+        .with_filter(filter());
+    let _ = tracing_subscriber::registry().with(stderr).with(file).try_init();
 }

@@ -153,6 +153,32 @@ impl Metrics {
             "Requests refused with 429 by each rate limit",
             RateLimitedSnapshot(self.rate_limited.values()),
         );
+        let telemetry = crate::telemetry::stats();
+        for (name, help, counter) in [
+            (
+                "log_lines_dropped",
+                "Log lines not written to the log file because its queue was full (or a line exceeded a file)",
+                &telemetry.log_lines_dropped,
+            ),
+            (
+                "log_write_errors",
+                "Log lines the log file writer failed to write",
+                &telemetry.log_write_errors,
+            ),
+            (
+                "otlp_spans_dropped",
+                "Request spans not exported because the OTLP queue was full",
+                &telemetry.otlp_spans_dropped,
+            ),
+            ("otlp_exports", "Successful OTLP exports", &telemetry.otlp_exports),
+            (
+                "otlp_export_failures",
+                "OTLP exports that failed (collector unreachable, slow or refusing)",
+                &telemetry.otlp_export_failures,
+            ),
+        ] {
+            registry.register(name, help, Total(counter.load(Ordering::Relaxed)));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();

@@ -128,6 +128,12 @@ pub enum AdminRequest {
         /// Unix seconds after which they are dropped.
         until: u64,
     },
+    /// The audit log of administrative changes, oldest first.
+    Audit {
+        /// Only records at or after this time (Unix seconds).
+        #[serde(default)]
+        since: Option<u64>,
+    },
 }
 
 /// The writable node.
@@ -220,6 +226,24 @@ impl Node {
             })
             .map(|did| Change::Admit(Admission::sign(&node.identity, *did, now)))
             .collect();
+        let audits: Vec<Change> = admissions
+            .iter()
+            .filter_map(|change| match change {
+                Change::Admit(admission) => Some(crate::audit::record(
+                    &node.identity,
+                    node.store.state(),
+                    now,
+                    crate::audit::Actor::Node,
+                    (
+                        "mesh_admit",
+                        json!({"did": admission.did, "from": "node.sync.trusted_peers"}),
+                    ),
+                    &Value::Null,
+                )),
+                _ => None,
+            })
+            .collect();
+        let admissions: Vec<Change> = admissions.into_iter().chain(audits).collect();
         node.store.apply(&admissions, now)?;
         Ok(node)
     }
@@ -345,10 +369,21 @@ impl Node {
         Ok(changes)
     }
 
-    /// Executes an administrative command; returns the answer and the changes it made.
+    /// Executes an administrative command as the offline CLI (see [`Node::execute_as`]).
     pub fn execute(&mut self, request: AdminRequest) -> Result<(Value, Vec<Change>), Error> {
+        self.execute_as(request, crate::audit::Actor::OfflineCli)
+    }
+
+    /// Executes an administrative command asked for by `actor`; returns the answer and the changes
+    /// it made, an audit record among them when it changed anything.
+    pub fn execute_as(
+        &mut self,
+        request: AdminRequest,
+        actor: crate::audit::Actor,
+    ) -> Result<(Value, Vec<Change>), Error> {
         let now = self.clock.now();
-        let (answer, changes) = match request {
+        let audit = crate::audit::describe(&request);
+        let (answer, mut changes) = match request {
             AdminRequest::ClientAdd {
                 name,
                 grants,
@@ -521,7 +556,18 @@ impl Node {
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
             ),
+            AdminRequest::Audit { since } => (crate::audit::query(self.store.state(), since), vec![]),
         };
+        if let Some(audit) = audit.filter(|_| !changes.is_empty()) {
+            changes.push(crate::audit::record(
+                &self.identity,
+                self.store.state(),
+                now,
+                actor,
+                audit,
+                &answer,
+            ));
+        }
         if !changes.is_empty() {
             self.store.apply(&changes, self.clock.now())?;
         }

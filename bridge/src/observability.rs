@@ -69,6 +69,18 @@ fn router(state: AppState, ready: Arc<AtomicBool>) -> Router {
 }
 
 fn metrics(state: &AppState) -> axum::response::Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(state),
+    )
+        .into_response()
+}
+
+/// The metrics text `/metrics` serves (OpenMetrics), also the source of the OTLP export.
+pub fn render(state: &AppState) -> String {
     let now = state.now();
     let view = state.view();
     let ages: Vec<(&'static str, u64)> = Alg::ALL
@@ -79,18 +91,10 @@ fn metrics(state: &AppState) -> axum::response::Response {
             Some((alg.as_str(), now.saturating_sub(record.created_at)))
         })
         .collect();
-    let body = state.metrics().render(
+    state.metrics().render(
         &ages,
         view.clients.len(),
         &state.mesh_gauges(),
         &state.upstream_gauges(),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
     )
-        .into_response()
 }

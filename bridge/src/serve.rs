@@ -36,6 +36,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     observability: Option<std::thread::JoinHandle<()>>,
+    otlp: Option<std::thread::JoinHandle<()>>,
+    log_file: Option<crate::telemetry::logfile::LogFile>,
 }
 
 impl Running {
@@ -58,6 +60,12 @@ impl Running {
         if let Some(thread) = self.observability.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        if let Some(thread) = self.otlp.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(log_file) = self.log_file.take() {
+            let _ = tokio::task::spawn_blocking(move || log_file.close()).await;
+        }
     }
 }
 
@@ -76,6 +84,13 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
                 action: "open data directory".into(),
                 source: std::io::Error::other(e),
             })??
+    };
+    let log_file = match config.observability.log_file.enabled {
+        true => Some(crate::telemetry::logfile::LogFile::open(
+            node.data_dir(),
+            &config.observability.log_file,
+        )?),
+        false => None,
     };
     let bind = |addr: SocketAddr| {
         let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
@@ -168,6 +183,12 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
+    let otlp = crate::telemetry::otlp::spawn(
+        &config.observability.otlp,
+        state.clone(),
+        did.clone(),
+        shutdown_rx.clone(),
+    )?;
 
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind {
         addr: listen.to_string(),
@@ -183,13 +204,14 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let connections = bridge.connections.clone();
     let app = http::app(state.clone());
     let signal = wait_for(shutdown_rx.clone());
+    let audit = config.audit.clone();
     let server = tokio::spawn(async move {
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             state.clone(),
             wait_for(shutdown_rx.clone()),
         ));
-        let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
+        let maintenance = tokio::spawn(maintain(state.clone(), audit, wait_for(shutdown_rx.clone())));
         let sweep = tokio::spawn(crate::registration::sweep_periodically(
             state.clone(),
             wait_for(shutdown_rx.clone()),
@@ -221,6 +243,8 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         shutdown,
         server,
         observability: Some(observability),
+        otlp,
+        log_file,
     })
 }
 
@@ -229,8 +253,9 @@ pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Drops expired revocations and retired keys whose tokens have all expired.
-async fn maintain(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+/// Drops expired revocations, retired keys whose tokens have all expired, and audit records
+/// beyond the configured retention.
+async fn maintain(state: AppState, audit: crate::audit::AuditConfig, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -238,11 +263,23 @@ async fn maintain(state: AppState, shutdown: impl std::future::Future<Output = (
             _ = &mut shutdown => return,
             _ = tick.tick() => {}
         }
+        let audit_state = state.clone();
         let (state, now, ttl) = (state.clone(), state.now(), state.settings().token_ttl);
         let result =
             tokio::task::spawn_blocking(move || state.with_node(|node| node.expire(now, ttl).map(|c| ((), c)))).await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "maintenance failed");
+        }
+        let audit = audit.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            audit_state.with_node(|node| {
+                let changes = crate::audit::prune(node.state(), now, &audit);
+                node.apply(&changes).map(|()| ((), changes))
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "audit log retention failed");
         }
     }
 }

@@ -17,6 +17,7 @@ mod compat {
     mod mesh;
     mod oauth2_crate;
     mod openid_client;
+    mod operations;
     mod private_key_jwt;
     pub mod protect;
     mod secrets;

@@ -1,7 +1,7 @@
 //! The replicated state as one Automerge document, synchronised with each peer by Automerge's sync
 //! protocol.
 //!
-//! # Schema (major 1, minor 1)
+//! # Schema (major 1, minor 2)
 //!
 //! The root map holds `schema` (a map `{major, minor}` of `uint`s) and one map per [`State`] field:
 //! `clients`, `keys`, `admissions`, `nodes` and `removals` map an id to its record as a JSON string
@@ -15,6 +15,10 @@
 //! genesis change (and its hash) as it is, and a minor-0 document simply has no such entries. A
 //! minor-0 build skips them as malformed node information. The first node that writes a key event
 //! also records minor 1 at the root (informational: any minor of the major is read).
+//!
+//! Minor 2 adds the audit log ([`crate::state::AuditRecord`], the state's `audit`), stored the same
+//! way under `audit|{id}` in the `nodes` map. Unlike node information, audit records are dropped
+//! by retention: a deleted one becomes [`Change::RemoveAudit`].
 //!
 //! # Genesis
 //!
@@ -57,7 +61,7 @@ use schema::{Field, Maps, Stored, Write};
 /// The schema major version this build reads and writes; documents of another major are refused.
 pub const SCHEMA_MAJOR: u64 = 1;
 /// The schema minor version this build writes; documents of any minor of [`SCHEMA_MAJOR`] are read.
-pub const SCHEMA_MINOR: u64 = 1;
+pub const SCHEMA_MINOR: u64 = 2;
 /// The actor of the genesis change. A node's own actor must differ from it.
 pub const GENESIS_ACTOR: [u8; 16] = [0; 16];
 
@@ -150,7 +154,10 @@ impl Doc {
                 }
             }
         }
-        if changes.iter().any(|c| matches!(c, Change::PutKeyEvent(_))) {
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::PutKeyEvent(_) | Change::PutAudit(_)))
+        {
             schema::record_minor(&mut tx).map_err(failed)?;
         }
         let time = i64::try_from(now).unwrap_or(i64::MAX);

@@ -47,6 +47,9 @@ pub struct State {
     /// A previous gateway's public keys, by `kid`; see [`crate::legacy`].
     #[serde(default)]
     pub legacy_keys: BTreeMap<String, crate::legacy::LegacyKey>,
+    /// The audit log of administrative changes, by [`AuditRecord::id`] (time-ordered).
+    #[serde(default)]
+    pub audit: BTreeMap<String, AuditRecord>,
 }
 
 impl Default for State {
@@ -61,6 +64,7 @@ impl Default for State {
             removals: BTreeMap::new(),
             key_events: BTreeMap::new(),
             legacy_keys: BTreeMap::new(),
+            audit: BTreeMap::new(),
         }
     }
 }
@@ -104,6 +108,12 @@ impl State {
             }
             Change::RemoveLegacyKey(kid) => {
                 self.legacy_keys.remove(kid);
+            }
+            Change::PutAudit(record) => {
+                self.audit.insert(record.id.clone(), record.clone());
+            }
+            Change::RemoveAudit(id) => {
+                self.audit.remove(id);
             }
         }
     }
@@ -163,6 +173,80 @@ pub enum Change {
     PutLegacyKey(crate::legacy::LegacyKey),
     /// Removes a previous gateway's key (its `until` has passed, or an operator withdrew it).
     RemoveLegacyKey(String),
+    /// Adds an entry to the audit log.
+    PutAudit(AuditRecord),
+    /// Drops an entry of the audit log (retention), by [`AuditRecord::id`].
+    RemoveAudit(String),
+}
+
+/// One administrative change in the audit log: who (an operator, the offline CLI or a node),
+/// what (never a secret), when, and on which node; signed by that node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// `{at, zero-padded}|{node}|{nonce}`: unique, and ordered by time as a string.
+    pub id: String,
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The node that executed the change.
+    pub node: DidKey,
+    /// Who asked for it: `operator uid N` (the admin socket's peer), `offline cli`, or
+    /// `node did:key:…` (the node itself, e.g. applying its configuration).
+    pub actor: String,
+    /// The command, e.g. `client_add`, `keys_rotate`, `mesh_admit`.
+    pub action: String,
+    /// What changed (ids, names, policies), never a secret.
+    pub detail: serde_json::Value,
+    /// `node`'s signature over the other fields, base64url.
+    pub signature: String,
+}
+
+impl AuditRecord {
+    /// `node` records that `actor` did `action` at `at`; `nonce` tells apart records of one
+    /// second (e.g. a random hex string).
+    pub fn sign(
+        node: &NodeIdentity,
+        at: u64,
+        actor: String,
+        action: String,
+        detail: serde_json::Value,
+        nonce: &str,
+    ) -> Self {
+        let mut record = Self {
+            id: format!("{at:012}|{}|{nonce}", node.did()),
+            at,
+            node: node.did(),
+            actor,
+            action,
+            detail,
+            signature: String::new(),
+        };
+        let signature = sign_fields(node, &record.signed_fields());
+        record.signature = signature;
+        record
+    }
+
+    fn signed_fields(&self) -> impl Serialize + '_ {
+        (
+            "audit",
+            &self.id,
+            self.at,
+            &self.node,
+            &self.actor,
+            &self.action,
+            &self.detail,
+        )
+    }
+
+    /// Checks the signature against `node`'s keys (any key of its chain).
+    pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
+        verify_fields(
+            chains,
+            &self.node,
+            &self.signed_fields(),
+            &self.signature,
+            "audit record",
+        )
+    }
 }
 
 /// A member's signed statement that `did` belongs to the mesh.

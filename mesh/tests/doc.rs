@@ -9,7 +9,7 @@ use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use mesh::Error;
 use mesh::doc::{Doc, PeerSync};
 use mesh::identity::NodeIdentity;
-use mesh::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
+use mesh::state::{Admission, AuditRecord, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 use proptest::prelude::*;
 
 /// The genesis change's hash. If this changes, nodes built before and after can no longer merge:
@@ -239,6 +239,48 @@ fn key_events_live_beside_node_information_and_resolve_after_a_merge() {
     ));
 }
 
+fn audit(n: u8, at: u64, nonce: &str) -> AuditRecord {
+    AuditRecord::sign(
+        &identity(n),
+        at,
+        "operator uid 0".into(),
+        "client_remove".into(),
+        serde_json::json!({"client_id": nonce}),
+        nonce,
+    )
+}
+
+#[test]
+fn audit_records_replicate_verify_and_their_removal_replicates() {
+    let mut mesh = Mesh::new(&[1, 2]);
+    let id = identity(1);
+    let first = audit(1, 5, "a");
+    let second = audit(1, 6, "b");
+    mesh.nodes[0].apply(
+        &[
+            Change::PutKeyEvent(id.event()),
+            Change::PutAudit(first.clone()),
+            Change::PutAudit(second.clone()),
+        ],
+        10,
+    );
+    mesh.settle();
+    mesh.assert_converged();
+    let state = mesh.nodes[1].doc.state();
+    assert_eq!(state.audit.len(), 2);
+    assert!(state.nodes.is_empty(), "audit records are not node information");
+    state.audit[&first.id].verify(&state).unwrap();
+    let mut forged = second.clone();
+    forged.action = "keys_rotate".into();
+    assert!(forged.verify(&state).is_err(), "a changed record must not verify");
+    // Retention on one node drops the record everywhere.
+    mesh.nodes[1].apply(&[Change::RemoveAudit(first.id.clone())], 11);
+    mesh.settle();
+    mesh.assert_converged();
+    let left: Vec<&String> = mesh.nodes[0].view.audit.keys().collect();
+    assert_eq!(left, vec![&second.id]);
+}
+
 /// A saved document whose schema map says `major`.`minor`.
 fn with_schema(major: u64, minor: u64) -> Vec<u8> {
     let mut doc = Doc::new([1; 16]);
@@ -404,6 +446,8 @@ fn change() -> impl Strategy<Value = Change> {
                 e => id.rotate_with_seed([e + 10; 32]),
             })
         }),
+        (nodes(), 0_u64..3, ids()).prop_map(|(n, at, nonce)| Change::PutAudit(audit(n, at, nonce))),
+        (nodes(), 0_u64..3, ids()).prop_map(|(n, at, nonce)| Change::RemoveAudit(audit(n, at, nonce).id)),
     ]
 }
 

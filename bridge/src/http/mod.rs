@@ -408,6 +408,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let elapsed = start.elapsed();
     let status = response.status().as_u16();
     state.0.metrics.observe_request(endpoint, status, elapsed);
+    crate::telemetry::otlp::record(endpoint, &method, status, start, elapsed);
     tracing::debug!(endpoint = metrics::ENDPOINTS[endpoint], %method, status, micros = elapsed.as_micros() as u64, "request");
     response
 }

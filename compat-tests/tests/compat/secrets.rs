@@ -232,6 +232,14 @@ async fn secrets_never_reach_the_logs() {
     let mut places = vec![("stdout".to_string(), stdout), ("stderr".to_string(), stderr)];
     let mut files = Vec::new();
     log_files(dir.path(), &mut files);
+    let log_file = dir.path().join("logs/meshgate.log");
+    let logged = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        logged.lines().count() > 2,
+        "the JSON log file {} holds no more than the start and stop lines; the test cannot see a leak \
+         in it:\n{logged}",
+        log_file.display()
+    );
     for file in files {
         if let Ok(bytes) = std::fs::read(&file) {
             places.push((file.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));

@@ -69,6 +69,9 @@ pub(super) fn changes(doc: &Automerge, maps: &Maps, before: &[ChangeHash], patch
                         Some(kid) => changes.push(Change::RemoveLegacyKey(kid.to_owned())),
                         None => changes.push(Change::RemoveKey((*key).to_owned())),
                     },
+                    Field::Nodes if key.starts_with(schema::AUDIT_PREFIX) => {
+                        changes.push(Change::RemoveAudit(key[schema::AUDIT_PREFIX.len()..].to_owned()));
+                    }
                     _ => tracing::warn!(
                         map = field.name(),
                         key,

@@ -12,7 +12,7 @@ use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
 use crate::kel::KeyEvent;
 use crate::legacy::{LEGACY_KEY_PREFIX, LegacyKey};
-use crate::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
+use crate::state::{Admission, AuditRecord, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
 const GENESIS_MESSAGE: &str = "meshgate genesis";
@@ -23,6 +23,9 @@ const GENESIS_MINOR: u64 = 0;
 /// [`KeyEvent::key`]. No DID starts with it, so they never collide with node information; a build
 /// of minor 0 finds entries that do not parse as node information and skips them.
 pub(super) const KEY_EVENT_PREFIX: &str = "key-event|";
+/// Audit records (schema minor 2) live in the `nodes` map under this prefix followed by
+/// [`AuditRecord::id`], for the same reasons as key events.
+pub(super) const AUDIT_PREFIX: &str = "audit|";
 /// Root key of the schema version map.
 pub(super) const SCHEMA_KEY: &str = "schema";
 /// Keys of the schema version map.
@@ -188,6 +191,8 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         }
         Change::PutLegacyKey(key) => Write::Put(Field::Keys, key.entry(), json(key)?),
         Change::RemoveLegacyKey(kid) => Write::Delete(Field::Keys, format!("{LEGACY_KEY_PREFIX}{kid}")),
+        Change::PutAudit(record) => Write::Put(Field::Nodes, format!("{AUDIT_PREFIX}{}", record.id), json(record)?),
+        Change::RemoveAudit(id) => Write::Delete(Field::Nodes, format!("{AUDIT_PREFIX}{id}")),
     })
 }
 
@@ -254,7 +259,10 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
         Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
             Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
-            None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+            None => match key.strip_prefix(AUDIT_PREFIX) {
+                Some(key) => Change::PutAudit(record(text, key, |a: &AuditRecord| a.id.clone())?),
+                None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
+            },
         },
         Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
@@ -298,6 +306,9 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::PutLegacyKey(k) => {
             state.legacy_keys.insert(k.kid.clone(), k);
+        }
+        Change::PutAudit(a) => {
+            state.audit.insert(a.id.clone(), a);
         }
         other => state.apply(&other),
     }

@@ -152,6 +152,16 @@ pub struct BridgeConfig {
     pub max_body_bytes: usize,
     /// How many verified access-token signatures introspection remembers (0 = verify every time).
     pub verified_token_cache: usize,
+    /// After a refresh token is rotated, how long a concurrent refresh with it gets the same new
+    /// pair instead of revoking the family as a reuse (humantime; default 3s, at most 1m).
+    #[serde(deserialize_with = "refresh_grace")]
+    pub refresh_grace: Duration,
+    /// Lifetime of a refresh-token family from the login (humantime; default 30d).
+    #[serde(deserialize_with = "positive_duration")]
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of a signed-in browser session (humantime; default 12h).
+    #[serde(deserialize_with = "positive_duration")]
+    pub session_ttl: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -165,6 +175,9 @@ impl Default for BridgeConfig {
             token_alg: Alg::EdDSA,
             max_body_bytes: 64 * 1024,
             verified_token_cache: 65_536,
+            refresh_grace: Duration::from_secs(3),
+            refresh_token_ttl: Duration::from_secs(30 * 86_400),
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -215,6 +228,24 @@ fn token_ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::
     let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
         return Err(serde::de::Error::custom("must be between 1s and 24h"));
+    }
+    Ok(d)
+}
+
+fn refresh_grace<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d > Duration::from_secs(60) {
+        return Err(serde::de::Error::custom("must be at most 1m"));
+    }
+    Ok(d)
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 86_400) {
+        return Err(serde::de::Error::custom("must be between 1s and 366d"));
     }
     Ok(d)
 }

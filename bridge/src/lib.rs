@@ -32,6 +32,7 @@ pub mod observability;
 pub mod serve;
 pub mod token;
 pub mod upstream;
+pub mod users;
 pub mod verified;
 pub mod view;
 

@@ -107,6 +107,8 @@ pub enum AdminRequest {
     /// The state of every configured upstream; answered by the running server (its breakers and
     /// caches live there), never by a node opened from the CLI.
     UpstreamStatus,
+    /// Users, their consents, and clients of the authorization code flow; see [`crate::users`].
+    User(crate::users::UserRequest),
 }
 
 /// The writable node.
@@ -304,6 +306,7 @@ impl Node {
             .filter(|k| k.retired_at.is_some_and(|r| now >= r.saturating_add(token_ttl)))
             .map(|k| k.kid.clone())
             .collect();
+        changes.extend(mesh::login::expire(state, now).into_iter().map(Change::Login));
         for kid in expired {
             if self.signing.remove(&kid).is_some() {
                 self.keystore.remove(&key_file(&kid))?;
@@ -349,6 +352,10 @@ impl Node {
                     jwks: jwks.map(checked_jwks).transpose()?,
                     created_at: now,
                     degradation: degradation.map(checked_degradation).transpose()?,
+                    redirect_uris: vec![],
+                    post_logout_redirect_uris: vec![],
+                    token_endpoint_auth_method: None,
+                    id_token_signed_response_alg: None,
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])
@@ -467,6 +474,7 @@ impl Node {
             AdminRequest::UpstreamStatus => {
                 return Err(Error::Admin("upstream status is answered by the running server".into()));
             }
+            AdminRequest::User(request) => crate::users::execute(self, request, now)?,
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
@@ -556,7 +564,7 @@ fn key_file(kid: &str) -> String {
     format!("signing-{kid}.pk8")
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The OS RNG failing is unrecoverable; getrandom documents it as practically impossible.
     getrandom::fill(&mut bytes).expect("operating system random number generator failed");
@@ -564,7 +572,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A new client id: 20 lowercase letters and digits (about 103 bits).
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     random_bytes::<20>()
         .iter()
@@ -573,13 +581,13 @@ fn random_id() -> String {
 }
 
 /// A new 256-bit secret (base64url) and its SHA-256 hash.
-fn new_secret() -> (String, SecretHash) {
+pub(crate) fn new_secret() -> (String, SecretHash) {
     let secret = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let hash = SecretHash::Sha256(URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes())));
     (secret, hash)
 }
 
-fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
+pub(crate) fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
     use argon2::PasswordHasher;
     if secret.is_empty() {
         return Err(Error::Admin("the secret must not be empty".into()));
@@ -592,7 +600,7 @@ fn hash_imported_secret(secret: &str) -> Result<SecretHash, Error> {
     Ok(SecretHash::Argon2(hash.to_string()))
 }
 
-fn checked_name(name: String) -> Result<String, Error> {
+pub(crate) fn checked_name(name: String) -> Result<String, Error> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(Error::Admin("--name must be 1 to 200 characters".into()));
     }
@@ -640,7 +648,7 @@ pub fn is_scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
+pub(crate) fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::new();
     for audience in audiences {
         if audience.is_empty() || audience.chars().any(char::is_control) {
@@ -689,7 +697,7 @@ fn checked_jwks(jwks: Value) -> Result<Value, Error> {
     Ok(jwks)
 }
 
-fn summary(client: &ClientRecord, now: u64) -> Value {
+pub(crate) fn summary(client: &ClientRecord, now: u64) -> Value {
     let mut methods = Vec::new();
     if client.secrets.iter().any(|s| s.expires_at.is_none_or(|t| t > now)) {
         methods.extend(["client_secret_basic", "client_secret_post"]);

@@ -31,6 +31,7 @@ pub mod driver;
 pub mod identity;
 pub mod kel;
 pub mod keystore;
+pub mod login;
 pub mod membership;
 pub mod session;
 pub mod state;

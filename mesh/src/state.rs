@@ -14,6 +14,7 @@ use crate::Error;
 use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
 use crate::kel::{self, KeyChains, KeyEvent};
+use crate::login;
 
 /// The schema version of [`State`] this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -44,6 +45,15 @@ pub struct State {
     /// Identity key events, by [`KeyEvent::key`] (`"{did}|{seq}"`); see [`crate::kel`].
     #[serde(default)]
     pub key_events: BTreeMap<String, KeyEvent>,
+    /// People who log in at `/authorize`, by username; see [`crate::login`].
+    #[serde(default)]
+    pub users: BTreeMap<String, login::UserRecord>,
+    /// Remembered consents, by [`login::ConsentRecord::key`] (`"{username}|{client_id}"`).
+    #[serde(default)]
+    pub consents: BTreeMap<String, login::ConsentRecord>,
+    /// Refresh tokens (by the hash of the token), the spent records and revoked families.
+    #[serde(default)]
+    pub refresh: login::RefreshState,
 }
 
 impl Default for State {
@@ -57,6 +67,9 @@ impl Default for State {
             nodes: BTreeMap::new(),
             removals: BTreeMap::new(),
             key_events: BTreeMap::new(),
+            users: BTreeMap::new(),
+            consents: BTreeMap::new(),
+            refresh: login::RefreshState::default(),
         }
     }
 }
@@ -95,6 +108,7 @@ impl State {
             Change::PutKeyEvent(event) => {
                 self.key_events.insert(event.key(), event.clone());
             }
+            Change::Login(change) => login::apply(self, change),
         }
     }
 
@@ -149,6 +163,8 @@ pub enum Change {
     RemoveNode(Removal),
     /// Adds an event to a node's identity key event log.
     PutKeyEvent(KeyEvent),
+    /// Changes users, consents or refresh-token families; see [`crate::login`].
+    Login(login::LoginChange),
 }
 
 /// A member's signed statement that `did` belongs to the mesh.
@@ -395,6 +411,18 @@ pub struct ClientRecord {
     pub jwks: Option<serde_json::Value>,
     /// When the client was registered (Unix seconds).
     pub created_at: u64,
+    /// Redirect URIs for the authorization code flow (RFC 7591 `redirect_uris`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser back to (exact match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// RFC 7591 `token_endpoint_auth_method`: `none` for a public client; unset = authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<String>,
+    /// OIDC `id_token_signed_response_alg` (`RS256` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signed_response_alg: Option<String>,
     /// What to do for this client when its upstream identity provider is unavailable; unset
     /// fields come from the node's `federation.default_policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -28,6 +28,10 @@ fn client(id: &str, name: &str) -> ClientRecord {
         jwks: None,
         created_at: 1,
         degradation: None,
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     }
 }
 

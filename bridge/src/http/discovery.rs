@@ -12,7 +12,7 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
     let s = &state.0;
     let auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
     let assertion_algs = ["RS256", "PS256", "ES256", "EdDSA"];
-    let body = json!({
+    let mut body = json!({
         "issuer": s.settings.issuer,
         "token_endpoint": s.token_endpoint,
         "jwks_uri": format!("{}/jwks.json", s.settings.issuer),
@@ -28,6 +28,7 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
         "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "access_token_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
     });
+    super::oidc::metadata_fields(&state, &mut body);
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()

@@ -3,9 +3,13 @@
 //! Handlers read only the immutable [`View`]; writes (revocations) go through the node lock on a
 //! blocking thread and swap in a new view.
 
+pub mod authorize;
 mod discovery;
 mod exchange;
 mod introspect;
+mod oidc;
+mod pages;
+pub mod refresh;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -89,6 +93,7 @@ struct Shared {
     driver: std::sync::OnceLock<mesh::driver::Driver>,
     document_bytes: std::sync::atomic::AtomicU64,
     federation: Federation,
+    authz: authorize::Authz,
 }
 
 impl AppState {
@@ -133,6 +138,7 @@ impl AppState {
             driver: std::sync::OnceLock::new(),
             document_bytes: std::sync::atomic::AtomicU64::new(0),
             federation,
+            authz: authorize::Authz::default(),
         }))
     }
 
@@ -316,7 +322,14 @@ impl mesh::driver::Replica for MeshReplica {
         }
         let changes = self
             .0
-            .with_node(|node| node.receive_sync_message(sync, message).map(|c| (c.len(), c)))
+            .with_node(|node| {
+                let mut changes = node.receive_sync_message(sync, message)?;
+                if changes.iter().any(|c| matches!(c, mesh::state::Change::Login(_))) {
+                    let now = self.0.now();
+                    changes.extend(refresh::revoke_reused(node, now)?);
+                }
+                Ok((changes.len(), changes))
+            })
             .map_err(|e| e.to_string())?;
         if changes > 0 {
             tracing::debug!(%peer, changes, "mesh: applied changes from peer");
@@ -332,7 +345,13 @@ pub fn app(state: AppState) -> Router {
         .route("/jwks.json", get(discovery::jwks))
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
-        .route("/revoke", post(introspect::revoke));
+        .route("/revoke", post(introspect::revoke))
+        .route("/.well-known/openid-configuration", get(discovery::metadata))
+        .route("/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route("/login", post(authorize::login))
+        .route("/consent", post(authorize::consent))
+        .route("/logout", get(authorize::logout_get).post(authorize::logout_post))
+        .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo));
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes

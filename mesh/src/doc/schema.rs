@@ -185,6 +185,10 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::PutKeyEvent(event) => {
             Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
         }
+        Change::Login(change) => match change.entry() {
+            (key, Some(text)) => Write::Put(Field::Clients, key, ScalarValue::Str(text.into())),
+            (key, None) => Write::Delete(Field::Clients, key),
+        },
     })
 }
 
@@ -243,6 +247,7 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         _ => return None,
     };
     let change = match field {
+        Field::Clients if crate::login::is_login_key(key) => Change::Login(crate::login::decode(key, text)?),
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
         Field::Keys => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),

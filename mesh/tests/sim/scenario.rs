@@ -208,5 +208,9 @@ pub fn client(client_id: &str) -> ClientRecord {
         jwks: None,
         created_at: 1,
         degradation: None,
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     }
 }

@@ -10,6 +10,7 @@ mod compat {
     mod bad_input;
     mod examples;
     mod lifecycle;
+    mod login;
     mod mesh;
     mod oauth2_crate;
     mod openid_client;

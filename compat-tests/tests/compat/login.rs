@@ -64,6 +64,7 @@ pub async fn log_in(issuer: &str, client_id: &str, username: &str, password: &st
         ("code_challenge_method", "S256"),
     ]);
     let page = http.get(format!("{issuer}/authorize?{query}")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "login page: {:?}", page.headers().get("location"));
     let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
     let html = page.text().await.unwrap();
     let body = support::form(&[
@@ -80,21 +81,26 @@ pub async fn log_in(issuer: &str, client_id: &str, username: &str, password: &st
         .send()
         .await
         .unwrap();
-    let cookie = consent.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let html = consent.text().await.unwrap();
-    let body = support::form(&[
-        ("csrf_token", &hidden(&html, "csrf_token")),
-        ("request", &hidden(&html, "request")),
-        ("decision", "allow"),
-    ]);
-    let back = http
-        .post(format!("{issuer}/consent"))
-        .header("cookie", &cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    // A consent remembered (on any node: consents replicate) skips the consent page.
+    let back = if consent.status() == 303 {
+        consent
+    } else {
+        assert_eq!(consent.status(), 200, "consent page");
+        let cookie = consent.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let html = consent.text().await.unwrap();
+        let body = support::form(&[
+            ("csrf_token", &hidden(&html, "csrf_token")),
+            ("request", &hidden(&html, "request")),
+            ("decision", "allow"),
+        ]);
+        http.post(format!("{issuer}/consent"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    };
     let location = reqwest::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
     let code = location
         .query_pairs()

@@ -175,7 +175,6 @@ pub(super) fn metadata_fields(state: &AppState, body: &mut Value) {
         "authorization_response_iss_parameter_supported": true,
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
-        "userinfo_signing_alg_values_supported": [],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "at_hash",
                               "azp", "name", "preferred_username", "email", "email_verified", "updated_at"],

@@ -187,3 +187,75 @@ async fn openid_client_code_flow_with_pkce_id_token_userinfo_and_refresh_rotatio
         assert!(!logs.contains(secret), "a secret in the logs:\n{logs}");
     }
 }
+
+/// Runs `compat-tests/python/authlib_compat.py` in the venv scripts/test.sh creates; panics (never
+/// skips) when the venv is missing.
+fn authlib(input: &Value) -> Value {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh (it creates the venv and installs authlib) before the compat tests",
+        python.display()
+    );
+    let mut child = std::process::Command::new(&python)
+        .arg(dir.join("authlib_compat.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "authlib_compat.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_validates_the_metadata_and_rotates_refresh_tokens() {
+    let dir = support::temp_dir();
+    // An https issuer, as RFC 8414 requires (the listener itself is plain http on 127.0.0.1).
+    let issuer = "https://meshgate.test";
+    let server = Meshgate::spawn_args(
+        dir.path(),
+        &[
+            "--issuer",
+            issuer,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+        ],
+        &[("MESHGATE_BRIDGE__REFRESH_GRACE", "0s")],
+    );
+    add_user(dir.path(), "bob", "pw-bob");
+    let client_id = add_public_client(dir.path(), "openid offline_access");
+    let base = server.url("");
+    let tokens = log_in(&base, &client_id, "bob", "pw-bob", "openid offline_access").await;
+    let result = authlib(&serde_json::json!({
+        "issuer": issuer,
+        "rfc8414_url": server.url("/.well-known/oauth-authorization-server"),
+        "oidc_url": server.url("/.well-known/openid-configuration"),
+        "token_endpoint": server.url("/token"),
+        "client_id": client_id,
+        "refresh_token": tokens["refresh_token"],
+    }));
+    for kind in ["rfc8414", "oidc"] {
+        assert_eq!(result[kind]["error"], Value::Null, "{kind}: {:#}", result[kind]);
+        assert_eq!(result[kind]["issuer_matches"], true, "{kind}");
+    }
+    assert!(result["refreshed"]["access_token"].is_string(), "{result:#}");
+    assert_ne!(result["refreshed"]["refresh_token"], tokens["refresh_token"]);
+    assert_ne!(result["refreshed_again"]["refresh_token"], result["refreshed"]["refresh_token"]);
+    assert_eq!(result["reuse"]["error"], "invalid_grant", "{result:#}");
+    assert_eq!(result["after_reuse"]["error"], "invalid_grant", "{result:#}");
+}

@@ -21,10 +21,10 @@ use mesh::state::Change;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::AppState;
 use super::pages;
 use super::refresh::{self, RefreshLink, UserGrant};
 use super::token::{audiences, granted_scopes};
-use super::AppState;
 use crate::error::OAuthError;
 use crate::form::Form;
 use crate::view::{Client, View};
@@ -252,11 +252,15 @@ enum Failure {
     /// To the browser as a page: the client or redirect URI cannot be trusted.
     Page(StatusCode, String),
     /// To the client's redirect URI.
-    Redirect(AuthRequest, &'static str, String),
+    Redirect(Box<AuthRequest>, &'static str, String),
 }
 
 /// `GET /authorize`.
-pub(super) async fn authorize_get(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub(super) async fn authorize_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let query = query.unwrap_or_default();
     if query.len() > state.max_body_bytes() {
         return pages::error(StatusCode::URI_TOO_LONG, "The request is too large.");
@@ -313,10 +317,20 @@ fn decide(
     });
     let Some((username, auth_time)) = user else {
         if request.prompt_none {
-            return fail(state, Failure::Redirect(request, "login_required", "the user is not signed in".into()));
+            return fail(
+                state,
+                Failure::Redirect(Box::new(request), "login_required", "the user is not signed in".into()),
+            );
         }
         let id = state.0.authz.add_pending(request, key, now);
-        return pages::login(&endpoint(state, "/login"), &client.record.name, &id, &session.csrf, "", None);
+        return pages::login(
+            &endpoint(state, "/login"),
+            &client.record.name,
+            &id,
+            &session.csrf,
+            "",
+            None,
+        );
     };
     let consented = state.with_node_read(|node| {
         node.state()
@@ -326,11 +340,25 @@ fn decide(
     });
     if !consented || request.prompt_consent {
         if request.prompt_none {
-            return fail(state, Failure::Redirect(request, "consent_required", "the user has not consented".into()));
+            return fail(
+                state,
+                Failure::Redirect(
+                    Box::new(request),
+                    "consent_required",
+                    "the user has not consented".into(),
+                ),
+            );
         }
         let scopes = request.scopes.clone();
         let id = state.0.authz.add_pending(request, key, now);
-        return pages::consent(&endpoint(state, "/consent"), &client.record.name, &username, &scopes, &id, &session.csrf);
+        return pages::consent(
+            &endpoint(state, "/consent"),
+            &client.record.name,
+            &username,
+            &scopes,
+            &id,
+            &session.csrf,
+        );
     }
     issue_code(state, request, username, auth_time, now)
 }
@@ -412,7 +440,9 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
         .get(client_id)
         .cloned()
         .ok_or_else(|| page("The application is not registered."))?;
-    let given = form.single("redirect_uri").map_err(|_| page("redirect_uri is repeated."))?;
+    let given = form
+        .single("redirect_uri")
+        .map_err(|_| page("redirect_uri is repeated."))?;
     let (redirect_uri, redirect_uri_given) = match given {
         Some(uri) => {
             if !redirect_uri_matches(&client.record.redirect_uris, uri) {
@@ -441,24 +471,43 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
     // `state` first, so later errors carry it back.
     match form.single("state") {
         Ok(s) => request.state = s.map(str::to_owned),
-        Err(_) => return Err(Failure::Redirect(request, "invalid_request", "state is repeated".into())),
+        Err(_) => {
+            return Err(Failure::Redirect(
+                Box::new(request),
+                "invalid_request",
+                "state is repeated".into(),
+            ));
+        }
     }
     match rest(state, &client, form, &mut request) {
         Ok(()) => Ok(request),
-        Err((code, description)) => Err(Failure::Redirect(request, code, description)),
+        Err((code, description)) => Err(Failure::Redirect(Box::new(request), code, description)),
     }
 }
 
-fn rest(state: &AppState, client: &Client, form: &Form, request: &mut AuthRequest) -> Result<(), (&'static str, String)> {
+fn rest(
+    state: &AppState,
+    client: &Client,
+    form: &Form,
+    request: &mut AuthRequest,
+) -> Result<(), (&'static str, String)> {
     let invalid = |e: OAuthError| ("invalid_request", e.to_string());
     let response_type = form.single("response_type").map_err(invalid)?;
     match response_type {
         Some("code") => {}
         None => return Err(("invalid_request", "response_type is missing".into())),
-        Some(_) => return Err(("unsupported_response_type", "only response_type=code is supported".into())),
+        Some(_) => {
+            return Err((
+                "unsupported_response_type",
+                "only response_type=code is supported".into(),
+            ));
+        }
     }
     if !client.allows_grant("authorization_code") {
-        return Err(("unauthorized_client", "the client is not registered for the authorization code flow".into()));
+        return Err((
+            "unauthorized_client",
+            "the client is not registered for the authorization code flow".into(),
+        ));
     }
     match form.single("response_mode").map_err(invalid)? {
         None | Some("query") => {}
@@ -470,19 +519,30 @@ fn rest(state: &AppState, client: &Client, form: &Form, request: &mut AuthReques
     if form.single("request_uri").map_err(invalid)?.is_some() {
         return Err(("request_uri_not_supported", "request_uri is not supported".into()));
     }
-    let challenge = form
-        .single("code_challenge")
-        .map_err(invalid)?
-        .ok_or(("invalid_request", "PKCE is required: code_challenge is missing".to_owned()))?;
+    let challenge = form.single("code_challenge").map_err(invalid)?.ok_or((
+        "invalid_request",
+        "PKCE is required: code_challenge is missing".to_owned(),
+    ))?;
     match form.single("code_challenge_method").map_err(invalid)? {
         Some("S256") => {}
         Some(other) => {
-            return Err(("invalid_request", format!("code_challenge_method `{other}` is not supported; use S256")));
+            return Err((
+                "invalid_request",
+                format!("code_challenge_method `{other}` is not supported; use S256"),
+            ));
         }
-        None => return Err(("invalid_request", "code_challenge_method must be S256 (plain is not supported)".into())),
+        None => {
+            return Err((
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is not supported)".into(),
+            ));
+        }
     }
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).map(|b| b.len()) != Ok(32) {
-        return Err(("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)".into()));
+        return Err((
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256 (43 characters)".into(),
+        ));
     }
     request.challenge = challenge.to_owned();
     let scopes = granted_scopes(client, form.single("scope").map_err(invalid)?, None)
@@ -506,7 +566,10 @@ fn rest(state: &AppState, client: &Client, form: &Form, request: &mut AuthReques
             }
         }
         if request.prompt_none && (request.prompt_login || request.prompt_consent) {
-            return Err(("invalid_request", "prompt=none cannot be combined with other values".into()));
+            return Err((
+                "invalid_request",
+                "prompt=none cannot be combined with other values".into(),
+            ));
         }
     }
     if let Some(max_age) = form.single("max_age").map_err(invalid)? {
@@ -652,7 +715,7 @@ pub(super) async fn consent(State(state): State<AppState>, headers: HeaderMap, f
         _ => {
             return fail(
                 &state,
-                Failure::Redirect(request, "access_denied", "the user denied the request".into()),
+                Failure::Redirect(Box::new(request), "access_denied", "the user denied the request".into()),
             );
         }
     }
@@ -686,7 +749,11 @@ pub(super) async fn consent(State(state): State<AppState>, headers: HeaderMap, f
 }
 
 /// `GET /logout` (OIDC RP-initiated logout): asks to confirm.
-pub(super) async fn logout_get(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub(super) async fn logout_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let query = query.unwrap_or_default();
     if query.len() > state.max_body_bytes() {
         return pages::error(StatusCode::URI_TOO_LONG, "The request is too large.");
@@ -754,7 +821,10 @@ fn logout_target(state: &AppState, form: &Form, now: u64) -> Result<Option<Strin
         (None, None) => return Err("post_logout_redirect_uri needs client_id or id_token_hint".into()),
     };
     let view = state.view();
-    let client = view.clients.get(&client_id).ok_or("the application is not registered")?;
+    let client = view
+        .clients
+        .get(&client_id)
+        .ok_or("the application is not registered")?;
     if !client.record.post_logout_redirect_uris.iter().any(|r| r == uri) {
         return Err("the post-logout redirect URI is not registered for this application".into());
     }
@@ -766,7 +836,12 @@ fn logout_target(state: &AppState, form: &Form, now: u64) -> Result<Option<Strin
 }
 
 /// The `authorization_code` grant (RFC 6749 §4.1.3, RFC 7636 §4.6).
-pub(super) async fn code_grant(state: &AppState, client: Arc<Client>, form: &Form, now: u64) -> Result<Response, OAuthError> {
+pub(super) async fn code_grant(
+    state: &AppState,
+    client: Arc<Client>,
+    form: &Form,
+    now: u64,
+) -> Result<Response, OAuthError> {
     let code = form.required("code")?;
     let verifier = form.single("code_verifier")?;
     let redirect_uri = form.single("redirect_uri")?;
@@ -778,13 +853,22 @@ pub(super) async fn code_grant(state: &AppState, client: Arc<Client>, form: &For
             Some(entry) if entry.used => Err(entry.issued.take()),
             Some(entry) => {
                 entry.used = true;
-                Ok((entry.expires, entry.request.clone(), entry.username.clone(), entry.auth_time))
+                Ok((
+                    entry.expires,
+                    entry.request.clone(),
+                    entry.username.clone(),
+                    entry.auth_time,
+                ))
             }
         }
     };
     let (expires, request, username, auth_time) = match found {
         Ok(found) => found,
-        Err(None) => return Err(OAuthError::invalid_grant("the authorization code is invalid or expired")),
+        Err(None) => {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code is invalid or expired",
+            ));
+        }
         Err(Some((jti, exp, family))) => {
             tracing::warn!("authorization code replayed; revoking the tokens issued from it");
             revoke_issued(state, jti, exp, family, now).await;
@@ -792,14 +876,20 @@ pub(super) async fn code_grant(state: &AppState, client: Arc<Client>, form: &For
         }
     };
     if expires <= now {
-        return Err(OAuthError::invalid_grant("the authorization code is invalid or expired"));
+        return Err(OAuthError::invalid_grant(
+            "the authorization code is invalid or expired",
+        ));
     }
     if request.client_id != client.record.client_id {
-        return Err(OAuthError::invalid_grant("the authorization code was issued to another client"));
+        return Err(OAuthError::invalid_grant(
+            "the authorization code was issued to another client",
+        ));
     }
     match redirect_uri {
         Some(uri) if uri != request.redirect_uri => {
-            return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
         }
         None if request.redirect_uri_given => {
             return Err(OAuthError::invalid_request("redirect_uri is required"));
@@ -812,17 +902,23 @@ pub(super) async fn code_grant(state: &AppState, client: Arc<Client>, form: &For
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     if !well_formed {
-        return Err(OAuthError::invalid_request("code_verifier must be 43 to 128 unreserved characters"));
+        return Err(OAuthError::invalid_request(
+            "code_verifier must be 43 to 128 unreserved characters",
+        ));
     }
     let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     if !bool::from(computed.as_bytes().ct_eq(request.challenge.as_bytes())) {
-        return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
+        return Err(OAuthError::invalid_grant(
+            "code_verifier does not match the code_challenge",
+        ));
     }
     let settings = state.0.authz.settings();
+    let aud = narrowed_audiences(&request.aud, form)?;
     let grant = UserGrant {
         username,
         scopes: request.scopes.clone(),
-        aud: request.aud.clone(),
+        family_aud: request.aud.clone(),
+        aud,
         auth_time,
         acr: request.acr.then(|| ACR_PASSWORD.to_owned()),
         nonce: request.nonce.clone(),
@@ -854,6 +950,23 @@ pub(super) async fn code_grant(state: &AppState, client: Arc<Client>, form: &For
     Ok(super::token::no_store(axum::Json(issued.body).into_response()))
 }
 
+/// RFC 8707 §2.2: `resource` at the token endpoint picks audiences among those authorized; none
+/// keeps them all.
+pub(super) fn narrowed_audiences(authorized: &[String], form: &Form) -> Result<Vec<String>, OAuthError> {
+    let mut aud: Vec<String> = Vec::new();
+    for resource in form.all("resource") {
+        if !authorized.iter().any(|a| a == resource) {
+            return Err(OAuthError::invalid_target(format!(
+                "resource `{resource}` was not authorized for this grant"
+            )));
+        }
+        if !aud.iter().any(|a| a == resource) {
+            aud.push(resource.to_owned());
+        }
+    }
+    Ok(if aud.is_empty() { authorized.to_vec() } else { aud })
+}
+
 async fn revoke_issued(state: &AppState, jti: String, exp: u64, family: Option<String>, now: u64) {
     let writer = state.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -874,7 +987,12 @@ async fn revoke_issued(state: &AppState, jti: String, exp: u64, family: Option<S
 
 /// A public client (`token_endpoint_auth_method: none`) identified by `client_id` alone, for the
 /// grants it may use without authenticating; `None` when the request authenticates otherwise.
-pub(super) fn public_client(view: &View, headers: &HeaderMap, form: &Form, grant_type: &str) -> Result<Option<Arc<Client>>, OAuthError> {
+pub(super) fn public_client(
+    view: &View,
+    headers: &HeaderMap,
+    form: &Form,
+    grant_type: &str,
+) -> Result<Option<Arc<Client>>, OAuthError> {
     if grant_type != "authorization_code" && grant_type != "refresh_token" {
         return Ok(None);
     }

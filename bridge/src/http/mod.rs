@@ -347,7 +347,10 @@ pub fn app(state: AppState) -> Router {
         .route("/introspect", post(introspect::introspect))
         .route("/revoke", post(introspect::revoke))
         .route("/.well-known/openid-configuration", get(discovery::metadata))
-        .route("/authorize", get(authorize::authorize_get).post(authorize::authorize_post))
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
         .route("/logout", get(authorize::logout_get).post(authorize::logout_post))

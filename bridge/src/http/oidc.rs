@@ -83,7 +83,8 @@ pub(super) fn id_token(
     }
     user_claims(user, &grant.scopes, &mut claims);
     let bytes = serde_json::to_vec(&claims).map_err(|e| OAuthError::server_error(&e))?;
-    key.sign_jwt_typ(&bytes, "JWT").map_err(|e| OAuthError::server_error(&e))
+    key.sign_jwt_typ(&bytes, "JWT")
+        .map_err(|e| OAuthError::server_error(&e))
 }
 
 /// The audience (client id) of an ID token this mesh issued, if its signature verifies with a
@@ -111,7 +112,11 @@ pub(super) fn id_token_audience(state: &AppState, token: &str, now: u64) -> Opti
 }
 
 fn bearer_error(status: StatusCode, code: &str, description: &str) -> Response {
-    let mut response = (status, axum::Json(json!({"error": code, "error_description": description}))).into_response();
+    let mut response = (
+        status,
+        axum::Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response();
     let challenge = format!("Bearer error=\"{code}\", error_description=\"{description}\"");
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -140,12 +145,22 @@ pub(super) async fn userinfo(State(state): State<AppState>, headers: HeaderMap) 
         let view = state.view();
         match state.validate(&view, token.trim(), now) {
             Ok(claims) => claims,
-            Err(_) => return bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "the access token is not active"),
+            Err(_) => {
+                return bearer_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the access token is not active",
+                );
+            }
         }
     };
     let scopes: Vec<String> = claims.scope.split(' ').map(str::to_owned).collect();
     if !scopes.iter().any(|s| s == "openid") {
-        return bearer_error(StatusCode::FORBIDDEN, "insufficient_scope", "the token lacks the openid scope");
+        return bearer_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "the token lacks the openid scope",
+        );
     }
     let user = state.with_node_read(|node| node.state().users.values().find(|u| u.sub == claims.sub).cloned());
     let Some(user) = user else {
@@ -214,7 +229,10 @@ mod tests {
     #[test]
     fn at_hash_is_the_left_half_of_the_hash() {
         // OIDC Core's example access token (RS256 → SHA-256).
-        assert_eq!(at_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"), "77QmUPtjPfzWtF2AnpK9RQ");
+        assert_eq!(
+            at_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"),
+            "77QmUPtjPfzWtF2AnpK9RQ"
+        );
         assert_eq!(at_hash(Alg::EdDSA, "x").len(), 43);
     }
 }

@@ -167,7 +167,11 @@ pub(crate) fn logout_confirm(action: &str, hidden: &[(&str, &str)], csrf: &str) 
 
 /// The page after a logout with nowhere to return to.
 pub(crate) fn logged_out() -> Response {
-    page(StatusCode::OK, "Signed out", "<p>You are signed out. You may close this window.</p>")
+    page(
+        StatusCode::OK,
+        "Signed out",
+        "<p>You are signed out. You may close this window.</p>",
+    )
 }
 
 #[cfg(test)]
@@ -176,6 +180,9 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 }

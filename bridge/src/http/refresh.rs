@@ -32,6 +32,8 @@ pub(super) struct UserGrant {
     pub(super) username: String,
     pub(super) scopes: Vec<String>,
     pub(super) aud: Vec<String>,
+    /// Every audience the grant authorized (the refresh token keeps them).
+    pub(super) family_aud: Vec<String>,
     pub(super) auth_time: u64,
     pub(super) acr: Option<String>,
     pub(super) nonce: Option<String>,
@@ -116,7 +118,7 @@ pub(super) fn mint(
             client_id: client.record.client_id.clone(),
             username: grant.username.clone(),
             scopes: grant.scopes.clone(),
-            aud: grant.aud.clone(),
+            aud: grant.family_aud.clone(),
             auth_time: grant.auth_time,
             acr: grant.acr.clone(),
             issued_at: now,
@@ -151,11 +153,7 @@ pub(super) fn mint(
 /// with one of its refresh tokens.
 pub(super) fn revoke_family(state: &MeshState, family: &str, reason: &str, now: u64) -> Vec<Change> {
     let records = state.refresh.family(family);
-    let expires_at = records
-        .iter()
-        .map(|r| r.expires_at)
-        .max()
-        .unwrap_or(now + 86_400);
+    let expires_at = records.iter().map(|r| r.expires_at).max().unwrap_or(now + 86_400);
     let mut changes = vec![Change::Login(LoginChange::RevokeFamily(FamilyRevocation {
         family: family.to_owned(),
         reason: reason.to_owned(),
@@ -203,15 +201,21 @@ pub fn revoke_reused(node: &mut Node, now: u64) -> Result<Vec<Change>, crate::er
 }
 
 /// The `refresh_token` grant (RFC 6749 §6) with rotation.
-pub(super) async fn refresh_grant(state: &AppState, client: Arc<Client>, form: &Form, now: u64) -> Result<Response, OAuthError> {
+pub(super) async fn refresh_grant(
+    state: &AppState,
+    client: Arc<Client>,
+    form: &Form,
+    now: u64,
+) -> Result<Response, OAuthError> {
     let id = digest(form.required("refresh_token")?);
     let requested: Option<Vec<String>> = form
         .single("scope")?
         .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect());
+    let resources: Vec<String> = form.all("resource").map(str::to_owned).collect();
     let writer = state.clone();
     let answer = tokio::task::spawn_blocking(move || {
         writer.with_node(|node| {
-            let result = rotate(&writer, node, &client, &id, requested, now);
+            let result = rotate(&writer, node, &client, &id, requested, &resources, now);
             match result {
                 Ok((body, changes)) => Ok((Ok(body), changes)),
                 Err((error, changes)) => Ok((Err(error), changes)),
@@ -226,7 +230,15 @@ pub(super) async fn refresh_grant(state: &AppState, client: Arc<Client>, form: &
 
 type Rotated = Result<(Value, Vec<Change>), (OAuthError, Vec<Change>)>;
 
-fn rotate(state: &AppState, node: &mut Node, client: &Client, id: &str, requested: Option<Vec<String>>, now: u64) -> Rotated {
+fn rotate(
+    state: &AppState,
+    node: &mut Node,
+    client: &Client,
+    id: &str,
+    requested: Option<Vec<String>>,
+    resources: &[String],
+    now: u64,
+) -> Rotated {
     let invalid = |m: &'static str| Err((OAuthError::invalid_grant(m), vec![]));
     let mesh_state = node.state();
     let Some(record) = mesh_state.refresh.tokens.get(id).cloned() else {
@@ -246,7 +258,10 @@ fn rotate(state: &AppState, node: &mut Node, client: &Client, id: &str, requeste
         let grace = state.0.authz.settings().refresh_grace_secs;
         let cached = {
             let cache = state.0.authz.grace.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(id).filter(|(at, _)| now < at + grace).map(|(_, body)| body.clone())
+            cache
+                .get(id)
+                .filter(|(at, _)| now < at + grace)
+                .map(|(_, body)| body.clone())
         };
         if let Some(body) = cached {
             return Ok((body, vec![]));
@@ -276,10 +291,23 @@ fn rotate(state: &AppState, node: &mut Node, client: &Client, id: &str, requeste
             requested
         }
     };
+    // RFC 8707: a refresh may ask for some of the grant's audiences; the family keeps them all.
+    if let Some(extra) = resources.iter().find(|r| !record.aud.contains(r)) {
+        return Err((
+            OAuthError::invalid_target(format!("resource `{extra}` was not authorized for this grant")),
+            vec![],
+        ));
+    }
+    let aud = if resources.is_empty() {
+        record.aud.clone()
+    } else {
+        resources.to_vec()
+    };
     let grant = UserGrant {
         username: record.username.clone(),
         scopes,
-        aud: record.aud.clone(),
+        family_aud: record.aud.clone(),
+        aud,
         auth_time: record.auth_time,
         acr: record.acr.clone(),
         nonce: None,

@@ -148,7 +148,11 @@ fn authorize_path(client_id: &str, extra: &[(&str, &str)]) -> String {
 async fn login_and_consent(s: &Setup, browser: &mut Browser, path: &str) -> url::Url {
     let page = browser.get(&s.h, path).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-    assert!(page.text.contains("Test &lt;App&gt;"), "escaped client name: {}", page.text);
+    assert!(
+        page.text.contains("Test &lt;App&gt;"),
+        "escaped client name: {}",
+        page.text
+    );
     let body = form(&[
         ("csrf_token", &field(&page.text, "csrf_token")),
         ("request", &field(&page.text, "request")),
@@ -203,7 +207,12 @@ fn introspector(h: &Harness) -> (String, String) {
 async fn code_flow_with_pkce_issues_access_id_and_refresh_tokens() {
     let s = setup();
     let mut browser = Browser::default();
-    let back = login_and_consent(&s, &mut browser, &authorize_path(&s.client_id, &[("acr_values", "urn:x")])).await;
+    let back = login_and_consent(
+        &s,
+        &mut browser,
+        &authorize_path(&s.client_id, &[("acr_values", "urn:x")]),
+    )
+    .await;
     assert_eq!(back.origin().ascii_serialization(), "http://127.0.0.1");
     assert_eq!(back.path(), "/callback");
     assert_eq!(param(&back, "state").as_deref(), Some("st4te"));
@@ -258,9 +267,8 @@ async fn code_flow_with_pkce_issues_access_id_and_refresh_tokens() {
     assert_eq!(info.json["sub"], sub);
     assert_eq!(info.json["name"], "Alice Liddell");
     assert_eq!(info.json["email"], "alice@example.test");
-    let bad = s
-        .h
-        .send(
+    let bad =
+        s.h.send(
             Request::get("/userinfo")
                 .header(header::AUTHORIZATION, "Bearer nope")
                 .body(Body::empty())
@@ -268,7 +276,12 @@ async fn code_flow_with_pkce_issues_access_id_and_refresh_tokens() {
         )
         .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
-    assert!(bad.headers[header::WWW_AUTHENTICATE].to_str().unwrap().contains("invalid_token"));
+    assert!(
+        bad.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
 
     // A second authorization with the session and the remembered consent skips both pages.
     let again = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
@@ -355,7 +368,9 @@ async fn redirect_uris_match_exactly_except_loopback_ports() {
         "//evil.example/callback",
         "javascript:alert(1)",
     ] {
-        let answer = browser.get(&s.h, &authorize_path(&s.client_id, &[("redirect_uri", bad)])).await;
+        let answer = browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("redirect_uri", bad)]))
+            .await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: never redirected");
         assert!(answer.headers.get(header::LOCATION).is_none(), "{bad}");
         assert!(answer.text.contains("not registered"), "{bad}: {}", answer.text);
@@ -366,7 +381,10 @@ async fn redirect_uris_match_exactly_except_loopback_ports() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     // Any port on the registered loopback IP literal.
     let answer = browser
-        .get(&s.h, &authorize_path(&s.client_id, &[("redirect_uri", "http://127.0.0.1:49152/callback")]))
+        .get(
+            &s.h,
+            &authorize_path(&s.client_id, &[("redirect_uri", "http://127.0.0.1:49152/callback")]),
+        )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "login page: {}", answer.text);
     // The registered https URI with its query: errors go there, with the query kept.
@@ -375,7 +393,10 @@ async fn redirect_uris_match_exactly_except_loopback_ports() {
             &s.h,
             &authorize_path(
                 &s.client_id,
-                &[("redirect_uri", "https://app.example/cb?x=1"), ("response_type", "token")],
+                &[
+                    ("redirect_uri", "https://app.example/cb?x=1"),
+                    ("response_type", "token"),
+                ],
             ),
         )
         .await;
@@ -401,16 +422,31 @@ async fn login_and_consent_forms_require_the_sessions_csrf_token() {
     let request = field(&page.text, "request");
     let csrf = field(&page.text, "csrf_token");
     // Wrong token.
-    let body = form(&[("csrf_token", "forged"), ("request", &request), ("username", "alice"), ("password", "wonderland")]);
+    let body = form(&[
+        ("csrf_token", "forged"),
+        ("request", &request),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ]);
     assert_eq!(browser.post(&s.h, "/login", &body).await.status, StatusCode::FORBIDDEN);
     // Right token, but another browser (no cookie).
-    let body = form(&[("csrf_token", &csrf), ("request", &request), ("username", "alice"), ("password", "wonderland")]);
+    let body = form(&[
+        ("csrf_token", &csrf),
+        ("request", &request),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ]);
     assert_eq!(
         Browser::default().post(&s.h, "/login", &body).await.status,
         StatusCode::FORBIDDEN
     );
     // Wrong password: the form again, 401.
-    let body = form(&[("csrf_token", &csrf), ("request", &request), ("username", "alice"), ("password", "nope")]);
+    let body = form(&[
+        ("csrf_token", &csrf),
+        ("request", &request),
+        ("username", "alice"),
+        ("password", "nope"),
+    ]);
     let again = browser.post(&s.h, "/login", &body).await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED);
     assert!(again.text.contains("Wrong username or password"));
@@ -423,7 +459,11 @@ async fn login_and_consent_forms_require_the_sessions_csrf_token() {
     let consent = browser.post(&s.h, "/login", &body).await;
     assert_eq!(consent.status, StatusCode::OK);
     // The login replaced the session: the old CSRF token no longer works.
-    let old = form(&[("csrf_token", &csrf), ("request", &field(&consent.text, "request")), ("decision", "allow")]);
+    let old = form(&[
+        ("csrf_token", &csrf),
+        ("request", &field(&consent.text, "request")),
+        ("decision", "allow"),
+    ]);
     assert_eq!(browser.post(&s.h, "/consent", &old).await.status, StatusCode::FORBIDDEN);
     // Deny: access_denied to the client.
     let page = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
@@ -441,7 +481,11 @@ async fn login_and_consent_forms_require_the_sessions_csrf_token() {
 async fn prompt_and_max_age() {
     let s = setup();
     let mut browser = Browser::default();
-    let none = location(&browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")])).await);
+    let none = location(
+        &browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")]))
+            .await,
+    );
     assert_eq!(param(&none, "error").as_deref(), Some("login_required"));
     // Log in but deny consent: then prompt=none is consent_required.
     let page = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
@@ -452,30 +496,47 @@ async fn prompt_and_max_age() {
         ("password", "wonderland"),
     ]);
     assert_eq!(browser.post(&s.h, "/login", &body).await.status, StatusCode::OK);
-    let none = location(&browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")])).await);
+    let none = location(
+        &browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")]))
+            .await,
+    );
     assert_eq!(param(&none, "error").as_deref(), Some("consent_required"));
     let back = login_and_consent(&s, &mut Browser::default(), &authorize_path(&s.client_id, &[])).await;
     assert!(param(&back, "code").is_some());
     // Consent is remembered for the user: this browser's session now gets a code silently.
-    let none = location(&browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")])).await);
+    let none = location(
+        &browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")]))
+            .await,
+    );
     assert!(param(&none, "code").is_some(), "{none}");
     // prompt=login and prompt=consent show the pages again.
-    let page = browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "login")])).await;
+    let page = browser
+        .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "login")]))
+        .await;
     assert!(page.text.contains("name=\"password\""));
-    let page = browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "consent")])).await;
+    let page = browser
+        .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "consent")]))
+        .await;
     assert!(page.text.contains("Allow access?"));
     // max_age: a session older than it must log in again; auth_time is the new login.
     s.h.clock.advance(100);
-    let page = browser.get(&s.h, &authorize_path(&s.client_id, &[("max_age", "50")])).await;
+    let page = browser
+        .get(&s.h, &authorize_path(&s.client_id, &[("max_age", "50")]))
+        .await;
     assert!(page.text.contains("name=\"password\""), "{}", page.text);
-    let fresh = browser.get(&s.h, &authorize_path(&s.client_id, &[("max_age", "500")])).await;
+    let fresh = browser
+        .get(&s.h, &authorize_path(&s.client_id, &[("max_age", "500")]))
+        .await;
     let code = param(&location(&fresh), "code").unwrap();
     let answer = redeem(&s, &code, VERIFIER).await;
     assert_eq!(claims(answer.json["id_token"].as_str().unwrap())["auth_time"], START);
     // Consents are listed and revocable.
-    let consents = s
-        .h
-        .admin(AdminRequest::User(UserRequest::Consents { username: "alice".into() }))
+    let consents =
+        s.h.admin(AdminRequest::User(UserRequest::Consents {
+            username: "alice".into(),
+        }))
         .unwrap();
     assert_eq!(consents[0]["client_id"], s.client_id.as_str());
     s.h.admin(AdminRequest::User(UserRequest::RevokeConsent {
@@ -483,7 +544,11 @@ async fn prompt_and_max_age() {
         client_id: s.client_id.clone(),
     }))
     .unwrap();
-    let none = location(&browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")])).await);
+    let none = location(
+        &browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")]))
+            .await,
+    );
     assert_eq!(param(&none, "error").as_deref(), Some("consent_required"));
 }
 
@@ -509,7 +574,10 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     assert_eq!(refresh(&s, r1).await.error(), "invalid_grant");
     let (id, secret) = introspector(&s.h);
     for token in [&first["access_token"], &rotated.json["access_token"]] {
-        assert_eq!(s.h.introspect(&id, &secret, token.as_str().unwrap()).await["active"], false);
+        assert_eq!(
+            s.h.introspect(&id, &secret, token.as_str().unwrap()).await["active"],
+            false
+        );
     }
     // Garbage and other clients' tokens.
     assert_eq!(refresh(&s, "garbage").await.error(), "invalid_grant");
@@ -527,7 +595,10 @@ async fn refresh_tokens_are_bound_to_their_client() {
     ]);
     assert_eq!(s.h.post_form("/token", None, &body).await.error(), "invalid_grant");
     // The token still works for its client.
-    assert_eq!(refresh(&s, first["refresh_token"].as_str().unwrap()).await.status, StatusCode::OK);
+    assert_eq!(
+        refresh(&s, first["refresh_token"].as_str().unwrap()).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -567,7 +638,8 @@ async fn a_reuse_on_another_node_is_detected_when_the_states_merge() {
     assert_eq!(refresh(&s, r1).await.error(), "invalid_grant");
     let (id, secret) = introspector(&s.h);
     assert_eq!(
-        s.h.introspect(&id, &secret, rotated.json["access_token"].as_str().unwrap()).await["active"],
+        s.h.introspect(&id, &secret, rotated.json["access_token"].as_str().unwrap())
+            .await["active"],
         false
     );
     assert!(s.h.state.view().revoked.contains_key("their-access-token"));
@@ -606,8 +678,20 @@ async fn openid_configuration_is_the_authorization_server_metadata() {
     assert_eq!(oidc["authorization_endpoint"], format!("{ISSUER}/authorize"));
     assert_eq!(oidc["code_challenge_methods_supported"], serde_json::json!(["S256"]));
     assert_eq!(oidc["authorization_response_iss_parameter_supported"], true);
-    assert!(oidc["grant_types_supported"].as_array().unwrap().iter().any(|g| g == "refresh_token"));
-    assert!(oidc["token_endpoint_auth_methods_supported"].as_array().unwrap().iter().any(|g| g == "none"));
+    assert!(
+        oidc["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "refresh_token")
+    );
+    assert!(
+        oidc["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "none")
+    );
     assert_eq!(oidc["id_token_signing_alg_values_supported"][0], "RS256");
 }
 
@@ -631,7 +715,10 @@ async fn logout_ends_the_session_and_returns_only_to_registered_uris() {
     assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
     let csrf = field(&confirm.text, "csrf_token");
     let forged = form(&[("csrf_token", "x")]);
-    assert_eq!(browser.post(&s.h, "/logout", &forged).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        browser.post(&s.h, "/logout", &forged).await.status,
+        StatusCode::FORBIDDEN
+    );
     let body = form(&[
         ("csrf_token", &csrf),
         ("client_id", &s.client_id),
@@ -641,7 +728,11 @@ async fn logout_ends_the_session_and_returns_only_to_registered_uris() {
     let back = location(&browser.post(&s.h, "/logout", &body).await);
     assert_eq!(back.as_str(), "https://app.example/bye?state=s1");
     // Signed out: prompt=none needs a login again.
-    let none = location(&browser.get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")])).await);
+    let none = location(
+        &browser
+            .get(&s.h, &authorize_path(&s.client_id, &[("prompt", "none")]))
+            .await,
+    );
     assert_eq!(param(&none, "error").as_deref(), Some("login_required"));
 }
 
@@ -677,9 +768,17 @@ async fn users_are_managed_by_admin_commands() {
     assert!(!list.to_string().contains("argon2"), "{list}");
     h.admin(AdminRequest::User(UserRequest::Remove { username: "bob".into() }))
         .unwrap();
-    assert_eq!(h.admin(AdminRequest::User(UserRequest::List)).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        h.admin(AdminRequest::User(UserRequest::List)).unwrap(),
+        serde_json::json!([])
+    );
     // Malicious redirect URIs are refused at registration.
-    for bad in ["javascript:alert(1)", "http://app.example/cb", "https://a@b.example/", "data:text/html,x"] {
+    for bad in [
+        "javascript:alert(1)",
+        "http://app.example/cb",
+        "https://a@b.example/",
+        "data:text/html,x",
+    ] {
         let result = h.admin(AdminRequest::User(UserRequest::AddCodeClient {
             name: "x".into(),
             redirect_uris: vec![bad.into()],
@@ -692,4 +791,100 @@ async fn users_are_managed_by_admin_commands() {
         }));
         assert!(result.is_err(), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn resource_becomes_the_audience_and_the_client_chooses_the_id_token_algorithm() {
+    let h = Harness::new();
+    user(&h, "alice", "wonderland");
+    let answer = h
+        .admin(AdminRequest::User(UserRequest::AddCodeClient {
+            name: "Test <App>".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            post_logout_redirect_uris: vec![],
+            scopes: vec!["openid read".into()],
+            audiences: vec!["https://api.a.example".into(), "https://api.b.example".into()],
+            public: true,
+            token_alg: None,
+            id_token_alg: Some(bridge::keys::Alg::ES256),
+        }))
+        .unwrap();
+    let client_id = answer["client_id"].as_str().unwrap().to_owned();
+    let s = Setup { h, client_id };
+    let mut browser = Browser::default();
+    // A resource the client may not have: invalid_target back to the client.
+    let bad = location(
+        &browser
+            .get(
+                &s.h,
+                &authorize_path(
+                    &s.client_id,
+                    &[("scope", "openid read"), ("resource", "https://evil.example")],
+                ),
+            )
+            .await,
+    );
+    assert_eq!(param(&bad, "error").as_deref(), Some("invalid_target"));
+    let path = format!(
+        "{}&resource={}&resource={}",
+        authorize_path(&s.client_id, &[("scope", "openid read")]),
+        form_urlencoded::byte_serialize(b"https://api.a.example").collect::<String>(),
+        form_urlencoded::byte_serialize(b"https://api.b.example").collect::<String>(),
+    );
+    let back = login_and_consent(&s, &mut browser, &path).await;
+    // At the token endpoint: one of the authorized resources.
+    let body = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &param(&back, "code").unwrap()),
+        ("redirect_uri", REDIRECT),
+        ("client_id", &s.client_id),
+        ("code_verifier", VERIFIER),
+        ("resource", "https://api.b.example"),
+    ]);
+    let answer = s.h.post_form("/token", None, &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(
+        claims(answer.json["access_token"].as_str().unwrap())["aud"],
+        "https://api.b.example"
+    );
+    assert_eq!(header_of(answer.json["id_token"].as_str().unwrap())["alg"], "ES256");
+    // The refresh token keeps both audiences; a refresh may pick the other one, not a new one.
+    let refresh_token = answer.json["refresh_token"].as_str().unwrap();
+    let body = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", &s.client_id),
+        ("resource", "https://evil.example"),
+    ]);
+    assert_eq!(s.h.post_form("/token", None, &body).await.error(), "invalid_target");
+    let body = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", &s.client_id),
+        ("resource", "https://api.a.example"),
+    ]);
+    let answer = s.h.post_form("/token", None, &body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(
+        claims(answer.json["access_token"].as_str().unwrap())["aud"],
+        "https://api.a.example"
+    );
+    let answer = refresh(&s, answer.json["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        claims(answer.json["access_token"].as_str().unwrap())["aud"],
+        serde_json::json!(["https://api.a.example", "https://api.b.example"])
+    );
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_under_an_https_issuer() {
+    let h = Harness::with_issuer("https://issuer.test");
+    let (client_id, _) = code_client(&h, true, &[]);
+    let answer = h.get(&authorize_path(&client_id, &[])).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let cookie = answer.headers[header::SET_COOKIE].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
 }

@@ -229,8 +229,14 @@ mod tests {
     #[test]
     fn at_hash_is_the_left_half_of_the_hash() {
         // Computed independently: base64url(sha256(token)[..16]) with Python's hashlib.
-        assert_eq!(at_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"), "TYtsuGFO3gP0FxXjb23Tkg");
-        assert_eq!(at_hash(Alg::ES256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"), "TYtsuGFO3gP0FxXjb23Tkg");
+        assert_eq!(
+            at_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"),
+            "TYtsuGFO3gP0FxXjb23Tkg"
+        );
+        assert_eq!(
+            at_hash(Alg::ES256, "jHkWEdUXMU1BwAsC4vtUsZwnNT6K"),
+            "TYtsuGFO3gP0FxXjb23Tkg"
+        );
         // EdDSA (Ed25519): the left half of SHA-512.
         assert_eq!(at_hash(Alg::EdDSA, "x"), "pKvURIxJVi2CgRXROh_M6pJ_UrTVRZKX-LQ-QtqJI4s");
     }

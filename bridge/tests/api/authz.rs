@@ -888,3 +888,38 @@ async fn the_session_cookie_is_secure_under_an_https_issuer() {
     }
     assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
 }
+
+#[tokio::test]
+async fn users_consents_and_refresh_families_survive_a_restart() {
+    let s = setup();
+    let first = tokens(&s).await;
+    let Setup { h, client_id } = s;
+    let h = h.restart();
+    let s = Setup { h, client_id };
+    let users = s.h.admin(AdminRequest::User(UserRequest::List)).unwrap();
+    assert_eq!(users[0]["username"], "alice");
+    let consents =
+        s.h.admin(AdminRequest::User(UserRequest::Consents {
+            username: "alice".into(),
+        }))
+        .unwrap();
+    assert_eq!(consents.as_array().unwrap().len(), 1);
+    let answer = refresh(&s, first["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    // Families are dropped once expired (30 days by default).
+    s.h.clock.advance(31 * 86_400);
+    let now = START + 31 * 86_400;
+    s.h.state
+        .with_node(|node| node.expire(now, 600).map(|c| ((), c)))
+        .unwrap();
+    assert!(
+        s.h.state
+            .read_state(|state| state.refresh.tokens.is_empty() && state.refresh.spent.is_empty())
+    );
+    assert_eq!(
+        refresh(&s, answer.json["refresh_token"].as_str().unwrap())
+            .await
+            .error(),
+        "invalid_grant"
+    );
+}

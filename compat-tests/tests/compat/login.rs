@@ -17,7 +17,17 @@ pub const REDIRECT: &str = "http://127.0.0.1/callback";
 pub fn add_user(data: &Path, name: &str, password: &str) {
     let out = cli_with_stdin(
         data,
-        &["user", "add", name, "--email", "person@example.test", "--name", "A Person", "--password-stdin", "--json"],
+        &[
+            "user",
+            "add",
+            name,
+            "--email",
+            "person@example.test",
+            "--name",
+            "A Person",
+            "--password-stdin",
+            "--json",
+        ],
         &format!("{password}\n"),
     );
     let answer: Value = serde_json::from_str(out.trim()).unwrap();
@@ -29,7 +39,16 @@ pub fn add_public_client(data: &Path, scope: &str) -> String {
     let out = cli(
         data,
         &[
-            "client", "add", "--name", "cli app", "--redirect-uri", REDIRECT, "--public", "--scope", scope, "--json",
+            "client",
+            "add",
+            "--name",
+            "cli app",
+            "--redirect-uri",
+            REDIRECT,
+            "--public",
+            "--scope",
+            scope,
+            "--json",
         ],
     );
     let answer: Value = serde_json::from_str(out.trim()).unwrap();
@@ -52,8 +71,10 @@ fn hidden(html: &str, name: &str) -> String {
 pub async fn log_in(issuer: &str, client_id: &str, username: &str, password: &str, scope: &str) -> Value {
     let http = support::http();
     let verifier = "compat-verifier-0123456789-0123456789-0123456789";
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()));
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        verifier.as_bytes(),
+    ));
     let query = support::form(&[
         ("response_type", "code"),
         ("client_id", client_id),
@@ -65,7 +86,13 @@ pub async fn log_in(issuer: &str, client_id: &str, username: &str, password: &st
     ]);
     let page = http.get(format!("{issuer}/authorize?{query}")).send().await.unwrap();
     assert_eq!(page.status(), 200, "login page: {:?}", page.headers().get("location"));
-    let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let html = page.text().await.unwrap();
     let body = support::form(&[
         ("csrf_token", &hidden(&html, "csrf_token")),
@@ -86,7 +113,13 @@ pub async fn log_in(issuer: &str, client_id: &str, username: &str, password: &st
         consent
     } else {
         assert_eq!(consent.status(), 200, "consent page");
-        let cookie = consent.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let cookie = consent.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
         let html = consent.text().await.unwrap();
         let body = support::form(&[
             ("csrf_token", &hidden(&html, "csrf_token")),
@@ -155,7 +188,10 @@ async fn openid_client_code_flow_with_pkce_id_token_userinfo_and_refresh_rotatio
     assert_eq!(result["metadata"]["authorization_endpoint"], server.url("/authorize"));
     // The session cookie is HttpOnly and SameSite=Lax (http issuer: not Secure).
     let cookie = result["pages"][0]["set_cookie"].as_str().unwrap();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let callback = reqwest::Url::parse(result["callback"].as_str().unwrap()).unwrap();
     assert!(
         callback.query_pairs().any(|(k, v)| k == "iss" && v == server.issuer()),
@@ -164,7 +200,10 @@ async fn openid_client_code_flow_with_pkce_id_token_userinfo_and_refresh_rotatio
     let claims = &result["claims"];
     assert_eq!(claims["iss"], server.issuer());
     assert_eq!(claims["aud"], client_id.as_str());
-    assert!(claims["auth_time"].is_u64() && claims["at_hash"].is_string(), "{claims}");
+    assert!(
+        claims["auth_time"].is_u64() && claims["at_hash"].is_string(),
+        "{claims}"
+    );
     assert_eq!(claims["email"], "person@example.test");
     assert_eq!(result["id_token_header"]["alg"], "RS256");
     assert_eq!(result["userinfo"]["sub"], claims["sub"]);
@@ -180,7 +219,11 @@ async fn openid_client_code_flow_with_pkce_id_token_userinfo_and_refresh_rotatio
     assert_eq!(result["reuse"]["ok"], false, "{:#}", result["reuse"]);
     assert_eq!(result["reuse"]["body"], "invalid_grant", "{:#}", result["reuse"]);
     // The reuse revoked the family: the newest token is dead too.
-    assert_eq!(result["after_reuse"]["body"], "invalid_grant", "{:#}", result["after_reuse"]);
+    assert_eq!(
+        result["after_reuse"]["body"], "invalid_grant",
+        "{:#}",
+        result["after_reuse"]
+    );
     // No token, code or password reached the logs.
     let logs = server.stderr();
     for secret in [first, second, "correct horse battery staple"] {
@@ -207,7 +250,12 @@ fn authlib(input: &Value) -> Value {
         .unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.to_string().as_bytes())
+            .unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(
@@ -255,7 +303,10 @@ async fn authlib_validates_the_metadata_and_rotates_refresh_tokens() {
     }
     assert!(result["refreshed"]["access_token"].is_string(), "{result:#}");
     assert_ne!(result["refreshed"]["refresh_token"], tokens["refresh_token"]);
-    assert_ne!(result["refreshed_again"]["refresh_token"], result["refreshed"]["refresh_token"]);
+    assert_ne!(
+        result["refreshed_again"]["refresh_token"],
+        result["refreshed"]["refresh_token"]
+    );
     assert_eq!(result["reuse"]["error"], "invalid_grant", "{result:#}");
     assert_eq!(result["after_reuse"]["error"], "invalid_grant", "{result:#}");
 }

@@ -554,7 +554,10 @@ async fn refresh_token_reuse_on_another_node_revokes_the_family_everywhere() {
     let access = rotated["access_token"].as_str().unwrap().to_owned();
     let r1 = rotated["refresh_token"].as_str().unwrap().to_owned();
     // Wait until B holds A's document, then present the spent token on B.
-    eventually("B has A's changes", || async { heads(&mesh.data(1)) == heads(&mesh.data(2)) }).await;
+    eventually("B has A's changes", || async {
+        heads(&mesh.data(1)) == heads(&mesh.data(2))
+    })
+    .await;
     let reuse = refresh(b.issuer(), &client_id, &r0).await;
     assert_eq!(reuse.status, StatusCode::BAD_REQUEST, "{}", reuse.text);
     assert_eq!(reuse.json()["error"], "invalid_grant");
@@ -584,7 +587,10 @@ async fn refresh_token_reuse_on_both_sides_of_a_partition_is_detected_when_it_he
     let client_id = add_public_client(&mesh.data(1), "openid");
     let tokens = log_in(a.issuer(), &client_id, "alice", "pw-alice", "openid").await;
     let r0 = tokens["refresh_token"].as_str().unwrap().to_owned();
-    eventually("B has A's changes", || async { heads(&mesh.data(1)) == heads(&mesh.data(2)) }).await;
+    eventually("B has A's changes", || async {
+        heads(&mesh.data(1)) == heads(&mesh.data(2))
+    })
+    .await;
 
     // Partition: B is frozen (SIGSTOP) while A rotates r0; then A is frozen while B sees r0.
     signal(&b, "-STOP");

@@ -14,6 +14,12 @@ command -v npm >/dev/null || { echo "error: npm is required by the compatibility
 step "installing the compatibility suite's npm packages (openid-client, jose)"
 (cd compat-tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+step "installing the compatibility suite's Python client (authlib) into compat-tests/python/.venv"
+command -v python3 >/dev/null || { echo "error: python3 is required by the compatibility tests (authlib)" >&2; exit 1; }
+python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "error: python3 venv/ensurepip is missing (Debian: apt-get install python3-venv)" >&2; exit 1; }
+[ -x compat-tests/python/.venv/bin/python ] || python3 -m venv compat-tests/python/.venv
+compat-tests/python/.venv/bin/pip install --quiet --disable-pip-version-check -r compat-tests/python/requirements.txt
+
 step "installing oidc-provider for the upstream federation tests (bench/oidc)"
 (cd bench/oidc && npm ci --no-audit --no-fund --loglevel=error)
 

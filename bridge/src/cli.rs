@@ -81,6 +81,9 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
+    /// Manage the people who sign in at /authorize (replicated to every node).
+    #[command(subcommand)]
+    User(UserCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +164,51 @@ enum TlsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from standard input (--password-stdin, required).
+    Add {
+        /// Login name.
+        username: String,
+        /// Full name (the `name` claim).
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address (the `email` claim).
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users (never password hashes).
+    List,
+    /// Remove a user and their consents.
+    Remove {
+        /// Login name.
+        username: String,
+    },
+    /// Change a user's password.
+    Passwd {
+        /// Login name.
+        username: String,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List a user's remembered consents.
+    Consents {
+        /// Login name.
+        username: String,
+    },
+    /// Forget a user's consent to a client: the next sign-in asks again.
+    RevokeConsent {
+        /// Login name.
+        username: String,
+        /// The client id.
+        client_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum UpstreamCommand {
     /// Per upstream: issuer, circuit breaker (state, failures, since when open), JWKS cache age
     /// and staleness, last refresh error. Asks the running server; without one, shows the disk
@@ -222,6 +270,20 @@ enum ClientCommand {
         secret_stdin: bool,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Redirect URI for the authorization code flow (repeatable); registers a code-flow client
+        /// (grants authorization_code and refresh_token). A loopback `http://127.0.0.1/...` or
+        /// `http://[::1]/...` URI matches on any port.
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// Where RP-initiated logout may return to (repeatable; exact match).
+        #[arg(long = "post-logout-redirect-uri", value_name = "URI", requires = "redirect_uris")]
+        post_logout_redirect_uris: Vec<String>,
+        /// A public client (no secret; PKCE only; token_endpoint_auth_method none).
+        #[arg(long, requires = "redirect_uris")]
+        public: bool,
+        /// ID-token signing algorithm [default: RS256].
+        #[arg(long, value_name = "RS256|ES256|EdDSA", requires = "redirect_uris")]
+        id_token_alg: Option<Alg>,
     },
     /// Set a client's degradation policy (for when its upstream identity provider is unavailable).
     Update {
@@ -425,6 +487,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         Command::Mesh(MeshCommand::Admit { did }) => AdminRequest::MeshAdmit { did },
         Command::Mesh(MeshCommand::Remove { did }) => AdminRequest::MeshRemove { did },
         Command::Mesh(MeshCommand::Status) => AdminRequest::MeshStatus,
+        Command::User(command) => AdminRequest::User(user_request(command)?),
         Command::Keys(KeysCommand::Rotate) => AdminRequest::KeysRotate,
         Command::Keys(KeysCommand::List) => AdminRequest::KeysList,
         Command::Client(ClientCommand::List) => AdminRequest::ClientList,
@@ -443,6 +506,37 @@ fn execute(cli: Cli) -> Result<(), Error> {
             jwks_file,
             secret_stdin,
             policy,
+            redirect_uris,
+            post_logout_redirect_uris,
+            public,
+            id_token_alg,
+        }) if !redirect_uris.is_empty() => {
+            if !grants.is_empty() || jwks_file.is_some() || secret_stdin || policy.degradation().is_some() {
+                return Err(Error::Admin(
+                    "a --redirect-uri client takes no --grant, --jwks-file, --secret-stdin or policy options".into(),
+                ));
+            }
+            AdminRequest::User(crate::users::UserRequest::AddCodeClient {
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                scopes,
+                audiences,
+                public,
+                token_alg,
+                id_token_alg,
+            })
+        }
+        Command::Client(ClientCommand::Add {
+            name,
+            grants,
+            scopes,
+            audiences,
+            token_alg,
+            jwks_file,
+            secret_stdin,
+            policy,
+            ..
         }) => {
             let jwks = match jwks_file {
                 Some(path) => {
@@ -508,6 +602,54 @@ fn execute(cli: Cli) -> Result<(), Error> {
         _ => human(&answer),
     };
     print(cli.json, &answer, &text)
+}
+
+fn user_request(command: UserCommand) -> Result<crate::users::UserRequest, Error> {
+    use crate::users::UserRequest;
+    Ok(match command {
+        UserCommand::Add {
+            username,
+            name,
+            email,
+            password_stdin,
+        } => UserRequest::Add {
+            username,
+            password: read_password(password_stdin)?,
+            name,
+            email,
+        },
+        UserCommand::List => UserRequest::List,
+        UserCommand::Remove { username } => UserRequest::Remove { username },
+        UserCommand::Passwd {
+            username,
+            password_stdin,
+        } => UserRequest::Passwd {
+            username,
+            password: read_password(password_stdin)?,
+        },
+        UserCommand::Consents { username } => UserRequest::Consents { username },
+        UserCommand::RevokeConsent { username, client_id } => UserRequest::RevokeConsent { username, client_id },
+    })
+}
+
+/// The password from standard input (its first line), with `--password-stdin`: passwords never go
+/// on the command line, where other users can read them.
+fn read_password(stdin: bool) -> Result<String, Error> {
+    if !stdin {
+        return Err(Error::Admin(
+            "give the password on standard input with --password-stdin (e.g. from a password manager)".into(),
+        ));
+    }
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|source| Error::Io {
+        action: "read the password from stdin".into(),
+        source,
+    })?;
+    let password = s.lines().next().unwrap_or_default().to_owned();
+    if password.is_empty() {
+        return Err(Error::Admin("the password is empty".into()));
+    }
+    Ok(password)
 }
 
 fn mesh_status_text(status: &Value) -> String {

@@ -165,6 +165,16 @@ pub struct BridgeConfig {
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     /// Connection cap and read timeouts of the OAuth listener (`bridge.connections`).
     pub connections: crate::listener::ConnectionConfig,
+    /// After a refresh token is rotated, how long a concurrent refresh with it gets the same new
+    /// pair instead of revoking the family as a reuse (humantime; default 3s, at most 1m).
+    #[serde(deserialize_with = "refresh_grace")]
+    pub refresh_grace: Duration,
+    /// Lifetime of a refresh-token family from the login (humantime; default 30d).
+    #[serde(deserialize_with = "positive_duration")]
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of a signed-in browser session (humantime; default 12h).
+    #[serde(deserialize_with = "positive_duration")]
+    pub session_ttl: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -182,6 +192,9 @@ impl Default for BridgeConfig {
             tls: None,
             rate_limits: Default::default(),
             connections: Default::default(),
+            refresh_grace: Duration::from_secs(3),
+            refresh_token_ttl: Duration::from_secs(30 * 86_400),
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -232,6 +245,24 @@ fn token_ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::
     let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
         return Err(serde::de::Error::custom("must be between 1s and 24h"));
+    }
+    Ok(d)
+}
+
+fn refresh_grace<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d > Duration::from_secs(60) {
+        return Err(serde::de::Error::custom("must be at most 1m"));
+    }
+    Ok(d)
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 86_400) {
+        return Err(serde::de::Error::custom("must be between 1s and 366d"));
     }
     Ok(d)
 }

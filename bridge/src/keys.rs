@@ -179,6 +179,19 @@ impl SigningKey {
         Ok(out)
     }
 
+    /// Signs `claims` as a compact JWS with header `{alg, kid, typ}` (e.g. `typ: "JWT"` for an
+    /// OpenID Connect ID token).
+    pub fn sign_jwt_typ(&self, claims: &[u8], typ: &str) -> Result<String, Error> {
+        let header = json!({"alg": self.alg.as_str(), "kid": self.kid, "typ": typ});
+        let mut out = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut out);
+        let signature = self.sign(out.as_bytes())?;
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut out);
+        Ok(out)
+    }
+
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let failed = || Error::Key(format!("{} signature failed", self.alg));
         match &self.signer {

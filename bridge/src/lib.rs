@@ -48,6 +48,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod users;
 pub mod verified;
 pub mod view;
 

@@ -134,6 +134,8 @@ pub enum AdminRequest {
         #[serde(default)]
         since: Option<u64>,
     },
+    /// Users, their consents, and clients of the authorization code flow; see [`crate::users`].
+    User(crate::users::UserRequest),
 }
 
 /// The writable node.
@@ -349,6 +351,7 @@ impl Node {
             .filter(|k| k.retired_at.is_some_and(|r| now >= r.saturating_add(token_ttl)))
             .map(|k| k.kid.clone())
             .collect();
+        changes.extend(mesh::login::expire(state, now).into_iter().map(Change::Login));
         for kid in expired {
             if self.signing.remove(&kid).is_some() {
                 self.keystore.remove(&key_file(&kid))?;
@@ -414,7 +417,10 @@ impl Node {
                     created_at: now,
                     degradation: degradation.map(checked_degradation).transpose()?,
                     dynamic_registration: None,
-                    redirect_uris: Vec::new(),
+                    redirect_uris: vec![],
+                    post_logout_redirect_uris: vec![],
+                    token_endpoint_auth_method: None,
+                    id_token_signed_response_alg: None,
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])
@@ -552,6 +558,7 @@ impl Node {
                 let answer = json!({"kids": kids, "issuer": issuer, "until": until});
                 (answer, records.into_iter().map(Change::PutLegacyKey).collect())
             }
+            AdminRequest::User(request) => crate::users::execute(self, request, now)?,
             AdminRequest::Status => (
                 json!({"did": self.did(), "data_dir": self.data_dir(), "clients": self.store.state().clients.len()}),
                 vec![],
@@ -652,7 +659,7 @@ fn key_file(kid: &str) -> String {
     format!("signing-{kid}.pk8")
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The OS RNG failing is unrecoverable; getrandom documents it as practically impossible.
     getrandom::fill(&mut bytes).expect("operating system random number generator failed");
@@ -660,7 +667,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A new client id: 20 lowercase letters and digits (about 103 bits).
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     random_bytes::<20>()
         .iter()
@@ -785,7 +792,7 @@ pub(crate) fn checked_jwks(jwks: Value) -> Result<Value, Error> {
     Ok(jwks)
 }
 
-fn summary(client: &ClientRecord, now: u64) -> Value {
+pub(crate) fn summary(client: &ClientRecord, now: u64) -> Value {
     let mut methods = Vec::new();
     let live = |s: &&SecretRecord| s.expires_at.is_none_or(|t| t > now);
     if client

@@ -194,6 +194,9 @@ pub fn new_client(metadata: Metadata, token_alg: &str, now: u64) -> NewClient {
         degradation: None,
         dynamic_registration: Some(Box::new(dynamic)),
         redirect_uris: Vec::new(),
+        post_logout_redirect_uris: Vec::new(),
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     };
     update(&mut record, metadata);
     NewClient {
@@ -211,6 +214,10 @@ pub fn update(record: &mut ClientRecord, metadata: Metadata) {
         .unwrap_or_else(|| "dynamically registered client".into());
     record.grant_types = metadata.grant_types;
     record.scopes = metadata.scopes;
+    // The authorization code flow reads the common fields; the registration keeps its own copy
+    // for RFC 7592 reads.
+    record.redirect_uris = metadata.redirect_uris.clone();
+    record.token_endpoint_auth_method = Some(metadata.auth_method.as_str().into());
     if let Some(dynamic) = record.dynamic_registration.as_mut() {
         dynamic.redirect_uris = metadata.redirect_uris;
         dynamic.token_endpoint_auth_method = metadata.auth_method.as_str().into();

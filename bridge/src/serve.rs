@@ -154,6 +154,11 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let federation = Federation::new(upstreams.clone(), config.federation.clone());
     let state = AppState::with_federation(settings, node, clock, metrics, federation);
     state.set_registration(bridge.registration.clone());
+    state.authz().configure(crate::http::authorize::LoginSettings {
+        refresh_grace_secs: bridge.refresh_grace.as_secs(),
+        refresh_ttl_secs: bridge.refresh_token_ttl.as_secs(),
+        session_ttl_secs: bridge.session_ttl.as_secs(),
+    });
     let admin_listener = admin::bind(&data_dir)?;
     {
         let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());

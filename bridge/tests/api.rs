@@ -1,6 +1,7 @@
 //! API tests of the OAuth router, in process (`app(state).oneshot(request)`) with an injected clock.
 
 mod api {
+    mod authz;
     mod exchange;
     mod fuzz_corpus;
     pub mod harness;

@@ -317,3 +317,84 @@ fn two_servers_cannot_share_a_data_directory() {
     }
     assert!(server.terminate().success());
 }
+
+fn with_stdin(args: &[&str], data_dir: &Path, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = meshgate()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_and_code_flow_clients_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let added = json(&with_stdin(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--email",
+            "carol@example.test",
+            "--password-stdin",
+            "--json",
+        ],
+        data,
+        "s3cret\n",
+    ));
+    assert_eq!(added["username"], "carol");
+    // Without --password-stdin the password is never taken from anywhere else.
+    let refused = with_stdin(&["user", "add", "dave"], data, "x\n");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--password-stdin"));
+    let data_arg = data.to_str().unwrap();
+    let list = json(&run(&["user", "list", "--data-dir", data_arg, "--json"]));
+    assert_eq!(list[0]["email"], "carol@example.test");
+    assert!(!list.to_string().contains("argon2"));
+    assert!(
+        json(&with_stdin(
+            &["user", "passwd", "carol", "--password-stdin", "--json"],
+            data,
+            "new\n"
+        ))["updated_at"]
+            .is_u64()
+    );
+    let client = json(&run(&[
+        "client",
+        "add",
+        "--name",
+        "cli",
+        "--redirect-uri",
+        "http://127.0.0.1/cb",
+        "--public",
+        "--scope",
+        "openid",
+        "--data-dir",
+        data_arg,
+        "--json",
+    ]));
+    assert_eq!(client["token_endpoint_auth_method"], "none");
+    assert!(client.get("client_secret").is_none());
+    let bad = run(&[
+        "client",
+        "add",
+        "--name",
+        "x",
+        "--redirect-uri",
+        "javascript:alert(1)",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("javascript"), "{bad:?}");
+    let removed = json(&run(&["user", "remove", "carol", "--data-dir", data_arg, "--json"]));
+    assert_eq!(removed["removed"], "carol");
+}

@@ -153,6 +153,119 @@ const commands = {
       token: await sign(issuer, '1h'),
       other_issuer_token: await sign('https://not-the-old-gateway.example', '1h'),
       expired_token: await sign(issuer, Math.floor(Date.now() / 1000) - 120),
+  // The authorization code flow with PKCE through openid-client (OIDC discovery), logging in
+  // without a browser: fetch the login page, post the form with the session cookie and its CSRF
+  // token, allow on the consent page, hand the redirect to openid-client; then ID token
+  // validation, userinfo, refresh rotation and the reuse of a rotated refresh token.
+  async 'code-flow'({ issuer, client_id, redirect_uri, username, password, scope }) {
+    const config = await client.discovery(new URL(issuer), client_id, undefined, client.None(), {
+      execute: [client.allowInsecureRequests],
+    })
+    const code_verifier = client.randomPKCECodeVerifier()
+    const code_challenge = await client.calculatePKCECodeChallenge(code_verifier)
+    const nonce = client.randomNonce()
+    const state = client.randomState()
+    const url = client.buildAuthorizationUrl(config, {
+      redirect_uri,
+      scope,
+      code_challenge,
+      code_challenge_method: 'S256',
+      nonce,
+      state,
+    })
+    const pages = []
+    let cookie = null
+    const step = async (target, form) => {
+      const headers = {}
+      if (cookie) headers.cookie = cookie
+      const options = { redirect: 'manual', headers }
+      if (form) {
+        options.method = 'POST'
+        headers['content-type'] = 'application/x-www-form-urlencoded'
+        options.body = new URLSearchParams(form).toString()
+      }
+      const response = await fetch(target, options)
+      const set = response.headers.get('set-cookie')
+      if (set) cookie = set.split(';')[0]
+      const text = await response.text()
+      pages.push({ url: String(target), status: response.status, set_cookie: set })
+      return { response, text }
+    }
+    const hidden = (html, name) => {
+      const match = html.match(new RegExp(`name="${name}" value="([^"]*)"`))
+      if (!match) throw new Error(`no ${name} field in ${html}`)
+      return match[1]
+    }
+    const action = (html) => new URL(html.match(/<form method="post" action="([^"]+)"/)[1], issuer)
+    const login = await step(url)
+    if (login.response.status !== 200) throw new Error(`login page: ${login.response.status} ${login.text}`)
+    const consent = await step(action(login.text), {
+      csrf_token: hidden(login.text, 'csrf_token'),
+      request: hidden(login.text, 'request'),
+      username,
+      password,
+    })
+    if (consent.response.status !== 200) throw new Error(`consent page: ${consent.response.status} ${consent.text}`)
+    const back = await step(action(consent.text), {
+      csrf_token: hidden(consent.text, 'csrf_token'),
+      request: hidden(consent.text, 'request'),
+      decision: 'allow',
+    })
+    const callback = new URL(back.response.headers.get('location'))
+    const tokens = await client.authorizationCodeGrant(config, callback, {
+      pkceCodeVerifier: code_verifier,
+      expectedNonce: nonce,
+      expectedState: state,
+      idTokenExpected: true,
+    })
+    const claims = tokens.claims()
+    const id_token_verified = await jose.jwtVerify(
+      tokens.id_token,
+      jose.createRemoteJWKSet(new URL(config.serverMetadata().jwks_uri)),
+      { issuer, audience: client_id, typ: 'JWT', algorithms: ['RS256'] },
+    )
+    const userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub)
+    // A second authorization in the same session: no pages, the consent is remembered.
+    const silent = await step(
+      client.buildAuthorizationUrl(config, {
+        redirect_uri,
+        scope,
+        code_challenge,
+        code_challenge_method: 'S256',
+        prompt: 'none',
+        state,
+      }),
+    )
+    const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token)
+    const refreshed_again = await client.refreshTokenGrant(config, refreshed.refresh_token)
+    let reuse
+    try {
+      await client.refreshTokenGrant(config, tokens.refresh_token)
+      reuse = { ok: true }
+    } catch (error) {
+      reuse = failure(error)
+    }
+    let after_reuse
+    try {
+      await client.refreshTokenGrant(config, refreshed_again.refresh_token)
+      after_reuse = { ok: true }
+    } catch (error) {
+      after_reuse = failure(error)
+    }
+    return {
+      metadata: config.serverMetadata(),
+      pages,
+      callback: String(callback),
+      tokens,
+      claims,
+      id_token_header: id_token_verified.protectedHeader,
+      userinfo,
+      silent_location: silent.response.headers.get('location'),
+      refreshed,
+      refreshed_claims: refreshed.claims() ?? null,
+      refreshed_again,
+      reuse,
+      after_reuse,
     }
   },
 

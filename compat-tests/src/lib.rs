@@ -388,6 +388,22 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> String {
     output.stdout
 }
 
+/// [`cli`] with `stdin` on standard input (e.g. `user add NAME --password-stdin`).
+pub fn cli_with_stdin(data_dir: &Path, args: &[&str], stdin: &str) -> String {
+    let mut command = Command::new(meshgate_bin());
+    command.args(args).arg("--data-dir").arg(data_dir);
+    let output = run(command, Some(stdin.to_owned()), COMMAND_TIMEOUT);
+    assert!(
+        output.status.success(),
+        "`meshgate {}` failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        output.status,
+        output.stdout,
+        output.stderr
+    );
+    output.stdout
+}
+
 /// Runs `meshgate client add ... --json` on `data_dir` and parses the credentials it prints.
 pub fn client_add(data_dir: &Path, name: &str, scope: &str, options: &ClientOptions) -> Registered {
     let mut args = vec![

@@ -13,6 +13,7 @@ mod compat {
     mod hardening;
     mod import;
     mod lifecycle;
+    mod login;
     mod mcp_sdk;
     mod mesh;
     mod oauth2_crate;

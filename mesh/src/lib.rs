@@ -33,6 +33,7 @@ pub mod identity;
 pub mod kel;
 pub mod keystore;
 pub mod legacy;
+pub mod login;
 pub mod membership;
 pub mod session;
 pub mod state;

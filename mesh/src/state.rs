@@ -14,6 +14,7 @@ use crate::Error;
 use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
 use crate::kel::{self, KeyChains, KeyEvent};
+use crate::login;
 
 /// The schema version of [`State`] this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,6 +51,15 @@ pub struct State {
     /// The audit log of administrative changes, by [`AuditRecord::id`] (time-ordered).
     #[serde(default)]
     pub audit: BTreeMap<String, AuditRecord>,
+    /// People who log in at `/authorize`, by username; see [`crate::login`].
+    #[serde(default)]
+    pub users: BTreeMap<String, login::UserRecord>,
+    /// Remembered consents, by [`login::ConsentRecord::key`] (`"{username}|{client_id}"`).
+    #[serde(default)]
+    pub consents: BTreeMap<String, login::ConsentRecord>,
+    /// Refresh tokens (by the hash of the token), the spent records and revoked families.
+    #[serde(default)]
+    pub refresh: login::RefreshState,
 }
 
 impl Default for State {
@@ -65,6 +75,9 @@ impl Default for State {
             key_events: BTreeMap::new(),
             legacy_keys: BTreeMap::new(),
             audit: BTreeMap::new(),
+            users: BTreeMap::new(),
+            consents: BTreeMap::new(),
+            refresh: login::RefreshState::default(),
         }
     }
 }
@@ -115,6 +128,7 @@ impl State {
             Change::RemoveAudit(id) => {
                 self.audit.remove(id);
             }
+            Change::Login(change) => login::apply(self, change),
         }
     }
 
@@ -177,6 +191,8 @@ pub enum Change {
     PutAudit(AuditRecord),
     /// Drops an entry of the audit log (retention), by [`AuditRecord::id`].
     RemoveAudit(String),
+    /// Changes users, consents or refresh-token families; see [`crate::login`].
+    Login(login::LoginChange),
 }
 
 /// One administrative change in the audit log: who (an operator, the offline CLI or a node),
@@ -493,6 +509,18 @@ pub struct ClientRecord {
     pub jwks: Option<serde_json::Value>,
     /// When the client was registered (Unix seconds).
     pub created_at: u64,
+    /// Redirect URIs for the authorization code flow (RFC 7591 `redirect_uris`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser back to (exact match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// RFC 7591 `token_endpoint_auth_method`: `none` for a public client; unset = authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<String>,
+    /// OIDC `id_token_signed_response_alg` (`RS256` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signed_response_alg: Option<String>,
     /// What to do for this client when its upstream identity provider is unavailable; unset
     /// fields come from the node's `federation.default_policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,9 +529,6 @@ pub struct ClientRecord {
     /// hash of its registration access token, and when it was last used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_registration: Option<Box<DynamicRegistration>>,
-    /// Registered redirect URIs (authorization-code clients), compared exactly.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redirect_uris: Vec<String>,
 }
 
 /// What a dynamically registered client (RFC 7591) carries besides the common fields.

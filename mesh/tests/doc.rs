@@ -9,6 +9,7 @@ use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use mesh::Error;
 use mesh::doc::{Doc, PeerSync};
 use mesh::identity::NodeIdentity;
+use mesh::login::{LoginChange, SpentRecord, UserRecord};
 use mesh::state::{Admission, AuditRecord, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 use proptest::prelude::*;
 
@@ -29,7 +30,10 @@ fn client(id: &str, name: &str) -> ClientRecord {
         created_at: 1,
         degradation: None,
         dynamic_registration: None,
-        redirect_uris: Vec::new(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     }
 }
 
@@ -438,6 +442,26 @@ fn change() -> impl Strategy<Value = Change> {
             identity(did).did(),
             at
         ))),
+        // Login records share the `clients` map under prefixes.
+        (ids(), 0_u64..3).prop_map(|(name, v)| Change::Login(LoginChange::PutUser(UserRecord {
+            username: name.into(),
+            sub: format!("sub-{name}"),
+            password: format!("hash-{v}"),
+            name: None,
+            email: None,
+            created_at: 1,
+            updated_at: v,
+        }))),
+        ids().prop_map(|name| Change::Login(LoginChange::RemoveUser(name.into()))),
+        (ids(), ids()).prop_map(|(parent, child)| Change::Login(LoginChange::PutSpent(SpentRecord {
+            parent: parent.into(),
+            child: child.into(),
+            family: "f".into(),
+            at: 1,
+            expires_at: 9,
+        }))),
+        (ids(), ids())
+            .prop_map(|(parent, child)| Change::Login(LoginChange::Remove(format!("spent|{parent}|{child}")))),
         // Inception, or one of two rotations competing for seq 1 (a fork).
         (nodes(), 0_u8..3).prop_map(|(n, event)| {
             let id = identity(n);

@@ -34,6 +34,7 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
         "access_token_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
     });
     super::register::advertise(&state, &mut body);
+    super::oidc::metadata_fields(&state, &mut body);
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()

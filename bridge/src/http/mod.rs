@@ -3,10 +3,14 @@
 //! Handlers read only the immutable [`View`]; writes (revocations) go through the node lock on a
 //! blocking thread and swap in a new view.
 
+pub mod authorize;
 mod cors;
 mod discovery;
 mod exchange;
 mod introspect;
+mod oidc;
+mod pages;
+pub mod refresh;
 mod register;
 mod token;
 
@@ -93,6 +97,7 @@ struct Shared {
     federation: Federation,
     registry: std::sync::OnceLock<Arc<crate::registration::Registry>>,
     hardening: std::sync::OnceLock<crate::ratelimit::Hardening>,
+    authz: authorize::Authz,
 }
 
 impl AppState {
@@ -139,6 +144,7 @@ impl AppState {
             federation,
             registry: std::sync::OnceLock::new(),
             hardening: std::sync::OnceLock::new(),
+            authz: authorize::Authz::default(),
         }))
     }
 
@@ -355,7 +361,14 @@ impl mesh::driver::Replica for MeshReplica {
         }
         let changes = self
             .0
-            .with_node(|node| node.receive_sync_message(sync, message).map(|c| (c.len(), c)))
+            .with_node(|node| {
+                let mut changes = node.receive_sync_message(sync, message)?;
+                if changes.iter().any(|c| matches!(c, mesh::state::Change::Login(_))) {
+                    let now = self.0.now();
+                    changes.extend(refresh::revoke_reused(node, now)?);
+                }
+                Ok((changes.len(), changes))
+            })
             .map_err(|e| e.to_string())?;
         if changes > 0 {
             tracing::debug!(%peer, changes, "mesh: applied changes from peer");
@@ -376,7 +389,16 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/register/{client_id}",
             get(register::read).put(register::update).delete(register::delete),
-        );
+        )
+        .route("/.well-known/openid-configuration", get(discovery::metadata))
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/login", post(authorize::login))
+        .route("/consent", post(authorize::consent))
+        .route("/logout", get(authorize::logout_get).post(authorize::logout_post))
+        .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo));
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes

@@ -33,8 +33,12 @@ pub(super) async fn token(
     let grant_type = form.required("grant_type")?;
     let now = state.now();
     let view = state.view();
-    let client = state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?;
-    if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE {
+    let client = match super::authorize::public_client(&view, &headers, &form, grant_type)? {
+        Some(client) => client,
+        None => state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?,
+    };
+    let code_flow = grant_type == "authorization_code" || grant_type == "refresh_token";
+    if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE && !code_flow {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant type `{grant_type}` is not supported"
         )));
@@ -43,6 +47,14 @@ pub(super) async fn token(
         return Err(OAuthError::unauthorized_client(
             "the client is not registered for this grant type",
         ));
+    }
+    if grant_type == "authorization_code" {
+        drop(view);
+        return super::authorize::code_grant(&state, client, &form, now).await;
+    }
+    if grant_type == "refresh_token" {
+        drop(view);
+        return super::refresh::refresh_grant(&state, client, &form, now).await;
     }
     if grant_type == TOKEN_EXCHANGE {
         drop(view);

@@ -378,6 +378,9 @@ pub fn plan(
             degradation: client.degradation.clone(),
             redirect_uris: client.redirect_uris.clone(),
             dynamic_registration: None,
+            post_logout_redirect_uris: Vec::new(),
+            token_endpoint_auth_method: None,
+            id_token_signed_response_alg: None,
         };
         planned.methods.insert(id.to_owned(), methods);
         planned.records.push(record);

@@ -562,7 +562,10 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         created_at: START,
         degradation: None,
         dynamic_registration: None,
-        redirect_uris: Vec::new(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     };
     h.state
         .with_node(|node| {

@@ -27,6 +27,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: axum::http::HeaderMap,
     pub json: Value,
+    /// The body as text (HTML pages).
+    pub text: String,
 }
 
 impl Answer {
@@ -133,7 +135,13 @@ impl Harness {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
-        Answer { status, headers, json }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Answer {
+            status,
+            headers,
+            json,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -279,17 +279,16 @@ async fn metadata_follows_rfc8414() {
     assert!(m["response_types_supported"].is_array());
     assert_eq!(
         m["grant_types_supported"],
-        serde_json::json!(["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"])
+        serde_json::json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "authorization_code",
+            "refresh_token"
+        ])
     );
-    assert!(
-        m.get("authorization_endpoint").is_none(),
-        "no /authorize yet, so none advertised"
-    );
-    // The OIDC discovery document comes with ID tokens; until then it is not served.
-    assert_eq!(
-        h.get("/.well-known/openid-configuration").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(m["authorization_endpoint"], format!("{ISSUER}/authorize"));
+    // The OIDC discovery document is the same metadata.
+    assert_eq!(h.get("/.well-known/openid-configuration").await.json, *m);
 }
 
 #[tokio::test]

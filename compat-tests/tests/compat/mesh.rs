@@ -593,3 +593,124 @@ async fn an_old_gateways_keys_are_published_and_its_tokens_accepted_on_every_nod
     assert!(jwks_kids(&two).await.contains(&"old-es256".to_owned()));
     assert!(active(&two, &client, token).await);
 }
+
+/// The document heads a node reports (`mesh status`).
+fn heads(data: &Path) -> Vec<String> {
+    let status: Value = serde_json::from_str(&cli(data, &["mesh", "status", "--json"])).unwrap();
+    support::string_list(&status["heads"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_on_another_node_revokes_the_family_everywhere() {
+    use super::login::{add_public_client, add_user, log_in, refresh};
+    let mesh = Mesh::new(3);
+    // No grace window, so the reuse below counts at once.
+    let env = [("MESHGATE_BRIDGE__REFRESH_GRACE", "0s")];
+    let a = Meshgate::spawn_with_config(&mesh.data(1), &mesh.config_path(1), &env);
+    let b = Meshgate::spawn_with_config(&mesh.data(2), &mesh.config_path(2), &env);
+    let c = Meshgate::spawn_with_config(&mesh.data(3), &mesh.config_path(3), &env);
+    let introspector = add_client(&mesh.data(1), "introspector");
+    add_user(&mesh.data(1), "alice", "pw-alice");
+    let client_id = add_public_client(&mesh.data(1), "openid profile");
+
+    // The user added on A logs in on B.
+    let on_b = {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            let authorize = support::get(&b.url(&format!(
+                "/authorize?response_type=code&client_id={client_id}&redirect_uri={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+                support::form_encode(super::login::REDIRECT)
+            )))
+            .await;
+            if authorize.status == StatusCode::OK {
+                break log_in(b.issuer(), &client_id, "alice", "pw-alice", "openid profile").await;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the client never reached B");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(on_b["id_token"].is_string(), "{on_b}");
+
+    // Log in on A and rotate there.
+    let tokens = log_in(a.issuer(), &client_id, "alice", "pw-alice", "openid profile").await;
+    let r0 = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = refresh(a.issuer(), &client_id, &r0).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let rotated = rotated.json();
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    let r1 = rotated["refresh_token"].as_str().unwrap().to_owned();
+    // Wait until B holds A's document, then present the spent token on B.
+    eventually("B has A's changes", || async {
+        heads(&mesh.data(1)) == heads(&mesh.data(2))
+    })
+    .await;
+    let reuse = refresh(b.issuer(), &client_id, &r0).await;
+    assert_eq!(reuse.status, StatusCode::BAD_REQUEST, "{}", reuse.text);
+    assert_eq!(reuse.json()["error"], "invalid_grant");
+
+    // Every node: the access token A issued with the rotation is revoked, and so is the family.
+    for (name, server) in [("A", &a), ("B", &b), ("C", &c)] {
+        eventually(&format!("the family's access token is revoked on {name}"), || async {
+            !active(server, &introspector, &access).await
+        })
+        .await;
+    }
+    let answer = refresh(c.issuer(), &client_id, &r1).await;
+    assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.text);
+    let answer = refresh(a.issuer(), &client_id, &r1).await;
+    assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_on_both_sides_of_a_partition_is_detected_when_it_heals() {
+    use super::login::{add_public_client, add_user, log_in, refresh};
+    let mesh = Mesh::new(2);
+    let env = [("MESHGATE_BRIDGE__REFRESH_GRACE", "0s")];
+    let a = Meshgate::spawn_with_config(&mesh.data(1), &mesh.config_path(1), &env);
+    let b = Meshgate::spawn_with_config(&mesh.data(2), &mesh.config_path(2), &env);
+    let introspector = add_client(&mesh.data(1), "introspector");
+    add_user(&mesh.data(1), "alice", "pw-alice");
+    let client_id = add_public_client(&mesh.data(1), "openid");
+    let tokens = log_in(a.issuer(), &client_id, "alice", "pw-alice", "openid").await;
+    let r0 = tokens["refresh_token"].as_str().unwrap().to_owned();
+    eventually("B has A's changes", || async {
+        heads(&mesh.data(1)) == heads(&mesh.data(2))
+    })
+    .await;
+
+    // Partition: B is frozen (SIGSTOP) while A rotates r0; then A is frozen while B sees r0.
+    signal(&b, "-STOP");
+    let on_a = refresh(a.issuer(), &client_id, &r0).await;
+    assert_eq!(on_a.status, StatusCode::OK, "{}", on_a.text);
+    let on_a = on_a.json();
+    signal(&a, "-STOP");
+    signal(&b, "-CONT");
+    // B answers from what it holds: usually it has not heard of the rotation and rotates r0 too
+    // (a second child of r0); if A's change reached its socket buffer first, it sees the reuse
+    // itself. Either way the family must end revoked on both nodes.
+    let on_b = refresh(b.issuer(), &client_id, &r0).await;
+    signal(&a, "-CONT");
+    let mut access = vec![on_a["access_token"].as_str().unwrap().to_owned()];
+    let mut refresh_tokens = vec![on_a["refresh_token"].as_str().unwrap().to_owned()];
+    if on_b.status == StatusCode::OK {
+        let on_b = on_b.json();
+        access.push(on_b["access_token"].as_str().unwrap().to_owned());
+        refresh_tokens.push(on_b["refresh_token"].as_str().unwrap().to_owned());
+    } else {
+        assert_eq!(on_b.json()["error"], "invalid_grant", "{}", on_b.text);
+    }
+    for (name, server) in [("A", &a), ("B", &b)] {
+        for token in &access {
+            eventually(&format!("both sides' access tokens are revoked on {name}"), || async {
+                !active(server, &introspector, token).await
+            })
+            .await;
+        }
+    }
+    for token in &refresh_tokens {
+        for server in [&a, &b] {
+            let answer = refresh(server.issuer(), &client_id, token).await;
+            assert_eq!(answer.json()["error"], "invalid_grant", "{}", answer.text);
+        }
+    }
+}

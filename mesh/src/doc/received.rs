@@ -64,6 +64,9 @@ pub(super) fn changes(doc: &Automerge, maps: &Maps, before: &[ChangeHash], patch
             match current(doc, maps, field, key, touch) {
                 Some(change) => changes.push(change),
                 None => match field {
+                    Field::Clients if crate::login::is_login_key(key) => {
+                        changes.push(Change::Login(crate::login::removal(key)))
+                    }
                     Field::Clients => changes.push(Change::RemoveClient((*key).to_owned())),
                     Field::Keys => match key.strip_prefix(crate::legacy::LEGACY_KEY_PREFIX) {
                         Some(kid) => changes.push(Change::RemoveLegacyKey(kid.to_owned())),

@@ -193,6 +193,10 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::RemoveLegacyKey(kid) => Write::Delete(Field::Keys, format!("{LEGACY_KEY_PREFIX}{kid}")),
         Change::PutAudit(record) => Write::Put(Field::Nodes, format!("{AUDIT_PREFIX}{}", record.id), json(record)?),
         Change::RemoveAudit(id) => Write::Delete(Field::Nodes, format!("{AUDIT_PREFIX}{id}")),
+        Change::Login(change) => match change.entry() {
+            (key, Some(text)) => Write::Put(Field::Clients, key, ScalarValue::Str(text.into())),
+            (key, None) => Write::Delete(Field::Clients, key),
+        },
     })
 }
 
@@ -251,6 +255,7 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         _ => return None,
     };
     let change = match field {
+        Field::Clients if crate::login::is_login_key(key) => Change::Login(crate::login::decode(key, text)?),
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
         Field::Keys => match key.strip_prefix(LEGACY_KEY_PREFIX) {
             Some(kid) => Change::PutLegacyKey(record(text, kid, |k: &LegacyKey| k.kid.clone())?),

@@ -116,7 +116,10 @@ fn client(id: &str) -> Change {
         created_at: 1,
         degradation: None,
         dynamic_registration: None,
-        redirect_uris: Vec::new(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        token_endpoint_auth_method: None,
+        id_token_signed_response_alg: None,
     })
 }
 

@@ -1,0 +1,339 @@
+//! People who log in at `/authorize`: `meshgate user add|list|remove|passwd|consents|revoke-consent`,
+//! and clients of the authorization code flow (`meshgate client add --redirect-uri`).
+//!
+//! Users replicate through the mesh (see [`mesh::login`]), so a user added on one node logs in on
+//! every node. Passwords are stored as argon2 PHC strings only.
+
+use argon2::{PasswordHasher, PasswordVerifier};
+use mesh::login::{ConsentRecord, LoginChange, UserRecord};
+use mesh::state::{Change, ClientRecord, SecretRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::keys::Alg;
+use crate::node::Node;
+
+/// Grant types of an authorization-code client.
+pub const CODE_GRANTS: [&str; 2] = ["authorization_code", "refresh_token"];
+
+/// A user, consent or code-flow-client command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UserRequest {
+    /// Adds a user.
+    Add {
+        /// Login name.
+        username: String,
+        /// Password (hashed with argon2 before it is stored).
+        password: String,
+        /// Full name.
+        #[serde(default)]
+        name: Option<String>,
+        /// E-mail address.
+        #[serde(default)]
+        email: Option<String>,
+    },
+    /// Lists users (never password hashes).
+    List,
+    /// Removes a user and their consents.
+    Remove {
+        /// Login name.
+        username: String,
+    },
+    /// Changes a user's password.
+    Passwd {
+        /// Login name.
+        username: String,
+        /// The new password.
+        password: String,
+    },
+    /// Lists a user's remembered consents.
+    Consents {
+        /// Login name.
+        username: String,
+    },
+    /// Forgets a user's consent to a client (the next login asks again).
+    RevokeConsent {
+        /// Login name.
+        username: String,
+        /// The client.
+        client_id: String,
+    },
+    /// Registers a client of the authorization code flow.
+    AddCodeClient {
+        /// Display name.
+        name: String,
+        /// Redirect URIs (exact match; any port for loopback IP literals).
+        redirect_uris: Vec<String>,
+        /// Where RP-initiated logout may return to.
+        #[serde(default)]
+        post_logout_redirect_uris: Vec<String>,
+        /// Allowed scopes.
+        scopes: Vec<String>,
+        /// Allowed audiences.
+        #[serde(default)]
+        audiences: Vec<String>,
+        /// A public client (`token_endpoint_auth_method: none`, PKCE only); else it gets a secret.
+        #[serde(default)]
+        public: bool,
+        /// Access-token algorithm.
+        #[serde(default)]
+        token_alg: Option<Alg>,
+        /// ID-token algorithm (default RS256).
+        #[serde(default)]
+        id_token_alg: Option<Alg>,
+    },
+}
+
+/// Executes `request` on `node`; returns the answer and the changes to apply.
+pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Vec<Change>), Error> {
+    let state = node.state();
+    let user = |name: &str| {
+        state
+            .users
+            .get(name)
+            .ok_or_else(|| Error::Admin(format!("no user `{name}`")))
+    };
+    Ok(match request {
+        UserRequest::Add {
+            username,
+            password,
+            name,
+            email,
+        } => {
+            checked_username(&username)?;
+            if state.users.contains_key(&username) {
+                return Err(Error::Admin(format!("user `{username}` exists; use `user passwd`")));
+            }
+            let record = UserRecord {
+                sub: crate::node::random_id(),
+                username: username.clone(),
+                password: hash_password(&password)?,
+                name: checked_optional(name, "--name")?,
+                email: checked_optional(email, "--email")?,
+                created_at: now,
+                updated_at: now,
+            };
+            let answer = json!({"username": username, "sub": record.sub});
+            (answer, vec![Change::Login(LoginChange::PutUser(record))])
+        }
+        UserRequest::List => {
+            let list = state.users.values().map(user_summary).collect();
+            (Value::Array(list), vec![])
+        }
+        UserRequest::Remove { username } => {
+            user(&username)?;
+            let mut changes = vec![Change::Login(LoginChange::RemoveUser(username.clone()))];
+            changes.extend(
+                state
+                    .consents
+                    .values()
+                    .filter(|c| c.username == username)
+                    .map(|c| Change::Login(LoginChange::RemoveConsent(c.key()))),
+            );
+            (json!({"removed": username}), changes)
+        }
+        UserRequest::Passwd { username, password } => {
+            let mut record = user(&username)?.clone();
+            record.password = hash_password(&password)?;
+            record.updated_at = now;
+            (
+                json!({"username": username, "updated_at": now}),
+                vec![Change::Login(LoginChange::PutUser(record))],
+            )
+        }
+        UserRequest::Consents { username } => {
+            user(&username)?;
+            let list = state
+                .consents
+                .values()
+                .filter(|c| c.username == username)
+                .map(|c: &ConsentRecord| json!({"client_id": c.client_id, "scopes": c.scopes, "granted_at": c.granted_at}))
+                .collect();
+            (Value::Array(list), vec![])
+        }
+        UserRequest::RevokeConsent { username, client_id } => {
+            let key = mesh::login::consent_key(&username, &client_id);
+            if !state.consents.contains_key(&key) {
+                return Err(Error::Admin(format!("`{username}` has no consent for `{client_id}`")));
+            }
+            (
+                json!({"username": username, "client_id": client_id, "revoked": true}),
+                vec![Change::Login(LoginChange::RemoveConsent(key))],
+            )
+        }
+        UserRequest::AddCodeClient {
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            scopes,
+            audiences,
+            public,
+            token_alg,
+            id_token_alg,
+        } => {
+            if redirect_uris.is_empty() {
+                return Err(Error::Admin("give at least one --redirect-uri".into()));
+            }
+            for uri in redirect_uris.iter().chain(&post_logout_redirect_uris) {
+                checked_redirect_uri(uri).map_err(|e| Error::Admin(format!("redirect URI `{uri}`: {e}")))?;
+            }
+            let client_id = crate::node::random_id();
+            let (secret, secrets) = if public {
+                (None, vec![])
+            } else {
+                let (secret, hash) = crate::node::new_secret();
+                (Some(secret), vec![SecretRecord { hash, expires_at: None }])
+            };
+            let record = ClientRecord {
+                client_id: client_id.clone(),
+                name: crate::node::checked_name(name)?,
+                secrets,
+                grant_types: CODE_GRANTS.iter().map(|g| (*g).to_owned()).collect(),
+                scopes: crate::node::checked_scopes(scopes)?,
+                audiences: crate::node::checked_audiences(audiences)?,
+                token_alg: token_alg.unwrap_or(Alg::EdDSA).to_string(),
+                jwks: None,
+                created_at: now,
+                degradation: None,
+                redirect_uris,
+                post_logout_redirect_uris,
+                token_endpoint_auth_method: public.then(|| "none".to_owned()),
+                id_token_signed_response_alg: id_token_alg.map(|a| a.to_string()),
+                dynamic_registration: None,
+            };
+            let mut answer = json!({"client_id": client_id, "redirect_uris": record.redirect_uris});
+            match secret {
+                Some(secret) => answer["client_secret"] = json!(secret),
+                None => answer["token_endpoint_auth_method"] = json!("none"),
+            }
+            (answer, vec![Change::PutClient(record)])
+        }
+    })
+}
+
+fn user_summary(user: &UserRecord) -> Value {
+    json!({"username": user.username, "sub": user.sub, "name": user.name, "email": user.email,
+           "created_at": user.created_at, "updated_at": user.updated_at})
+}
+
+fn checked_username(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !ok {
+        return Err(Error::Admin(
+            "a username is 1 to 64 of the characters a-z A-Z 0-9 . _ - @".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn checked_optional(value: Option<String>, what: &str) -> Result<Option<String>, Error> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) => {
+            Err(Error::Admin(format!("{what} must be 1 to 200 printable characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Hashes a password with argon2 (default parameters, random salt).
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    if password.is_empty() || password.len() > 1024 {
+        return Err(Error::Admin("the password must be 1 to 1024 bytes".into()));
+    }
+    let salt = argon2::password_hash::SaltString::encode_b64(&crate::node::random_bytes::<16>())
+        .map_err(|e| Error::Admin(format!("salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Admin(format!("argon2: {e}")))
+}
+
+/// Whether `password` matches the PHC string `phc`.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    if password.len() > 1024 {
+        return false;
+    }
+    let Ok(hash) = argon2::PasswordHash::new(phc) else {
+        return false;
+    };
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &hash)
+        .is_ok()
+}
+
+/// Checks a redirect URI for registration: absolute, no fragment, no userinfo; `https`, `http` on
+/// a loopback host (`127.0.0.1`, `[::1]`, `localhost`), or a private-use scheme with a dot (RFC
+/// 8252 §7.1, e.g. `com.example.app:/cb`). Never `javascript:`, `data:`, `file:` and the like.
+pub fn checked_redirect_uri(uri: &str) -> Result<(), String> {
+    if uri.len() > 2000 || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("too long or contains spaces or control characters".into());
+    }
+    let url = url::Url::parse(uri).map_err(|e| format!("not an absolute URI: {e}"))?;
+    if url.fragment().is_some() || uri.contains('#') {
+        return Err("must not have a fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry user information".into());
+    }
+    match url.scheme() {
+        "https" if url.host_str().is_some() => Ok(()),
+        "http" if is_loopback_host(&url) => Ok(()),
+        "http" => Err("http is allowed only on a loopback host (127.0.0.1, [::1], localhost)".into()),
+        scheme if scheme.contains('.') => Ok(()),
+        scheme => Err(format!("scheme `{scheme}` is not allowed")),
+    }
+}
+
+/// Whether the URL's host is a loopback IP literal or `localhost`.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_checked() {
+        for ok in [
+            "https://app.example/cb",
+            "http://127.0.0.1/cb",
+            "http://[::1]:8080/cb",
+            "http://localhost:3000/cb",
+            "com.example.app:/cb",
+        ] {
+            assert!(checked_redirect_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "http://app.example/cb",
+            "https://user:pw@app.example/cb",
+            "https://app.example/cb#x",
+            "/relative",
+            "file:///etc/passwd",
+        ] {
+            assert!(checked_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_verify() {
+        let phc = hash_password("correct horse").unwrap();
+        assert!(verify_password(&phc, "correct horse"));
+        assert!(!verify_password(&phc, "wrong"));
+        assert!(hash_password("").is_err());
+    }
+}

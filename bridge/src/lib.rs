@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod federated;
 pub mod federation;
 pub mod form;
 pub mod http;

@@ -28,6 +28,7 @@ fn client(id: &str, name: &str) -> ClientRecord {
         jwks: None,
         created_at: 1,
         degradation: None,
+        federation: None,
     }
 }
 

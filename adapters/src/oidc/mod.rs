@@ -287,7 +287,14 @@ impl Inner {
                 let metadata = self
                     .circuit
                     .call(async {
-                        let document = self.get_json(&url, "discovery document").await?;
+                        // An OAuth 2.0 server without OpenID Connect (a meshgate hub) publishes
+                        // RFC 8414 metadata instead: tried when the OIDC document is not found.
+                        let document = match self.get_json(&url, "discovery document").await {
+                            Err(Error::UpstreamStatus { status: 404, .. }) => {
+                                self.get_json(&self.issuer.rfc8414_url(), "discovery document").await?
+                            }
+                            other => other?,
+                        };
                         Metadata::from_discovery(&self.issuer, document)
                     })
                     .await?;

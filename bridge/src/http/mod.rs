@@ -5,6 +5,7 @@
 
 mod discovery;
 mod exchange;
+mod federated;
 mod introspect;
 mod token;
 

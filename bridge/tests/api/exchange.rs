@@ -561,6 +561,7 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         jwks: None,
         created_at: START,
         degradation: None,
+        federation: None,
     };
     h.state
         .with_node(|node| {

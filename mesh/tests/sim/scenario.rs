@@ -208,5 +208,6 @@ pub fn client(client_id: &str) -> ClientRecord {
         jwks: None,
         created_at: 1,
         degradation: None,
+        federation: None,
     }
 }

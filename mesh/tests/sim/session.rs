@@ -115,6 +115,7 @@ fn client(id: &str) -> Change {
         jwks: None,
         created_at: 1,
         degradation: None,
+        federation: None,
     })
 }
 

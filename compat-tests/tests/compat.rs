@@ -9,6 +9,7 @@ mod compat {
 
     mod bad_input;
     mod examples;
+    mod hub_edge;
     mod lifecycle;
     mod mesh;
     mod oauth2_crate;

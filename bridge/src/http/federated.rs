@@ -225,6 +225,13 @@ impl Request<'_> {
         let mapped = federated::map_scopes(&self.config.scope_map, upstream_scopes.iter().map(String::as_str));
         let allowed = self.known.as_ref().map(|c| c.record.scopes.clone()).unwrap_or_default();
         let scopes = federated::narrow(mapped.clone(), &allowed, requested);
+        if let Some(requested) = requested
+            && let Some(missing) = requested.iter().find(|s| !scopes.iter().any(|g| g == *s))
+        {
+            return Err(OAuthError::invalid_scope(format!(
+                "scope `{missing}` is not allowed for this client"
+            )));
+        }
 
         let client = self.record_secret(&mapped).await?;
 
@@ -464,12 +471,12 @@ impl Request<'_> {
             decision => decision,
         };
         let ttl = match decision {
-            Decision::Degraded { ttl } => ttl,
             Decision::Refuse { retry_after, reason } => {
                 tracing::info!(client_id = self.client_id, upstream = self.upstream.name(), reason, "federated client refused");
                 return Err(OAuthError::temporarily_unavailable(reason).with_retry_after(retry_after));
             }
-            Decision::Normal => unreachable!("mapped above"),
+            Decision::Degraded { ttl } => ttl,
+            Decision::Normal => policy.degraded_ttl,
         };
         // The scopes the upstream last granted (as mapped when recorded) bound what a degraded
         // token may carry: the client's registered scopes, else those of its auto-registration.

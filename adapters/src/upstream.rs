@@ -20,6 +20,9 @@ pub struct Upstream {
     name: String,
     oidc: OidcProvider,
     oauth2: OAuth2Upstream,
+    http: HttpClient,
+    credentials: Option<(String, crate::config::Secret)>,
+    deadline: Duration,
 }
 
 impl Upstream {
@@ -36,11 +39,14 @@ impl Upstream {
             Some(url) => TokenEndpoint::Fixed(url),
             None => TokenEndpoint::Discovered(oidc.clone()),
         };
-        let oauth2 = OAuth2Upstream::new(config, endpoint, http, circuit);
+        let oauth2 = OAuth2Upstream::new(config, endpoint, http.clone(), circuit);
         Ok(Self {
             name: config.name.clone(),
             oidc,
             oauth2,
+            http,
+            credentials: config.client_id.clone().zip(config.client_secret.clone()),
+            deadline: config.timeouts.token_deadline,
         })
     }
 
@@ -62,6 +68,40 @@ impl Upstream {
     /// The circuit breaker every call to this upstream goes through.
     pub fn circuit(&self) -> &Arc<Circuit> {
         self.oidc.circuit()
+    }
+
+    /// Whether [`Upstream::introspect`] can be tried: meshgate has credentials at the upstream
+    /// and knows its introspection endpoint.
+    pub fn can_introspect(&self) -> bool {
+        self.credentials.is_some()
+            && self
+                .oidc
+                .metadata()
+                .is_some_and(|metadata| metadata.introspection_endpoint.is_some())
+    }
+
+    /// Introspects `token` at the upstream (RFC 7662) with meshgate's configured credentials,
+    /// within the token-path deadline; see [`crate::introspection::introspect`]. Fails with
+    /// [`Error::MissingCredentials`] or [`Error::MissingEndpoint`] when it cannot be tried.
+    pub async fn introspect(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        let Some((client_id, client_secret)) = &self.credentials else {
+            return Err(Error::MissingCredentials);
+        };
+        let endpoint = self
+            .oidc
+            .metadata()
+            .and_then(|metadata| metadata.introspection_endpoint.clone())
+            .ok_or(Error::MissingEndpoint("introspection"))?;
+        crate::introspection::introspect(
+            &self.http,
+            self.circuit(),
+            &endpoint,
+            client_id,
+            client_secret,
+            token,
+            self.deadline,
+        )
+        .await
     }
 
     /// Cache and circuit state at `now`, for metrics and `meshgate upstream status`.

@@ -246,7 +246,7 @@ async fn resolve(state: &AppState, client_id: &str, token: &str, now: u64) -> Re
 }
 
 /// The unverified `iss` of a compact JWS, to pick the verifier; nothing else is trusted from it.
-fn peek_issuer(token: &str) -> Option<String> {
+pub(super) fn peek_issuer(token: &str) -> Option<String> {
     if token.len() > 16 * 1024 {
         return None;
     }

@@ -38,6 +38,10 @@ pub(super) async fn introspect(
             token_type: Some("Bearer"),
         },
         Err(reason) => {
+            drop(view);
+            if let Some(answer) = super::upstream_introspect::introspect(&state, token, now).await {
+                return Ok(no_store(axum::Json(answer).into_response()));
+            }
             tracing::debug!(?reason, "introspection: inactive token");
             Introspection {
                 active: false,

@@ -8,6 +8,7 @@ mod exchange;
 mod federated;
 mod introspect;
 mod token;
+mod upstream_introspect;
 
 use std::sync::{Arc, Mutex};
 

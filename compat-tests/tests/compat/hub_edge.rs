@@ -56,9 +56,12 @@ fn shown(edge: &Meshgate, client_id: &str) -> Value {
 async fn a_meshgate_hub_is_the_upstream_of_an_edge_and_its_death_degrades_by_policy() {
     let dir = support::temp_dir();
     let mut hub = Meshgate::spawn(&dir.path().join("hub"));
+    let hub_issuer = hub.issuer().to_owned();
     let agent = hub.client_add("agent", "read write");
     let strict = hub.client_add("strict", "read write");
     let newcomer = hub.client_add("newcomer", "read");
+    // The edge's own credentials at the hub, for introspecting hub tokens there.
+    let introspector = hub.client_add("edge-introspector", "read");
 
     let edge_data = dir.path().join("edge");
     let config = dir.path().join("edge.yaml");
@@ -72,6 +75,8 @@ upstreams:
     issuer: {issuer}
     audience: {issuer}
     federate_unknown_clients: true
+    client_id: {introspector_id}
+    client_secret: {introspector_secret}
     timeouts: {{ connect: 200ms, total: 1s, token_deadline: 300ms }}
     breaker: {{ failure_threshold: 1, open_for: 1s, max_open_for: 2s }}
     jwks: {{ refresh_interval: 1s, min_refresh_interval: 1s }}
@@ -80,6 +85,8 @@ federation:
   default_policy: {{ on_upstream_unavailable: issue_local, degraded_ttl: 30s }}
 "#,
             issuer = hub.issuer(),
+            introspector_id = introspector.client_id,
+            introspector_secret = introspector.client_secret,
         ),
     )
     .expect("write the edge configuration");
@@ -186,6 +193,17 @@ federation:
     assert_eq!(token.payload["sub"], agent.client_id.as_str());
     assert_eq!(token.payload["act"]["sub"], exchanger.client_id.as_str());
 
+    // Introspection of the hub token at the edge: forwarded to the hub while it is up.
+    let introspected = support::introspect(&edge, &exchanger, &hub_token).await;
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(introspected["verified_offline"], false, "{introspected}");
+    assert_eq!(introspected["upstream"], "hub", "{introspected}");
+    assert_eq!(introspected["sub"], agent.client_id.as_str(), "{introspected}");
+    let real = Jwt::parse(&hub_token);
+    let forged = format!("{}.{}.{}", real.header_part, real.payload_part, "AAAA");
+    let introspected = support::introspect(&edge, &exchanger, &forged).await;
+    assert_eq!(introspected["active"], false, "{introspected}");
+
     // The hub dies while agents keep asking: not one issue_local request fails.
     let load = {
         let edge_url = edge.url("/token");
@@ -265,13 +283,22 @@ federation:
         }
     }
 
+    // Introspection of the hub token while the hub is down: validated through the cached JWKS.
+    let introspected = support::introspect(&edge, &exchanger, &hub_token).await;
+    assert_eq!(introspected["active"], true, "{introspected}");
+    assert_eq!(introspected["verified_offline"], true, "{introspected}");
+    assert_eq!(introspected["iss"], hub_issuer.as_str(), "{introspected}");
+    assert_eq!(introspected["sub"], agent.client_id.as_str(), "{introspected}");
+    let introspected = support::introspect(&edge, &exchanger, &forged).await;
+    assert_eq!(introspected["active"], false, "{introspected}");
+
     let text = edge.cli(&["upstream", "status"]);
     assert!(text.contains("hub"), "{text}");
     let logs = edge.output();
     for secret in [&agent.client_secret, &strict.client_secret, &newcomer.client_secret] {
         assert!(!logs.contains(secret.as_str()), "a secret reached the edge's log");
     }
-    let secrets = [&agent.client_secret, &strict.client_secret, &newcomer.client_secret];
+    let secrets = [&agent.client_secret, &strict.client_secret, &newcomer.client_secret, &introspector.client_secret];
     let state = files_under(&edge_data).into_iter().any(|bytes| {
         secrets
             .iter()

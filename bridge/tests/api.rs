@@ -2,6 +2,7 @@
 
 mod api {
     mod exchange;
+    mod federated;
     pub mod harness;
     mod introspection;
     mod token;

@@ -435,6 +435,13 @@ impl Request<'_> {
             .as_ref()
             .map(|f| f.verified_secrets.clone())
             .unwrap_or_default();
+        if stored.is_empty() {
+            // No secret of this client was ever accepted: nothing to check the secret against.
+            return Err(OAuthError::temporarily_unavailable(
+                "the upstream identity provider is unavailable",
+            )
+            .with_retry_after(retry_after));
+        }
         let cache = &self.state.0.verified;
         let verified = federated::cached_match(&self.client_id, &stored, self.secret.expose(), cache) || {
             let state = self.state.clone();

@@ -8,6 +8,7 @@
 //   UPSTREAM_RESOURCE                           resource indicator (default https://meshgate.test/)
 //   UPSTREAM_AUDIENCE                           `aud` of the access tokens (default meshgate)
 //   UPSTREAM_VERBOSE=1                          keep oidc-provider's console notices
+//   UPSTREAM_CLIENT2_ID, UPSTREAM_CLIENT2_SECRET  an optional second client, same settings
 //
 // Once serving, prints ONE JSON line on stdout: {"issuer":..., "token_endpoint":..., "pid":...}
 
@@ -40,18 +41,22 @@ await new Promise((resolve, reject) => {
 });
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
+const client = (client_id, client_secret) => ({
+  client_id,
+  client_secret,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+  scope: 'read write',
+});
+const clients = [client(clientId, clientSecret)];
+if (process.env.UPSTREAM_CLIENT2_ID && process.env.UPSTREAM_CLIENT2_SECRET) {
+  clients.push(client(process.env.UPSTREAM_CLIENT2_ID, process.env.UPSTREAM_CLIENT2_SECRET));
+}
+
 const provider = new Provider(issuer, {
-  clients: [
-    {
-      client_id: clientId,
-      client_secret: clientSecret,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_basic',
-      scope: 'read write',
-    },
-  ],
+  clients,
   scopes: ['openid', 'read', 'write'],
   jwks: { keys: [{ ...rsa, alg: 'RS256', use: 'sig', kid: 'upstream-rs256' }] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },

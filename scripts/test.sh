@@ -35,4 +35,7 @@ bench/run.sh --quick
 step "mesh benchmark smoke run (bench/mesh.sh --quick)"
 bench/mesh.sh --quick
 
+step "upstream federation benchmark smoke run (bench/upstream.sh --quick)"
+bench/upstream.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -318,9 +318,9 @@ fn execute(cli: Cli) -> Result<(), Error> {
             let _ = (jwks_file, secret_stdin);
             AdminRequest::ClientAddFederated {
                 name,
-                client_id: federated
-                    .client_id
-                    .ok_or_else(|| Error::Admin("--upstream needs --client-id: the client's id at the upstream".into()))?,
+                client_id: federated.client_id.ok_or_else(|| {
+                    Error::Admin("--upstream needs --client-id: the client's id at the upstream".into())
+                })?,
                 upstream,
                 mode: federated.mode,
                 grants,

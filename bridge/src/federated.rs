@@ -34,7 +34,10 @@ pub fn valid_mode(mode: Option<&str>) -> bool {
 
 /// Maps upstream scopes to local scopes through `scope_map` (an empty map is the identity; an
 /// upstream scope without an entry maps to nothing), in first-seen order without duplicates.
-pub fn map_scopes<'a>(scope_map: &BTreeMap<String, Vec<String>>, upstream: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub fn map_scopes<'a>(
+    scope_map: &BTreeMap<String, Vec<String>>,
+    upstream: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
     let mut local: Vec<String> = Vec::new();
     for scope in upstream {
         if scope_map.is_empty() {
@@ -142,7 +145,10 @@ mod tests {
         let policy = map(&[("api.read", &["read"]), ("api.admin", &["read", "write"])]);
         assert_eq!(map_scopes(&policy, ["api.read", "openid"]), ["read"]);
         assert_eq!(map_scopes(&policy, ["api.admin", "api.read"]), ["read", "write"]);
-        assert!(map_scopes(&policy, ["write"]).is_empty(), "unmapped scopes grant nothing");
+        assert!(
+            map_scopes(&policy, ["write"]).is_empty(),
+            "unmapped scopes grant nothing"
+        );
         assert_eq!(upstream_scopes_for(&policy, &["write"]), ["api.admin"]);
         assert_eq!(upstream_scopes_for(&empty, &["write"]), ["write"]);
         let granted = vec!["read".to_owned(), "write".to_owned()];
@@ -162,7 +168,12 @@ mod tests {
         assert!(verify_secret("c", std::slice::from_ref(&a), "correct horse", &cache));
         assert!(cached_match("c", std::slice::from_ref(&a), "correct horse", &cache));
         assert!(!verify_secret("c", std::slice::from_ref(&a), "wrong", &cache));
-        assert!(!cached_match("other", std::slice::from_ref(&a), "correct horse", &cache));
+        assert!(!cached_match(
+            "other",
+            std::slice::from_ref(&a),
+            "correct horse",
+            &cache
+        ));
         assert!(valid_mode(None) && valid_mode(Some("passthrough")) && !valid_mode(Some("x")));
     }
 }

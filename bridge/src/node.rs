@@ -411,13 +411,13 @@ impl Node {
                     jwks: None,
                     created_at: now,
                     degradation: degradation.map(checked_degradation).transpose()?,
-                    federation: Some(mesh::state::ClientFederation {
+                    federation: Some(Box::new(mesh::state::ClientFederation {
                         upstream,
                         mode,
                         verified_secrets: Vec::new(),
                         granted_scopes: Vec::new(),
                         auto: false,
-                    }),
+                    })),
                 };
                 (summary(&record, now), vec![Change::PutClient(record)])
             }
@@ -724,9 +724,8 @@ fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, Error> {
 /// A client id chosen by an upstream: 1 to 200 printable ASCII characters without `:` (which
 /// HTTP Basic credentials cannot carry unencoded everywhere) or spaces.
 pub fn checked_federated_id(client_id: String) -> Result<String, Error> {
-    let valid = !client_id.is_empty()
-        && client_id.len() <= 200
-        && client_id.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    let valid =
+        !client_id.is_empty() && client_id.len() <= 200 && client_id.bytes().all(|b| b.is_ascii_graphic() && b != b':');
     if !valid {
         return Err(Error::Admin(
             "--client-id must be 1 to 200 printable ASCII characters, without spaces or `:`".into(),

@@ -401,7 +401,7 @@ pub struct ClientRecord {
     pub degradation: Option<ClientDegradation>,
     /// Set for a federated client: one whose credentials live at an upstream identity provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub federation: Option<ClientFederation>,
+    pub federation: Option<Box<ClientFederation>>,
 }
 
 /// What meshgate holds of a federated client (`client add --upstream NAME --client-id ID`, or an

@@ -135,9 +135,9 @@ impl Request<'_> {
         {
             return Err(OAuthError::invalid_scope(format!("scope `{bad}` is malformed")));
         }
-        let upstream_scope = requested.as_ref().map(|requested| {
-            federated::upstream_scopes_for(&self.config.scope_map, requested).join(" ")
-        });
+        let upstream_scope = requested
+            .as_ref()
+            .map(|requested| federated::upstream_scopes_for(&self.config.scope_map, requested).join(" "));
         if upstream_scope.as_deref() == Some("") {
             return Err(OAuthError::invalid_scope(
                 "no upstream scope maps to the requested scopes",
@@ -220,8 +220,7 @@ impl Request<'_> {
                 .unwrap_or_else(|| requested.unwrap_or_default().iter().map(|s| (*s).to_owned()).collect());
             (self.client_id.clone(), scopes, None)
         };
-        let upstream_exp =
-            upstream_exp.or_else(|| token.expires_in.map(|ttl| self.now.saturating_add(ttl.as_secs())));
+        let upstream_exp = upstream_exp.or_else(|| token.expires_in.map(|ttl| self.now.saturating_add(ttl.as_secs())));
         let mapped = federated::map_scopes(&self.config.scope_map, upstream_scopes.iter().map(String::as_str));
         let allowed = self.known.as_ref().map(|c| c.record.scopes.clone()).unwrap_or_default();
         let scopes = federated::narrow(mapped.clone(), &allowed, requested);
@@ -235,12 +234,7 @@ impl Request<'_> {
 
         let client = self.record_secret(&mapped).await?;
 
-        let passthrough = client
-            .record
-            .federation
-            .as_ref()
-            .and_then(|f| f.mode.as_deref())
-            == Some(MODE_PASSTHROUGH);
+        let passthrough = client.record.federation.as_ref().and_then(|f| f.mode.as_deref()) == Some(MODE_PASSTHROUGH);
         if passthrough {
             let body = PassthroughResponse {
                 access_token,
@@ -257,10 +251,10 @@ impl Request<'_> {
             exp = exp.min(upstream_exp);
         }
         if exp <= self.now {
-            return Err(OAuthError::temporarily_unavailable(
-                "the upstream identity provider issued an expired token",
-            )
-            .with_retry_after(5));
+            return Err(
+                OAuthError::temporarily_unavailable("the upstream identity provider issued an expired token")
+                    .with_retry_after(5),
+            );
         }
         let grant = Grant {
             sub,
@@ -329,13 +323,13 @@ impl Request<'_> {
                         jwks: None,
                         created_at: now,
                         degradation: None,
-                        federation: Some(ClientFederation {
+                        federation: Some(Box::new(ClientFederation {
                             upstream: upstream.clone(),
                             mode: None,
                             verified_secrets: vec![verified.clone()],
                             granted_scopes: mapped.clone(),
                             auto: true,
-                        }),
+                        })),
                     },
                 };
                 let change = Change::PutClient(record);
@@ -344,7 +338,11 @@ impl Request<'_> {
             })?;
             if answer {
                 federated::remember(&client_id, &verified, secret.expose(), cache);
-                tracing::info!(client_id, upstream, "federated client: recorded a secret the upstream accepted");
+                tracing::info!(
+                    client_id,
+                    upstream,
+                    "federated client: recorded a secret the upstream accepted"
+                );
             }
             Ok::<_, crate::error::Error>(Some(()))
         })
@@ -424,10 +422,10 @@ impl Request<'_> {
             .map_or(1, |retry| retry.saturating_sub(at).as_secs().max(1));
         let Some(client) = self.known.clone() else {
             // Never accepted by the upstream: nothing to check the secret against.
-            return Err(OAuthError::temporarily_unavailable(
-                "the upstream identity provider is unavailable",
-            )
-            .with_retry_after(retry_after));
+            return Err(
+                OAuthError::temporarily_unavailable("the upstream identity provider is unavailable")
+                    .with_retry_after(retry_after),
+            );
         };
         let stored = client
             .record
@@ -437,10 +435,10 @@ impl Request<'_> {
             .unwrap_or_default();
         if stored.is_empty() {
             // No secret of this client was ever accepted: nothing to check the secret against.
-            return Err(OAuthError::temporarily_unavailable(
-                "the upstream identity provider is unavailable",
-            )
-            .with_retry_after(retry_after));
+            return Err(
+                OAuthError::temporarily_unavailable("the upstream identity provider is unavailable")
+                    .with_retry_after(retry_after),
+            );
         }
         let cache = &self.state.0.verified;
         let verified = federated::cached_match(&self.client_id, &stored, self.secret.expose(), cache) || {
@@ -479,7 +477,12 @@ impl Request<'_> {
         };
         let ttl = match decision {
             Decision::Refuse { retry_after, reason } => {
-                tracing::info!(client_id = self.client_id, upstream = self.upstream.name(), reason, "federated client refused");
+                tracing::info!(
+                    client_id = self.client_id,
+                    upstream = self.upstream.name(),
+                    reason,
+                    "federated client refused"
+                );
                 return Err(OAuthError::temporarily_unavailable(reason).with_retry_after(retry_after));
             }
             Decision::Degraded { ttl } => ttl,

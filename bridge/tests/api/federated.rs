@@ -124,18 +124,18 @@ fn answer(mode: &Mode, headers: &HeaderMap, key: &SigningKey, issuer: &str) -> R
         claims
     };
     match mode {
-        Mode::Token(_) | Mode::Opaque | Mode::Unsigned if !authorized => (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "invalid_client"})),
-        )
-            .into_response(),
+        Mode::Token(_) | Mode::Opaque | Mode::Unsigned if !authorized => {
+            (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response()
+        }
         Mode::Token(extra) => {
             let token = key.sign_jwt(&serde_json::to_vec(&claims(extra)).unwrap()).unwrap();
             axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "api.read api.write"}))
                 .into_response()
         }
-        Mode::Opaque => axum::Json(json!({"access_token": "opaque-upstream-token", "token_type": "Bearer", "expires_in": 120}))
-            .into_response(),
+        Mode::Opaque => {
+            axum::Json(json!({"access_token": "opaque-upstream-token", "token_type": "Bearer", "expires_in": 120}))
+                .into_response()
+        }
         Mode::Unsigned => {
             let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
             let payload = b64(&serde_json::to_vec(&claims(&json!({}))).unwrap());
@@ -147,7 +147,12 @@ fn answer(mode: &Mode, headers: &HeaderMap, key: &SigningKey, issuer: &str) -> R
             "<html><body>Maintenance</body></html>",
         )
             .into_response(),
-        Mode::NotJson => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"access_token\":").into_response(),
+        Mode::NotJson => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"access_token\":",
+        )
+            .into_response(),
         Mode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
     }
 }
@@ -213,7 +218,10 @@ async fn a_federated_client_is_forwarded_then_served_locally_by_policy() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
     assert_eq!(answer.json["scope"], "read");
     let claims = claims_of(answer.json["access_token"].as_str().unwrap());
-    assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some(ISSUER), Some(AGENT)));
+    assert_eq!(
+        (claims["iss"].as_str(), claims["sub"].as_str()),
+        (Some(ISSUER), Some(AGENT))
+    );
     assert!(claims.get("degraded").is_none());
     assert_eq!(answer.json["expires_in"], 600);
     let recorded = verified_secrets(&h, AGENT);
@@ -225,7 +233,10 @@ async fn a_federated_client_is_forwarded_then_served_locally_by_policy() {
     assert_eq!(answer.error(), "invalid_scope", "{}", answer.json);
     // A wrong secret: the upstream refuses, and so does meshgate.
     let answer = h.token(AGENT, "wrong", "").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::UNAUTHORIZED, "invalid_client"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_client")
+    );
     // A second success records nothing new.
     assert_eq!(h.token(AGENT, SECRET, "").await.status, StatusCode::OK);
     assert_eq!(verified_secrets(&h, AGENT), recorded);
@@ -234,7 +245,11 @@ async fn a_federated_client_is_forwarded_then_served_locally_by_policy() {
         .post_form(
             "/token",
             None,
-            &form(&[("grant_type", "client_credentials"), ("client_id", AGENT), ("client_secret", SECRET)]),
+            &form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", AGENT),
+                ("client_secret", SECRET),
+            ]),
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
@@ -258,7 +273,10 @@ async fn a_federated_client_is_forwarded_then_served_locally_by_policy() {
     assert_eq!(claims["degraded"], true);
     assert_eq!(claims["sub"], AGENT);
     let answer = h.token(AGENT, "wrong", "").await;
-    assert_eq!((answer.status, answer.error()), (StatusCode::UNAUTHORIZED, "invalid_client"));
+    assert_eq!(
+        (answer.status, answer.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_client")
+    );
     let status = &h.state.upstream_status()[0];
     assert_eq!(status.breaker.state, "open");
 
@@ -285,7 +303,11 @@ async fn fail_closed_passthrough_and_unknown_clients() {
     let answer = h.token(AGENT, SECRET, "").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
     assert_eq!(answer.json["scope"], "read write");
-    let shown = h.admin(AdminRequest::ClientShow { client_id: AGENT.into() }).unwrap();
+    let shown = h
+        .admin(AdminRequest::ClientShow {
+            client_id: AGENT.into(),
+        })
+        .unwrap();
     assert_eq!(shown["federation"]["upstream"], "corp", "{shown}");
     assert_eq!(shown["scopes"], json!(["read", "write"]));
     // One the upstream refuses is not.
@@ -299,7 +321,10 @@ async fn fail_closed_passthrough_and_unknown_clients() {
     assert_eq!(verified_secrets(&h, "strict").len(), 1);
 
     // Passthrough: the upstream's token itself.
-    h.admin(AdminRequest::ClientRemove { client_id: AGENT.into() }).unwrap();
+    h.admin(AdminRequest::ClientRemove {
+        client_id: AGENT.into(),
+    })
+    .unwrap();
     add(&h, AGENT, "", Some("passthrough"), None);
     stub.set(Mode::Opaque);
     let answer = h.token(AGENT, SECRET, "").await;
@@ -313,7 +338,10 @@ async fn fail_closed_passthrough_and_unknown_clients() {
         (Mode::Token(json!({"iss": "https://elsewhere.example"})), "wrong issuer"),
         (Mode::Token(json!({"aud": "someone-else"})), "wrong audience"),
     ] {
-        h.admin(AdminRequest::ClientRemove { client_id: AGENT.into() }).unwrap();
+        h.admin(AdminRequest::ClientRemove {
+            client_id: AGENT.into(),
+        })
+        .unwrap();
         add(&h, AGENT, "", None, None);
         stub.set(mode);
         let answer = h.token(AGENT, SECRET, "").await;
@@ -324,16 +352,30 @@ async fn fail_closed_passthrough_and_unknown_clients() {
             answer.json
         );
         assert!(answer.json.get("access_token").is_none());
-        assert!(answer.json["error_description"].as_str().unwrap().contains("does not verify"));
+        assert!(
+            answer.json["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("does not verify")
+        );
     }
     // HTML, broken JSON and 5xx count as the upstream being unavailable: the policy decides
     // (here: no secret was ever accepted for the client, so nothing can be checked locally).
-    for (mode, what) in [(Mode::Html, "HTML page"), (Mode::NotJson, "invalid JSON"), (Mode::ServerError, "500")] {
+    for (mode, what) in [
+        (Mode::Html, "HTML page"),
+        (Mode::NotJson, "invalid JSON"),
+        (Mode::ServerError, "500"),
+    ] {
         stub.set(mode);
         let hits = stub.hits();
         let answer = h.token(AGENT, SECRET, "").await;
         assert!(stub.hits() <= hits + 1);
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {}", answer.json);
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {}",
+            answer.json
+        );
         assert!(answer.json.get("access_token").is_none(), "{what}");
     }
 

@@ -114,7 +114,11 @@ federation:
     };
     // Only `read` is allowed locally although the hub grants `read write`: mapping narrows.
     federated("agent", &agent.client_id, &["--scope", "read", "--degraded-ttl", "30s"]);
-    federated("strict", &strict.client_id, &["--on-upstream-unavailable", "fail_closed"]);
+    federated(
+        "strict",
+        &strict.client_id,
+        &["--on-upstream-unavailable", "fail_closed"],
+    );
     let exchanger = compat_tests::client_add(
         &edge_data,
         "exchanger",
@@ -171,7 +175,9 @@ federation:
         panic!("a client neither node knows: {problem}");
     }
     assert!(
-        compat_tests::cli(&edge_data, &["client", "list", "--json"]).find("nobody-anywhere").is_none(),
+        compat_tests::cli(&edge_data, &["client", "list", "--json"])
+            .find("nobody-anywhere")
+            .is_none(),
         "a refused client id must not be recorded"
     );
 
@@ -230,7 +236,12 @@ federation:
     let mut degraded = 0;
     let mut slowest = Duration::ZERO;
     for (answer, took) in &answers {
-        assert_eq!(answer.status, StatusCode::OK, "issue_local during the outage: {}", answer.text);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "issue_local during the outage: {}",
+            answer.text
+        );
         let token = Jwt::parse(answer.json()["access_token"].as_str().unwrap());
         assert_eq!(token.payload["sub"], agent.client_id.as_str());
         assert_eq!(token.payload["scope"], "read");
@@ -258,7 +269,12 @@ federation:
         assert_eq!(introspected["active"], true, "{introspected}");
 
         let answer = client_credentials(&edge, &newcomer.client_id, &newcomer.client_secret, None).await;
-        assert_eq!(answer.status, StatusCode::OK, "auto-federated, round {round}: {}", answer.text);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "auto-federated, round {round}: {}",
+            answer.text
+        );
         let token = Jwt::parse(answer.json()["access_token"].as_str().unwrap());
         assert_eq!(token.payload["degraded"], true, "{}", token.payload);
         assert_eq!(token.payload["scope"], "read");
@@ -268,7 +284,10 @@ federation:
             panic!("fail_closed, round {round}: {problem}");
         }
         assert!(
-            answer.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1),
+            answer
+                .header("retry-after")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|s| s >= 1),
             "{:?}",
             answer.headers
         );
@@ -298,7 +317,12 @@ federation:
     for secret in [&agent.client_secret, &strict.client_secret, &newcomer.client_secret] {
         assert!(!logs.contains(secret.as_str()), "a secret reached the edge's log");
     }
-    let secrets = [&agent.client_secret, &strict.client_secret, &newcomer.client_secret, &introspector.client_secret];
+    let secrets = [
+        &agent.client_secret,
+        &strict.client_secret,
+        &newcomer.client_secret,
+        &introspector.client_secret,
+    ];
     let state = files_under(&edge_data).into_iter().any(|bytes| {
         secrets
             .iter()
@@ -306,7 +330,6 @@ federation:
     });
     assert!(!state, "a federated client's secret is stored in plaintext");
 }
-
 
 /// The contents of every file under `dir`, recursively.
 fn files_under(dir: &std::path::Path) -> Vec<Vec<u8>> {

@@ -561,7 +561,12 @@ fn judge(what: &str, failed_at: Instant, local: &Requests, strict: &Requests) ->
     let mut first_local = None;
     let mut slowest = Duration::ZERO;
     for (sent, took, answer) in local {
-        assert_eq!(answer.status, StatusCode::OK, "{what}: issue_local request failed: {}", answer.text);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{what}: issue_local request failed: {}",
+            answer.text
+        );
         let token = Jwt::parse(answer.json()["access_token"].as_str().expect("access_token"));
         assert_eq!(token.payload["sub"], UPSTREAM_CLIENT, "{what}");
         assert_eq!(token.payload["scope"], "read", "{what}");
@@ -648,9 +653,22 @@ federation:
         compat_tests::cli(
             &data,
             &[
-                "client", "add", "--config", &config_arg, "--name", client_id, "--upstream", "corp",
-                "--client-id", client_id, "--scope", "read", "--on-upstream-unavailable", policy,
-                "--degraded-ttl", "30s",
+                "client",
+                "add",
+                "--config",
+                &config_arg,
+                "--name",
+                client_id,
+                "--upstream",
+                "corp",
+                "--client-id",
+                client_id,
+                "--scope",
+                "read",
+                "--on-upstream-unavailable",
+                policy,
+                "--degraded-ttl",
+                "30s",
             ],
         );
     }
@@ -674,13 +692,7 @@ federation:
     }
 
     // Frozen (SIGSTOP): only the response deadline notices.
-    let (frozen_at, local, strict) = under_load(
-        &server,
-        || upstream.freeze(),
-        || {},
-        Duration::from_secs(4),
-    )
-    .await;
+    let (frozen_at, local, strict) = under_load(&server, || upstream.freeze(), || {}, Duration::from_secs(4)).await;
     let freeze = judge("freeze", frozen_at, &local, &strict);
     upstream.thaw();
     let corp = wait_for_status(&server, "available again", |corp| {
@@ -711,7 +723,11 @@ federation:
             outage.slowest.as_millis(),
             outage.requests
         );
-        assert!(outage.slowest < ANSWER_BOUND, "{what}: a request took {:?}", outage.slowest);
+        assert!(
+            outage.slowest < ANSWER_BOUND,
+            "{what}: a request took {:?}",
+            outage.slowest
+        );
     }
     let logs = server.output();
     assert!(

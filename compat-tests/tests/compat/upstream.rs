@@ -735,3 +735,151 @@ federation:
         "a secret reached the logs"
     );
 }
+
+const LOGIN_CLIENT: &str = "meshgate-login";
+const LOGIN_SECRET: &str = "meshgate-login-secret-9b4e1d7c2a6f";
+const LOGIN_REDIRECT: &str = "https://meshgate.example/callback";
+
+/// A browser without JavaScript: follows nothing by itself, keeps every cookie it is given and
+/// sends them all back (oidc-provider scopes its interaction cookies by path; sending extra
+/// ones is harmless).
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, String) {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let response = request
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("the upstream answers");
+        for set in response.headers().get_all("set-cookie") {
+            let set = set.to_str().expect("a text cookie");
+            let pair = set.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                self.cookies.insert(name.trim().to_owned(), value.to_owned());
+            }
+        }
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|value| value.to_str().expect("a text location").to_owned());
+        (status, location, response.text().await.unwrap_or_default())
+    }
+
+    /// GETs `url` (relative to `base` when it is a path), expecting a redirect; returns where to.
+    async fn redirected(&mut self, base: &str, url: &str) -> String {
+        let url = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.to_owned()
+        };
+        let (status, location, body) = self.send(self.http.get(&url)).await;
+        assert!(status.is_redirection(), "GET {url}: {status} {body}");
+        location.expect("a Location header")
+    }
+
+    /// GETs the interaction page at `url`, then submits its form with `fields`; returns the
+    /// redirect that follows.
+    async fn submit(&mut self, base: &str, url: &str, fields: &[(&str, &str)]) -> String {
+        let url = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.to_owned()
+        };
+        let (status, _, page) = self.send(self.http.get(&url)).await;
+        assert_eq!(status, StatusCode::OK, "GET {url}: {page}");
+        let action = page
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no form on {url}: {page}"))
+            .to_owned();
+        let (status, location, body) = self.send(self.http.post(&action).form(fields)).await;
+        assert!(status.is_redirection(), "POST {action}: {status} {body}");
+        location.expect("a Location header")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_federation_round_trip_through_oidc_provider() {
+    let upstream = Upstream::start_with(&[
+        ("UPSTREAM_LOGIN_CLIENT_ID", LOGIN_CLIENT),
+        ("UPSTREAM_LOGIN_CLIENT_SECRET", LOGIN_SECRET),
+        ("UPSTREAM_LOGIN_REDIRECT", LOGIN_REDIRECT),
+    ]);
+    let mut config = adapters::config::UpstreamConfig::new(
+        "corp",
+        adapters::config::Issuer::new(upstream.issuer.clone()).expect("issuer"),
+    );
+    config.audience = Some("meshgate".into());
+    config.client_id = Some(LOGIN_CLIENT.into());
+    config.client_secret = Some(adapters::config::Secret::new(LOGIN_SECRET));
+    config.timeouts.token_deadline = Duration::from_secs(2);
+    let clock = std::sync::Arc::new(adapters::clock::SystemClock);
+    let federated = adapters::Upstream::new(&config, clock.clone(), None).expect("upstream");
+    federated.oidc().refresh().await.expect("discovery and JWKS");
+    let redirect = reqwest::Url::parse(LOGIN_REDIRECT).unwrap();
+
+    // meshgate builds the authorization URL; a browser logs in and consents at the upstream.
+    let login = federated.begin_login(&redirect, &[]).expect("authorization URL");
+    let mut browser = Browser {
+        http: support::http(),
+        cookies: Default::default(),
+    };
+    let base = upstream.issuer.as_str();
+    let interaction = browser.redirected(base, login.url.as_str()).await;
+    let resume = browser
+        .submit(
+            base,
+            &interaction,
+            &[("prompt", "login"), ("login", "alice"), ("password", "any")],
+        )
+        .await;
+    let consent = browser.redirected(base, &resume).await;
+    let resume = browser.submit(base, &consent, &[("prompt", "consent")]).await;
+    let back = browser.redirected(base, &resume).await;
+    let back = reqwest::Url::parse(&back).expect("the redirect back");
+    assert!(back.as_str().starts_with(LOGIN_REDIRECT), "{back}");
+    let param = |name: &str| {
+        back.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_else(|| panic!("no {name} in {back}"))
+    };
+    assert!(login.state_matches(&param("state")));
+    assert_eq!(param("iss"), upstream.issuer);
+
+    // meshgate exchanges the code (PKCE) and verifies the ID token.
+    let code = param("code");
+    let now = adapters::clock::Clock::now(&*clock);
+    let identity = federated
+        .finish_login(&login, &code, &redirect, now)
+        .await
+        .expect("the login completes");
+    assert_eq!(identity.subject, "alice");
+    assert_eq!(identity.id_token_claims.issuer, upstream.issuer);
+    assert_eq!(identity.id_token_claims.audience, vec![LOGIN_CLIENT.to_owned()]);
+    // A code is single-use at the upstream.
+    let replay = federated.finish_login(&login, &code, &redirect, now).await.unwrap_err();
+    assert!(
+        matches!(&replay, adapters::Error::TokenRejected { error } if error == "invalid_grant"),
+        "{replay:?}"
+    );
+    // Another login's verifier does not redeem this login's code.
+    let other = federated.begin_login(&redirect, &[]).expect("authorization URL");
+    let wrong = federated
+        .finish_login(&other, "not-a-code", &redirect, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, adapters::Error::TokenRejected { .. }), "{wrong:?}");
+}

@@ -371,43 +371,62 @@ impl Request<'_> {
         if error == "invalid_scope" {
             return Err(OAuthError::invalid_scope("the upstream refused the requested scope"));
         }
-        // The upstream no longer accepts this secret: stop accepting it locally too.
-        if let Some(known) = self.known.clone()
-            && let Some(federation) = known.record.federation.clone()
-            && !federation.verified_secrets.is_empty()
+        // The upstream no longer accepts this secret: stop accepting it locally too. Only the
+        // in-memory cache is asked (no slow hash per refused request): a secret this process
+        // verified before is found there.
+        let cache = &self.state.0.verified;
+        if let Some(known) = &self.known
+            && let Some(federation) = &known.record.federation
+            && federation.verified_secrets.iter().any(|stored| {
+                federated::cached_match(
+                    &self.client_id,
+                    std::slice::from_ref(stored),
+                    self.secret.expose(),
+                    cache,
+                )
+            })
         {
+            let refused: Vec<VerifiedSecret> = federation
+                .verified_secrets
+                .iter()
+                .filter(|stored| {
+                    federated::cached_match(
+                        &self.client_id,
+                        std::slice::from_ref(stored),
+                        self.secret.expose(),
+                        cache,
+                    )
+                })
+                .cloned()
+                .collect();
             let state = self.state.clone();
-            let secret = self.secret.clone();
             let client_id = self.client_id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let cache = &state.0.verified;
-                let keep: Vec<VerifiedSecret> = federation
-                    .verified_secrets
-                    .iter()
-                    .filter(|stored| {
-                        !federated::verify_secret(&client_id, std::slice::from_ref(stored), secret.expose(), cache)
-                    })
-                    .cloned()
-                    .collect();
-                if keep.len() == federation.verified_secrets.len() {
-                    return;
-                }
-                let result = state.with_node(|node| {
+            let dropped = tokio::task::spawn_blocking(move || {
+                state.with_node(|node| {
                     let Some(mut record) = node.state().clients.get(&client_id).cloned() else {
                         return Ok(((), vec![]));
                     };
                     if let Some(f) = record.federation.as_mut() {
-                        f.verified_secrets.retain(|v| keep.contains(v));
+                        f.verified_secrets.retain(|v| !refused.contains(v));
                     }
                     let change = Change::PutClient(record);
                     node.apply(std::slice::from_ref(&change))?;
                     Ok(((), vec![change]))
-                });
-                if let Err(error) = result {
-                    tracing::warn!(client_id, %error, "federated client: cannot drop a refused secret's hash");
-                }
+                })
             })
             .await;
+            match dropped {
+                Ok(Ok(())) => tracing::info!(
+                    client_id = self.client_id,
+                    "federated client: dropped the hash of a secret the upstream no longer accepts"
+                ),
+                Ok(Err(error)) => {
+                    tracing::warn!(client_id = self.client_id, %error, "federated client: cannot drop a refused secret's hash")
+                }
+                Err(error) => {
+                    tracing::warn!(client_id = self.client_id, %error, "federated client: cannot drop a refused secret's hash")
+                }
+            }
         }
         Err(OAuthError::invalid_client("client authentication failed"))
     }

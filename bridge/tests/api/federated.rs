@@ -33,6 +33,8 @@ enum Mode {
     Unsigned,
     /// `500`.
     ServerError,
+    /// `401 invalid_client` whatever the credentials (the secret was revoked upstream).
+    Refuse,
 }
 
 struct Stub {
@@ -154,6 +156,7 @@ fn answer(mode: &Mode, headers: &HeaderMap, key: &SigningKey, issuer: &str) -> R
         )
             .into_response(),
         Mode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+        Mode::Refuse => (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response(),
     }
 }
 
@@ -394,4 +397,23 @@ async fn fail_closed_passthrough_and_unknown_clients() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.json);
     let answer = h.token("strict", "wrong", "").await;
     assert_eq!(answer.error(), "invalid_client", "{}", answer.json);
+}
+
+#[tokio::test]
+async fn a_secret_the_upstream_revokes_stops_working_locally() {
+    let mut stub = Stub::start().await;
+    let h = harness(&stub, "", "{}").await;
+    add(&h, AGENT, "read", None, Some("issue_local"));
+    assert_eq!(h.token(AGENT, SECRET, "").await.status, StatusCode::OK);
+    assert_eq!(verified_secrets(&h, AGENT).len(), 1);
+    // The upstream now refuses the very secret it accepted: meshgate forgets its hash…
+    stub.set(Mode::Refuse);
+    let answer = h.token(AGENT, SECRET, "").await;
+    assert_eq!(answer.error(), "invalid_client", "{}", answer.json);
+    assert!(verified_secrets(&h, AGENT).is_empty());
+    // …so it does not authenticate locally once the upstream is down.
+    stub.kill().await;
+    let answer = h.token(AGENT, SECRET, "").await;
+    assert_ne!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert!(answer.json.get("access_token").is_none());
 }

@@ -156,12 +156,22 @@ impl Request<'_> {
             Ok(token) => self.accepted(token, requested.as_deref()).await,
             Err(adapters::Error::TokenRejected { error }) => self.rejected(&error).await,
             Err(error) if error.is_upstream_failure() || matches!(error, adapters::Error::MissingEndpoint(_)) => {
-                tracing::info!(
-                    client_id = self.client_id,
-                    upstream = self.upstream.name(),
-                    %error,
-                    "federated client: upstream unavailable, authenticating locally"
-                );
+                // The breaker's transitions are logged where they happen; while it stays open,
+                // one line per request would only slow the degraded path down.
+                if matches!(error, adapters::Error::CircuitOpen { .. }) {
+                    tracing::debug!(
+                        client_id = self.client_id,
+                        upstream = self.upstream.name(),
+                        "federated client: circuit open, authenticating locally"
+                    );
+                } else {
+                    tracing::info!(
+                        client_id = self.client_id,
+                        upstream = self.upstream.name(),
+                        %error,
+                        "federated client: upstream unavailable, authenticating locally"
+                    );
+                }
                 self.offline(requested.as_deref()).await
             }
             Err(error) => {
@@ -496,7 +506,7 @@ impl Request<'_> {
         };
         let ttl = match decision {
             Decision::Refuse { retry_after, reason } => {
-                tracing::info!(
+                tracing::debug!(
                     client_id = self.client_id,
                     upstream = self.upstream.name(),
                     reason,
@@ -523,7 +533,7 @@ impl Request<'_> {
         }
         let aud = audiences(self.state, &client, self.form)?;
         let exp = self.now + ttl.as_secs().min(self.state.settings().token_ttl);
-        tracing::info!(
+        tracing::debug!(
             client_id = self.client_id,
             ttl = exp - self.now,
             "issuing a degraded token to a federated client: upstream unavailable"

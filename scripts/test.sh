@@ -44,4 +44,7 @@ bench/mesh.sh --quick
 step "short soak: mixed grants on a 3-node mesh with a restarting node (bench/soak.sh --quick)"
 bench/soak.sh --quick
 
+step "upstream federation benchmark smoke run (bench/upstream.sh --quick)"
+bench/upstream.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -12,6 +12,7 @@
 //!     timeouts: { connect: 200ms, total: 2s, token_deadline: 300ms }
 //!     breaker: { failure_threshold: 5, open_for: 5s }
 //!     jwks: { max_stale: 7d, refresh_interval: 5m, min_refresh_interval: 30s }
+//!     scope_map: { "api.read": [read], "api.admin": [read, write] }
 //! ```
 //!
 //! Every field but `name` and `issuer` has a default. Durations are written the humantime way
@@ -72,6 +73,12 @@ pub struct UpstreamConfig {
     /// PEM file contents of an extra root CA for this upstream's TLS. Default: none.
     #[serde(default)]
     pub extra_root_ca_pem: Option<String>,
+    /// Upstream scope → the local scopes it grants, applied to federated clients' tokens and to
+    /// token exchange. An upstream scope without an entry grants nothing. Default: empty, which
+    /// maps every upstream scope to itself. Mapping only ever narrows: a local token never
+    /// carries a scope that no upstream scope of the subject maps to.
+    #[serde(default)]
+    pub scope_map: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl UpstreamConfig {
@@ -91,6 +98,7 @@ impl UpstreamConfig {
             breaker: BreakerConfig::default(),
             jwks: JwksConfig::default(),
             extra_root_ca_pem: None,
+            scope_map: std::collections::BTreeMap::new(),
         }
     }
 
@@ -142,6 +150,19 @@ impl Issuer {
     /// `/.well-known/openid-configuration` appended.
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.0.trim_end_matches('/'))
+    }
+
+    /// The RFC 8414 §3 authorization server metadata URL: `/.well-known/oauth-authorization-server`
+    /// inserted between the host and the issuer's path.
+    pub fn rfc8414_url(&self) -> String {
+        match Url::parse(&self.0) {
+            Ok(url) => {
+                let path = url.path().trim_end_matches('/');
+                let origin = url.origin().ascii_serialization();
+                format!("{origin}/.well-known/oauth-authorization-server{path}")
+            }
+            Err(_) => self.discovery_url(),
+        }
     }
 }
 

@@ -177,6 +177,9 @@ pub enum Error {
         /// The token's `nbf`, Unix seconds.
         nbf: u64,
     },
+    /// An ID token's `nonce` is not the one the login sent (a replayed or injected ID token).
+    #[error("the ID token's nonce is not the one this login sent")]
+    NonceMismatch,
 }
 
 impl Error {
@@ -216,6 +219,7 @@ impl Error {
                 | Self::MissingClaim(_)
                 | Self::Expired { .. }
                 | Self::NotYetValid { .. }
+                | Self::NonceMismatch
         )
     }
 }

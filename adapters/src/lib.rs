@@ -17,6 +17,9 @@
 //!   JWTs.
 //! - [`oauth2_upstream`]: [`oauth2_upstream::OAuth2Upstream`] — the token endpoint, forwarding a
 //!   federated client's own credentials.
+//! - [`login`]: login federation for the authorization-code flow — the upstream authorization
+//!   URL (PKCE S256, `state`, `nonce`) and the code exchange with ID token verification.
+//! - [`introspection`]: RFC 7662 introspection at the upstream with meshgate's credentials.
 //! - [`Upstream`]: the above wired together for one configured upstream.
 //! - [`clock`]: injected time ([`clock::Clock`]).
 //! - [`Error`]: the crate's single error type; every variant says when it happens.
@@ -33,6 +36,8 @@ pub mod clock;
 pub mod config;
 mod error;
 pub mod http;
+pub mod introspection;
+pub mod login;
 pub mod oauth2_upstream;
 pub mod oidc;
 mod upstream;

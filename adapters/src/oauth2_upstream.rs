@@ -160,7 +160,7 @@ impl OAuth2Upstream {
 /// 5xx or 429 is an [`Error::UpstreamStatus`] (the upstream is in trouble), another non-200 whose
 /// body is not a JSON object is an [`Error::TokenRejected`] (the upstream answered, not in OAuth
 /// form, e.g. a plain-text 401).
-struct JudgedStatus<'a>(&'a HttpClient);
+pub(crate) struct JudgedStatus<'a>(pub(crate) &'a HttpClient);
 
 impl<'c> AsyncHttpClient<'c> for JudgedStatus<'_> {
     type Error = Error;
@@ -202,7 +202,7 @@ fn token(response: &BasicTokenResponse) -> UpstreamToken {
     }
 }
 
-fn token_error(error: BasicRequestTokenError<Error>) -> Error {
+pub(crate) fn token_error(error: BasicRequestTokenError<Error>) -> Error {
     match error {
         oauth2::RequestTokenError::ServerResponse(response) => Error::TokenRejected {
             error: crate::error::untrusted(response.error().as_ref()),

@@ -8,6 +8,11 @@
 //   UPSTREAM_RESOURCE                           resource indicator (default https://meshgate.test/)
 //   UPSTREAM_AUDIENCE                           `aud` of the access tokens (default meshgate)
 //   UPSTREAM_VERBOSE=1                          keep oidc-provider's console notices
+//   UPSTREAM_CLIENT2_ID, UPSTREAM_CLIENT2_SECRET  an optional second client, same settings
+//   UPSTREAM_LOGIN_CLIENT_ID, UPSTREAM_LOGIN_CLIENT_SECRET, UPSTREAM_LOGIN_REDIRECT
+//                                               an optional authorization-code client (login
+//                                               federation); turns on oidc-provider's development
+//                                               login pages (any login name, no password check)
 //
 // Once serving, prints ONE JSON line on stdout: {"issuer":..., "token_endpoint":..., "pid":...}
 
@@ -40,23 +45,40 @@ await new Promise((resolve, reject) => {
 });
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
+const client = (client_id, client_secret) => ({
+  client_id,
+  client_secret,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  token_endpoint_auth_method: 'client_secret_basic',
+  scope: 'read write',
+});
+const clients = [client(clientId, clientSecret)];
+if (process.env.UPSTREAM_CLIENT2_ID && process.env.UPSTREAM_CLIENT2_SECRET) {
+  clients.push(client(process.env.UPSTREAM_CLIENT2_ID, process.env.UPSTREAM_CLIENT2_SECRET));
+}
+
+const login = process.env.UPSTREAM_LOGIN_CLIENT_ID && process.env.UPSTREAM_LOGIN_CLIENT_SECRET
+  && process.env.UPSTREAM_LOGIN_REDIRECT;
+if (login) {
+  clients.push({
+    client_id: process.env.UPSTREAM_LOGIN_CLIENT_ID,
+    client_secret: process.env.UPSTREAM_LOGIN_CLIENT_SECRET,
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [process.env.UPSTREAM_LOGIN_REDIRECT],
+    token_endpoint_auth_method: 'client_secret_basic',
+  });
+}
+
 const provider = new Provider(issuer, {
-  clients: [
-    {
-      client_id: clientId,
-      client_secret: clientSecret,
-      grant_types: ['client_credentials'],
-      response_types: [],
-      redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_basic',
-      scope: 'read write',
-    },
-  ],
+  clients,
   scopes: ['openid', 'read', 'write'],
   jwks: { keys: [{ ...rsa, alg: 'RS256', use: 'sig', kid: 'upstream-rs256' }] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(login) },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,

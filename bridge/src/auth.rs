@@ -141,6 +141,23 @@ pub fn authenticate(
     Err(failed("no client authentication"))
 }
 
+/// The `client_secret_basic` or `client_secret_post` credentials of a request, when it uses
+/// exactly that one method; `None` otherwise (no secret, several methods, malformed: let
+/// [`authenticate`] answer those).
+pub fn secret_credentials(headers: &HeaderMap, form: &Form) -> Option<(String, String)> {
+    let basic = basic_credentials(headers).ok()?;
+    let post_secret = form.single("client_secret").ok()?;
+    let form_client_id = form.single("client_id").ok()?;
+    if form.single("client_assertion").ok()?.is_some() {
+        return None;
+    }
+    match (basic, post_secret) {
+        (Some((id, secret)), None) if form_client_id.is_none_or(|f| f == id) => Some((id, secret)),
+        (None, Some(secret)) => Some((form_client_id?.to_owned(), secret.to_owned())),
+        _ => None,
+    }
+}
+
 fn by_secret(view: &View, id: &str, secret: &str, now: u64, verified: &VerifiedSecrets) -> Option<Arc<Client>> {
     let client = view.clients.get(id)?;
     client.verify_secret(secret, now, verified).then(|| client.clone())

@@ -284,6 +284,8 @@ enum ClientCommand {
         /// ID-token signing algorithm [default: RS256].
         #[arg(long, value_name = "RS256|ES256|EdDSA", requires = "redirect_uris")]
         id_token_alg: Option<Alg>,
+        #[command(flatten)]
+        federated: FederatedArgs,
     },
     /// Set a client's degradation policy (for when its upstream identity provider is unavailable).
     Update {
@@ -322,6 +324,23 @@ enum IdCommand {
     /// Rotate the identity key: the pre-committed next key signs from now on, a fresh next key is
     /// committed to; the DID (and so the node's admission) stays.
     Rotate,
+}
+
+/// A federated client: its credentials live at an upstream (no local secret is generated).
+#[derive(Debug, Args)]
+struct FederatedArgs {
+    /// The upstream (`upstreams:` entry name) that holds the client's credentials; meshgate
+    /// forwards them there and remembers a salted hash of each secret it accepts.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["secret_stdin", "jwks_file"])]
+    upstream: Option<String>,
+    /// The client's id at the upstream, which is also its id here (agents keep their
+    /// credentials).
+    #[arg(long = "client-id", value_name = "ID", requires = "upstream")]
+    client_id: Option<String>,
+    /// `mapped`: a local token carrying the upstream token's mapped claims (default);
+    /// `passthrough`: the upstream's token itself.
+    #[arg(long, value_name = "mapped|passthrough", requires = "upstream")]
+    mode: Option<String>,
 }
 
 /// A client's degradation policy on the command line; replicated with the client.
@@ -510,6 +529,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
             post_logout_redirect_uris,
             public,
             id_token_alg,
+            ..
         }) if !redirect_uris.is_empty() => {
             if !grants.is_empty() || jwks_file.is_some() || secret_stdin || policy.degradation().is_some() {
                 return Err(Error::Admin(
@@ -526,6 +546,39 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 token_alg,
                 id_token_alg,
             })
+        }
+        Command::Client(ClientCommand::Add {
+            name,
+            grants,
+            scopes,
+            audiences,
+            token_alg,
+            jwks_file,
+            secret_stdin,
+            policy,
+            federated,
+            ..
+        }) if federated.upstream.is_some() => {
+            let upstream = federated.upstream.unwrap_or_default();
+            if !config.upstreams.iter().any(|u| u.name == upstream) {
+                return Err(Error::Admin(format!(
+                    "no upstream named `{upstream}` in the configuration (give --config FILE with an `upstreams:` entry of that name)"
+                )));
+            }
+            let _ = (jwks_file, secret_stdin);
+            AdminRequest::ClientAddFederated {
+                name,
+                client_id: federated.client_id.ok_or_else(|| {
+                    Error::Admin("--upstream needs --client-id: the client's id at the upstream".into())
+                })?,
+                upstream,
+                mode: federated.mode,
+                grants,
+                scopes,
+                audiences,
+                token_alg,
+                degradation: policy.degradation(),
+            }
         }
         Command::Client(ClientCommand::Add {
             name,

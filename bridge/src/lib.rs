@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod federated;
 pub mod federation;
 pub mod form;
 pub mod http;

@@ -56,6 +56,29 @@ pub enum AdminRequest {
         #[serde(default)]
         degradation: Option<ClientDegradation>,
     },
+    /// Registers a federated client: its credentials live at `upstream`, under `client_id`, which
+    /// is also its id here; no local secret. Answers its summary.
+    ClientAddFederated {
+        /// Display name.
+        name: String,
+        /// The client's id at the upstream, and here.
+        client_id: String,
+        /// The upstream's configured name.
+        upstream: String,
+        /// `mapped` (default) or `passthrough`.
+        mode: Option<String>,
+        /// Grant types (default: `client_credentials`).
+        grants: Vec<String>,
+        /// Allowed local scopes (empty: whatever the upstream grants, mapped).
+        scopes: Vec<String>,
+        /// Allowed audiences.
+        audiences: Vec<String>,
+        /// Access-token algorithm.
+        token_alg: Option<Alg>,
+        /// The degradation policy.
+        #[serde(default)]
+        degradation: Option<ClientDegradation>,
+    },
     /// Updates a client's degradation policy: the given fields replace the stored ones, the others
     /// stay; `None` clears the policy.
     ClientSetPolicy {
@@ -421,9 +444,55 @@ impl Node {
                     post_logout_redirect_uris: vec![],
                     token_endpoint_auth_method: None,
                     id_token_signed_response_alg: None,
+                    federation: None,
                 };
                 let answer = json!({"client_id": client_id, "client_secret": secret});
                 (answer, vec![Change::PutClient(record)])
+            }
+            AdminRequest::ClientAddFederated {
+                name,
+                client_id,
+                upstream,
+                mode,
+                grants,
+                scopes,
+                audiences,
+                token_alg,
+                degradation,
+            } => {
+                let client_id = checked_federated_id(client_id)?;
+                if self.store.state().clients.contains_key(&client_id) {
+                    return Err(Error::Admin(format!("client `{client_id}` already exists")));
+                }
+                if !crate::federated::valid_mode(mode.as_deref()) {
+                    return Err(Error::Admin("--mode must be mapped or passthrough".into()));
+                }
+                let grants = if grants.is_empty() {
+                    vec!["client_credentials".to_owned()]
+                } else {
+                    checked_grants(grants)?
+                };
+                let record = ClientRecord {
+                    client_id: client_id.clone(),
+                    name: checked_name(name)?,
+                    secrets: Vec::new(),
+                    grant_types: grants,
+                    scopes: checked_scopes(scopes)?,
+                    audiences: checked_audiences(audiences)?,
+                    token_alg: token_alg.unwrap_or(self.default_alg).to_string(),
+                    jwks: None,
+                    created_at: now,
+                    degradation: degradation.map(checked_degradation).transpose()?,
+                    federation: Some(Box::new(mesh::state::ClientFederation {
+                        upstream,
+                        mode,
+                        verified_secrets: Vec::new(),
+                        granted_scopes: Vec::new(),
+                        auto: false,
+                    })),
+                    ..Default::default()
+                };
+                (summary(&record, now), vec![Change::PutClient(record)])
             }
             AdminRequest::ClientList => {
                 let list: Vec<Value> = self.store.state().clients.values().map(|c| summary(c, now)).collect();
@@ -756,6 +825,19 @@ pub(crate) fn checked_audiences(audiences: Vec<String>) -> Result<Vec<String>, E
     Ok(out)
 }
 
+/// A client id chosen by an upstream: 1 to 200 printable ASCII characters without `:` (which
+/// HTTP Basic credentials cannot carry unencoded everywhere) or spaces.
+pub fn checked_federated_id(client_id: String) -> Result<String, Error> {
+    let valid =
+        !client_id.is_empty() && client_id.len() <= 200 && client_id.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if !valid {
+        return Err(Error::Admin(
+            "--client-id must be 1 to 200 printable ASCII characters, without spaces or `:`".into(),
+        ));
+    }
+    Ok(client_id)
+}
+
 pub(crate) fn checked_degradation(policy: ClientDegradation) -> Result<ClientDegradation, Error> {
     if let Some(mode) = &policy.on_upstream_unavailable
         && mode != "issue_local"
@@ -825,5 +907,11 @@ pub(crate) fn summary(client: &ClientRecord, now: u64) -> Value {
         "secrets": client.secrets.iter().map(|s| json!({"expires_at": s.expires_at})).collect::<Vec<_>>(),
         "created_at": client.created_at,
         "degradation": client.degradation,
+        "federation": client.federation.as_ref().map(|f| json!({
+            "upstream": f.upstream,
+            "mode": f.mode.as_deref().unwrap_or("mapped"),
+            "verified_secrets": f.verified_secrets.len(),
+            "last_verified_at": f.verified_secrets.iter().map(|v| v.verified_at).max(),
+        })),
     })
 }

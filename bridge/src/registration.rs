@@ -197,6 +197,7 @@ pub fn new_client(metadata: Metadata, token_alg: &str, now: u64) -> NewClient {
         post_logout_redirect_uris: Vec::new(),
         token_endpoint_auth_method: None,
         id_token_signed_response_alg: None,
+        federation: None,
     };
     update(&mut record, metadata);
     NewClient {

@@ -142,6 +142,25 @@ impl Upstreams {
             .map(|entry| &entry.upstream)
     }
 
+    /// The configuration of the upstream named `name`.
+    pub fn config_by_name(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.0
+            .entries
+            .iter()
+            .find(|entry| entry.config.name == name)
+            .map(|entry| &entry.config)
+    }
+
+    /// The first upstream with `federate_unknown_clients: true`, which unknown client ids are
+    /// forwarded to.
+    pub fn federating_unknown_clients(&self) -> Option<&Upstream> {
+        self.0
+            .entries
+            .iter()
+            .find(|entry| entry.config.federate_unknown_clients)
+            .map(|entry| &entry.upstream)
+    }
+
     /// The status of every upstream at `now` (Unix seconds); `fresh_for` is
     /// `federation.jwks_fresh_for`.
     pub fn status(&self, now: u64, fresh_for: Duration) -> Vec<UpstreamStatus> {

@@ -203,6 +203,7 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                 token_endpoint_auth_method: public.then(|| "none".to_owned()),
                 id_token_signed_response_alg: id_token_alg.map(|a| a.to_string()),
                 dynamic_registration: None,
+                federation: None,
             };
             let mut answer = json!({"client_id": client_id, "redirect_uris": record.redirect_uris});
             match secret {

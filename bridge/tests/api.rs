@@ -3,6 +3,7 @@
 mod api {
     mod authz;
     mod exchange;
+    mod federated;
     mod fuzz_corpus;
     pub mod harness;
     mod introspection;

@@ -11,6 +11,7 @@ mod compat {
     mod crash;
     mod examples;
     mod hardening;
+    mod hub_edge;
     mod import;
     mod lifecycle;
     mod login;

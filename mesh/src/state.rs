@@ -485,7 +485,7 @@ impl KeyChains for CachedChains<'_> {
 }
 
 /// A registered OAuth client (RFC 6749 §2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientRecord {
     /// The client identifier (RFC 6749 §2.2).
     pub client_id: String,
@@ -529,6 +529,9 @@ pub struct ClientRecord {
     /// hash of its registration access token, and when it was last used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_registration: Option<Box<DynamicRegistration>>,
+    /// Set for a federated client: one whose credentials live at an upstream identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<Box<ClientFederation>>,
 }
 
 /// What a dynamically registered client (RFC 7591) carries besides the common fields.
@@ -560,6 +563,47 @@ impl std::fmt::Debug for DynamicRegistration {
             .field("redirect_uris", &self.redirect_uris)
             .field("token_endpoint_auth_method", &self.token_endpoint_auth_method)
             .field("last_used", &self.last_used)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What meshgate holds of a federated client (`client add --upstream NAME --client-id ID`, or an
+/// unknown client id an upstream with `federate_unknown_clients` accepted): the client
+/// authenticates at the upstream while it is reachable; the salted slow hashes of secrets the
+/// upstream accepted let it authenticate locally while the upstream is not. Never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientFederation {
+    /// The `name` of the upstream (`upstreams:` entry) that holds the client's credentials.
+    pub upstream: String,
+    /// `mapped` (a local token carrying the upstream token's mapped claims; default) or
+    /// `passthrough` (the upstream's token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Secrets the upstream accepted, newest last (at most a few), as salted argon2 hashes.
+    #[serde(default)]
+    pub verified_secrets: Vec<VerifiedSecret>,
+    /// The local scopes (after mapping) the upstream granted when a secret was last recorded;
+    /// what a degraded token may carry when the client has no registered scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_scopes: Vec<String>,
+    /// Whether meshgate recorded the client on its own (`federate_unknown_clients`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
+}
+
+/// A secret an upstream accepted for a federated client.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifiedSecret {
+    /// An argon2 PHC string (its own random salt) of the secret.
+    pub hash: String,
+    /// When the upstream last accepted it (Unix seconds).
+    pub verified_at: u64,
+}
+
+impl std::fmt::Debug for VerifiedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedSecret")
+            .field("verified_at", &self.verified_at)
             .finish_non_exhaustive()
     }
 }

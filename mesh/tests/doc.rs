@@ -34,6 +34,7 @@ fn client(id: &str, name: &str) -> ClientRecord {
         post_logout_redirect_uris: vec![],
         token_endpoint_auth_method: None,
         id_token_signed_response_alg: None,
+        federation: None,
     }
 }
 

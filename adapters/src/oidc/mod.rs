@@ -211,6 +211,24 @@ impl OidcProvider {
         }
     }
 
+    /// Verifies an OpenID Connect ID token like [`OidcProvider::verify`], with `client_id`
+    /// (meshgate's client at the upstream) as the required audience instead of the configured
+    /// `audience`: signature with an allowed algorithm, `iss`, `aud`, `exp`, `nbf`. The caller
+    /// checks `nonce` (and `azp`); see [`crate::login`].
+    pub async fn verify_id_token(&self, token: &str, client_id: &str, now: Duration) -> Result<VerifiedClaims, Error> {
+        let header = keys::parse_header(token, &self.inner.algorithms)?;
+        let validation = keys::validation(header.algorithm, self.inner.issuer.as_str(), Some(client_id));
+        match self.inner.verify_cached_with(token, &header, &validation, now) {
+            Err(Error::UnknownKey { .. } | Error::JwksUnavailable | Error::JwksTooStale { .. }) => {
+                let inner = self.inner.clone();
+                let refresh = tokio::spawn(async move { inner.refresh_for_unknown_key(now).await });
+                let _ = tokio::time::timeout(self.inner.refresh_wait, refresh).await;
+                self.inner.verify_cached_with(token, &header, &validation, now)
+            }
+            result => result,
+        }
+    }
+
     /// Verifies like [`OidcProvider::verify`] but never calls the upstream: an unknown `kid`
     /// fails with [`Error::UnknownKey`].
     pub fn verify_offline(&self, token: &str, now: Duration) -> Result<VerifiedClaims, Error> {
@@ -245,6 +263,21 @@ impl OidcProvider {
 
 impl Inner {
     fn verify_cached(&self, token: &str, header: &TokenHeader, now: Duration) -> Result<VerifiedClaims, Error> {
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(algorithm, _)| *algorithm == header.algorithm)
+            .ok_or_else(|| Error::AlgorithmNotAllowed(header.algorithm.as_str().into()))?;
+        self.verify_cached_with(token, header, validation, now)
+    }
+
+    fn verify_cached_with(
+        &self,
+        token: &str,
+        header: &TokenHeader,
+        validation: &jsonwebtoken::Validation,
+        now: Duration,
+    ) -> Result<VerifiedClaims, Error> {
         let keys = self.keys.load();
         let Some(keys) = keys.as_ref() else {
             return Err(Error::JwksUnavailable);
@@ -256,11 +289,6 @@ impl Inner {
                 max_stale: self.jwks.max_stale,
             });
         }
-        let (_, validation) = self
-            .validations
-            .iter()
-            .find(|(algorithm, _)| *algorithm == header.algorithm)
-            .ok_or_else(|| Error::AlgorithmNotAllowed(header.algorithm.as_str().into()))?;
         keys.verify(token, header, validation, now)
     }
 
@@ -287,7 +315,14 @@ impl Inner {
                 let metadata = self
                     .circuit
                     .call(async {
-                        let document = self.get_json(&url, "discovery document").await?;
+                        // An OAuth 2.0 server without OpenID Connect (a meshgate hub) publishes
+                        // RFC 8414 metadata instead: tried when the OIDC document is not found.
+                        let document = match self.get_json(&url, "discovery document").await {
+                            Err(Error::UpstreamStatus { status: 404, .. }) => {
+                                self.get_json(&self.issuer.rfc8414_url(), "discovery document").await?
+                            }
+                            other => other?,
+                        };
                         Metadata::from_discovery(&self.issuer, document)
                     })
                     .await?;

@@ -4,6 +4,7 @@
 mod support;
 
 mod cache_and_breaker;
+mod login;
 mod token;
 mod verification;
 

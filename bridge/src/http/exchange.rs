@@ -234,19 +234,26 @@ async fn resolve(state: &AppState, client_id: &str, token: &str, now: u64) -> Re
     let Some(sub) = claims.subject.clone() else {
         return Err(OAuthError::invalid_grant("the upstream token has no `sub`"));
     };
+    // With a `scope_map`, the subject token's scopes, mapped, bound the local token's (never
+    // widened); without one, the client's registered scopes do.
+    let ceiling = federation
+        .upstreams
+        .config_by_name(upstream.name())
+        .filter(|config| !config.scope_map.is_empty())
+        .map(|config| crate::federated::map_scopes(&config.scope_map, claims.scopes()));
     Ok(Subject {
         sub,
         exp: claims.expires_at,
         act: claims.claim("act").cloned(),
         may_act: claims.claim("may_act").cloned(),
-        ceiling: None,
+        ceiling,
         degraded_ttl,
         parent_degraded: false,
     })
 }
 
 /// The unverified `iss` of a compact JWS, to pick the verifier; nothing else is trusted from it.
-fn peek_issuer(token: &str) -> Option<String> {
+pub(super) fn peek_issuer(token: &str) -> Option<String> {
     if token.len() > 16 * 1024 {
         return None;
     }

@@ -41,6 +41,10 @@ pub(super) async fn introspect(
             return Ok(no_store(axum::Json(legacy).into_response()));
         }
         Err(reason) => {
+            drop(view);
+            if let Some(answer) = super::upstream_introspect::introspect(&state, token, now).await {
+                return Ok(no_store(axum::Json(answer).into_response()));
+            }
             tracing::debug!(?reason, "introspection: inactive token");
             Introspection {
                 active: false,

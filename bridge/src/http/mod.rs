@@ -7,12 +7,14 @@ pub mod authorize;
 mod cors;
 mod discovery;
 mod exchange;
+mod federated;
 mod introspect;
 mod oidc;
 mod pages;
 pub mod refresh;
 mod register;
 mod token;
+mod upstream_introspect;
 
 use std::sync::{Arc, Mutex};
 

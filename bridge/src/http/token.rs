@@ -32,6 +32,9 @@ pub(super) async fn token(
     let s = &state.0;
     let grant_type = form.required("grant_type")?;
     let now = state.now();
+    if let Some(response) = super::federated::token(&state, &headers, &form, grant_type, now).await? {
+        return Ok(response);
+    }
     let view = state.view();
     let client = match super::authorize::public_client(&view, &headers, &form, grant_type)? {
         Some(client) => client,

@@ -381,6 +381,7 @@ pub fn plan(
             post_logout_redirect_uris: Vec::new(),
             token_endpoint_auth_method: None,
             id_token_signed_response_alg: None,
+            federation: None,
         };
         planned.methods.insert(id.to_owned(), methods);
         planned.records.push(record);

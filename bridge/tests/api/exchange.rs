@@ -566,6 +566,7 @@ fn register(h: &Harness, id: &str) -> (String, String) {
         post_logout_redirect_uris: vec![],
         token_endpoint_auth_method: None,
         id_token_signed_response_alg: None,
+        federation: None,
     };
     h.state
         .with_node(|node| {
@@ -637,4 +638,35 @@ async fn the_policy_replicated_on_the_client_record_wins() {
         degradation: Some(policy("maybe", None)),
     });
     assert!(refused.unwrap_err().to_string().contains("issue_local or fail_closed"));
+}
+
+#[tokio::test]
+async fn a_scope_map_bounds_exchanged_scopes_and_never_widens() {
+    let stub = Stub::start().await;
+    let h = federated(
+        &stub,
+        "  scope_map: { upstream-scope: [read], upstream-admin: [read, write] }\n",
+        "{}",
+    )
+    .await;
+    let client = exchanger(&h, "read write");
+    // `upstream-scope` maps to `read` only: the default grant is `read`, asking for `write` fails.
+    let subject = stub.token(json!({}));
+    let answer = exchange(&h, &client, &subject, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.json["scope"], "read");
+    let answer = exchange(&h, &client, &subject, &[("scope", "write")]).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.json);
+    assert_eq!(answer.json["error"], "invalid_scope");
+    // `upstream-admin` maps to both; the client's own scopes still bound the grant.
+    let admin = stub.token(json!({"scope": "upstream-admin"}));
+    let answer = exchange(&h, &client, &admin, &[]).await;
+    assert_eq!(answer.json["scope"], "read write", "{}", answer.json);
+    let narrow = exchanger(&h, "read");
+    let answer = exchange(&h, &narrow, &admin, &[]).await;
+    assert_eq!(answer.json["scope"], "read", "{}", answer.json);
+    // An unmapped upstream scope grants nothing.
+    let unmapped = stub.token(json!({"scope": "write"}));
+    let answer = exchange(&h, &client, &unmapped, &[("scope", "write")]).await;
+    assert_eq!(answer.json["error"], "invalid_scope", "{}", answer.json);
 }

@@ -30,6 +30,11 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Upstream::start`] with extra environment variables (e.g. a second client).
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = workspace_root().join("bench/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -41,6 +46,7 @@ impl Upstream {
             .current_dir(&dir)
             .env("UPSTREAM_CLIENT_ID", UPSTREAM_CLIENT)
             .env("UPSTREAM_CLIENT_SECRET", UPSTREAM_SECRET)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -504,4 +510,376 @@ federation:
         !server.output().contains(&subject) && !server.output().contains(UPSTREAM_SECRET),
         "a token or secret reached the logs"
     );
+}
+
+const STRICT_CLIENT: &str = "upstream-strict";
+const STRICT_SECRET: &str = "upstream-strict-secret-0c7e5a91d3";
+
+/// One agent's requests: when each was sent, how long it took, and the answer.
+type Requests = Vec<(Instant, Duration, support::Answer)>;
+
+/// An agent asking for tokens with its upstream credentials, back to back, until `stop`.
+fn agent_load(
+    url: String,
+    client_id: &'static str,
+    secret: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Requests> {
+    tokio::spawn(async move {
+        let mut requests = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let sent = Instant::now();
+            let answer = post_form(
+                &url,
+                Some(&basic(client_id, secret)),
+                form(&[("grant_type", "client_credentials"), ("scope", "read")]),
+            )
+            .await;
+            requests.push((sent, sent.elapsed(), answer));
+        }
+        requests
+    })
+}
+
+fn degraded(answer: &support::Answer) -> bool {
+    answer.status == StatusCode::OK
+        && Jwt::parse(answer.json()["access_token"].as_str().expect("access_token")).payload["degraded"] == true
+}
+
+/// What one outage looked like to the agents.
+struct Outage {
+    /// From the failure to the end of the first degraded (local) token.
+    first_local: Duration,
+    /// The slowest issue_local request after the failure.
+    slowest: Duration,
+    requests: usize,
+}
+
+/// Checks one outage's requests: every issue_local request succeeded, every fail_closed one got a
+/// normal token or a clean 503 (never a degraded token), and at least one was refused.
+fn judge(what: &str, failed_at: Instant, local: &Requests, strict: &Requests) -> Outage {
+    let mut first_local = None;
+    let mut slowest = Duration::ZERO;
+    for (sent, took, answer) in local {
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{what}: issue_local request failed: {}",
+            answer.text
+        );
+        let token = Jwt::parse(answer.json()["access_token"].as_str().expect("access_token"));
+        assert_eq!(token.payload["sub"], UPSTREAM_CLIENT, "{what}");
+        assert_eq!(token.payload["scope"], "read", "{what}");
+        if *sent + *took >= failed_at {
+            slowest = slowest.max(*took);
+        }
+        if degraded(answer) && first_local.is_none() {
+            first_local = Some((*sent + *took).saturating_duration_since(failed_at));
+        }
+    }
+    let mut refused = 0;
+    for (_, _, answer) in strict {
+        if answer.status == StatusCode::OK {
+            assert!(!degraded(answer), "{what}: a fail_closed client got a degraded token");
+            continue;
+        }
+        if let Some(problem) = answer.oauth_error_mismatch(503, "temporarily_unavailable") {
+            panic!("{what}: fail_closed: {problem}");
+        }
+        assert!(answer.header("retry-after").is_some(), "{what}: no Retry-After");
+        refused += 1;
+    }
+    assert!(refused > 0, "{what}: the fail_closed client was never refused");
+    Outage {
+        first_local: first_local.unwrap_or_else(|| panic!("{what}: no degraded token in {} requests", local.len())),
+        slowest,
+        requests: local.len(),
+    }
+}
+
+/// Runs both agents while `outage` happens `lead` after they started, for `length`; then `after`
+/// (e.g. thawing) before they stop. Returns their requests and the moment of the failure.
+async fn under_load(
+    server: &Meshgate,
+    outage: impl FnOnce(),
+    after: impl FnOnce(),
+    length: Duration,
+) -> (Instant, Requests, Requests) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let local = agent_load(server.url("/token"), UPSTREAM_CLIENT, UPSTREAM_SECRET, stop.clone());
+    let strict = agent_load(server.url("/token"), STRICT_CLIENT, STRICT_SECRET, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    outage();
+    let failed_at = Instant::now();
+    tokio::time::sleep(length).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let local = local.await.expect("the issue_local agent");
+    let strict = strict.await.expect("the fail_closed agent");
+    after();
+    (failed_at, local, strict)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_clients_of_oidc_provider_survive_its_freeze_and_death_under_load() {
+    let mut upstream = Upstream::start_with(&[
+        ("UPSTREAM_CLIENT2_ID", STRICT_CLIENT),
+        ("UPSTREAM_CLIENT2_SECRET", STRICT_SECRET),
+    ]);
+    let dir = support::temp_dir();
+    let data = dir.path().join("data");
+    let config = dir.path().join("meshgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"bridge: {{ listen: "127.0.0.1:0", metrics_listen: "127.0.0.1:0" }}
+node: {{ sync: {{ listen: "127.0.0.1:0" }} }}
+upstreams:
+  - name: corp
+    issuer: {issuer}
+    audience: meshgate
+    algorithms: [RS256]
+    timeouts: {{ connect: 200ms, total: 1s, token_deadline: 300ms }}
+    breaker: {{ failure_threshold: 1, open_for: 1s, max_open_for: 2s }}
+    jwks: {{ refresh_interval: 1s, min_refresh_interval: 1s }}
+federation:
+  jwks_fresh_for: 10s
+"#,
+            issuer = upstream.issuer,
+        ),
+    )
+    .expect("write the configuration");
+    let config_arg = config.to_string_lossy().into_owned();
+    for (client_id, policy) in [(UPSTREAM_CLIENT, "issue_local"), (STRICT_CLIENT, "fail_closed")] {
+        compat_tests::cli(
+            &data,
+            &[
+                "client",
+                "add",
+                "--config",
+                &config_arg,
+                "--name",
+                client_id,
+                "--upstream",
+                "corp",
+                "--client-id",
+                client_id,
+                "--scope",
+                "read",
+                "--on-upstream-unavailable",
+                policy,
+                "--degraded-ttl",
+                "30s",
+            ],
+        );
+    }
+    let server = Meshgate::spawn_with_config(&data, &config, &[]);
+    wait_for_status(&server, "available", |corp| corp["available"] == true);
+
+    // Up: both agents get local tokens carrying oidc-provider's claims, upstream-first.
+    for (client_id, secret) in [(UPSTREAM_CLIENT, UPSTREAM_SECRET), (STRICT_CLIENT, STRICT_SECRET)] {
+        let answer = post_form(
+            &server.url("/token"),
+            Some(&basic(client_id, secret)),
+            form(&[("grant_type", "client_credentials"), ("scope", "read")]),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{client_id}: {}", answer.text);
+        let token = Jwt::parse(answer.json()["access_token"].as_str().unwrap());
+        assert_eq!(token.payload["iss"], server.issuer());
+        assert_eq!(token.payload["sub"], client_id);
+        assert_eq!(token.payload["scope"], "read");
+        assert!(!degraded(&answer));
+    }
+
+    // Frozen (SIGSTOP): only the response deadline notices.
+    let (frozen_at, local, strict) = under_load(&server, || upstream.freeze(), || {}, Duration::from_secs(4)).await;
+    let freeze = judge("freeze", frozen_at, &local, &strict);
+    upstream.thaw();
+    let corp = wait_for_status(&server, "available again", |corp| {
+        corp["available"] == true && corp["breaker"]["state"] == "closed"
+    });
+    assert!(corp["last_refresh_error"].is_null(), "{corp}");
+    let answer = post_form(
+        &server.url("/token"),
+        Some(&basic(UPSTREAM_CLIENT, UPSTREAM_SECRET)),
+        form(&[("grant_type", "client_credentials"), ("scope", "read")]),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert!(!degraded(&answer), "upstream-first again after the thaw");
+
+    // Killed (SIGKILL): connections refused.
+    let (killed_at, local, strict) = under_load(&server, || upstream.kill(), || {}, Duration::from_secs(4)).await;
+    let death = judge("kill", killed_at, &local, &strict);
+    let corp = wait_for_status(&server, "unavailable", |corp| corp["available"] == false);
+    assert_ne!(corp["breaker"]["state"], "closed", "{corp}");
+
+    // Figures for bench/upstream.sh (the target is the token deadline, 300 ms, + 50 ms; not
+    // asserted: two shared cores make single requests noisy).
+    for (what, outage) in [("freeze", &freeze), ("kill", &death)] {
+        eprintln!(
+            "BENCH federated {what}: first local token after {} ms, slowest agent request {} ms, {} requests",
+            outage.first_local.as_millis(),
+            outage.slowest.as_millis(),
+            outage.requests
+        );
+        assert!(
+            outage.slowest < ANSWER_BOUND,
+            "{what}: a request took {:?}",
+            outage.slowest
+        );
+    }
+    let logs = server.output();
+    assert!(
+        !logs.contains(UPSTREAM_SECRET) && !logs.contains(STRICT_SECRET),
+        "a secret reached the logs"
+    );
+}
+
+const LOGIN_CLIENT: &str = "meshgate-login";
+const LOGIN_SECRET: &str = "meshgate-login-secret-9b4e1d7c2a6f";
+const LOGIN_REDIRECT: &str = "https://meshgate.example/callback";
+
+/// A browser without JavaScript: follows nothing by itself, keeps every cookie it is given and
+/// sends them all back (oidc-provider scopes its interaction cookies by path; sending extra
+/// ones is harmless).
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, String) {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let response = request
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("the upstream answers");
+        for set in response.headers().get_all("set-cookie") {
+            let set = set.to_str().expect("a text cookie");
+            let pair = set.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                self.cookies.insert(name.trim().to_owned(), value.to_owned());
+            }
+        }
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|value| value.to_str().expect("a text location").to_owned());
+        (status, location, response.text().await.unwrap_or_default())
+    }
+
+    /// GETs `url` (relative to `base` when it is a path), expecting a redirect; returns where to.
+    async fn redirected(&mut self, base: &str, url: &str) -> String {
+        let url = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.to_owned()
+        };
+        let (status, location, body) = self.send(self.http.get(&url)).await;
+        assert!(status.is_redirection(), "GET {url}: {status} {body}");
+        location.expect("a Location header")
+    }
+
+    /// GETs the interaction page at `url`, then submits its form with `fields`; returns the
+    /// redirect that follows.
+    async fn submit(&mut self, base: &str, url: &str, fields: &[(&str, &str)]) -> String {
+        let url = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.to_owned()
+        };
+        let (status, _, page) = self.send(self.http.get(&url)).await;
+        assert_eq!(status, StatusCode::OK, "GET {url}: {page}");
+        let action = page
+            .split("action=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no form on {url}: {page}"))
+            .to_owned();
+        let (status, location, body) = self.send(self.http.post(&action).form(fields)).await;
+        assert!(status.is_redirection(), "POST {action}: {status} {body}");
+        location.expect("a Location header")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_federation_round_trip_through_oidc_provider() {
+    let upstream = Upstream::start_with(&[
+        ("UPSTREAM_LOGIN_CLIENT_ID", LOGIN_CLIENT),
+        ("UPSTREAM_LOGIN_CLIENT_SECRET", LOGIN_SECRET),
+        ("UPSTREAM_LOGIN_REDIRECT", LOGIN_REDIRECT),
+    ]);
+    let mut config = adapters::config::UpstreamConfig::new(
+        "corp",
+        adapters::config::Issuer::new(upstream.issuer.clone()).expect("issuer"),
+    );
+    config.audience = Some("meshgate".into());
+    config.client_id = Some(LOGIN_CLIENT.into());
+    config.client_secret = Some(adapters::config::Secret::new(LOGIN_SECRET));
+    config.timeouts.token_deadline = Duration::from_secs(2);
+    let clock = std::sync::Arc::new(adapters::clock::SystemClock);
+    let federated = adapters::Upstream::new(&config, clock.clone(), None).expect("upstream");
+    federated.oidc().refresh().await.expect("discovery and JWKS");
+    let redirect = reqwest::Url::parse(LOGIN_REDIRECT).unwrap();
+
+    // meshgate builds the authorization URL; a browser logs in and consents at the upstream.
+    let login = federated.begin_login(&redirect, &[]).expect("authorization URL");
+    let mut browser = Browser {
+        http: support::http(),
+        cookies: Default::default(),
+    };
+    let base = upstream.issuer.as_str();
+    let interaction = browser.redirected(base, login.url.as_str()).await;
+    let resume = browser
+        .submit(
+            base,
+            &interaction,
+            &[("prompt", "login"), ("login", "alice"), ("password", "any")],
+        )
+        .await;
+    let consent = browser.redirected(base, &resume).await;
+    let resume = browser.submit(base, &consent, &[("prompt", "consent")]).await;
+    let back = browser.redirected(base, &resume).await;
+    let back = reqwest::Url::parse(&back).expect("the redirect back");
+    assert!(back.as_str().starts_with(LOGIN_REDIRECT), "{back}");
+    let param = |name: &str| {
+        back.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_else(|| panic!("no {name} in {back}"))
+    };
+    assert!(login.state_matches(&param("state")));
+    assert_eq!(param("iss"), upstream.issuer);
+
+    // meshgate exchanges the code (PKCE) and verifies the ID token.
+    let code = param("code");
+    let now = adapters::clock::Clock::now(&*clock);
+    let identity = federated
+        .finish_login(&login, &code, &redirect, now)
+        .await
+        .expect("the login completes");
+    assert_eq!(identity.subject, "alice");
+    assert_eq!(identity.id_token_claims.issuer, upstream.issuer);
+    assert_eq!(identity.id_token_claims.audience, vec![LOGIN_CLIENT.to_owned()]);
+    // A code is single-use at the upstream.
+    let replay = federated.finish_login(&login, &code, &redirect, now).await.unwrap_err();
+    assert!(
+        matches!(&replay, adapters::Error::TokenRejected { error } if error == "invalid_grant"),
+        "{replay:?}"
+    );
+    // Another login's verifier does not redeem this login's code.
+    let other = federated.begin_login(&redirect, &[]).expect("authorization URL");
+    let wrong = federated
+        .finish_login(&other, "not-a-code", &redirect, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, adapters::Error::TokenRejected { .. }), "{wrong:?}");
 }

@@ -213,5 +213,6 @@ pub fn client(client_id: &str) -> ClientRecord {
         post_logout_redirect_uris: vec![],
         token_endpoint_auth_method: None,
         id_token_signed_response_alg: None,
+        federation: None,
     }
 }

@@ -120,6 +120,7 @@ fn client(id: &str) -> Change {
         post_logout_redirect_uris: vec![],
         token_endpoint_auth_method: None,
         id_token_signed_response_alg: None,
+        federation: None,
     })
 }
 

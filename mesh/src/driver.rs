@@ -51,6 +51,27 @@ pub trait Replica: Send + Sync + 'static {
     fn generate(&self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>>;
     /// Applies a sync message from `peer` (persisting it before returning).
     fn receive(&self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String>;
+    /// The epochs the replica holds ([`session::Document::epochs`]); default the genesis epoch.
+    fn epochs(&self) -> crate::epoch::Announce {
+        crate::epoch::Announce::genesis()
+    }
+    /// The next sync message of epoch `seed` ([`session::Document::generate_in`]); the default
+    /// serves the genesis epoch through [`Replica::generate`].
+    fn generate_in(&self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        (*seed == crate::epoch::Epoch::genesis().seed).then(|| self.generate(peer, sync))?
+    }
+    /// Applies a sync message of epoch `seed` ([`session::Document::receive_in`]); the default
+    /// serves the genesis epoch through [`Replica::receive`].
+    fn receive_in(&self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+        if *seed == crate::epoch::Epoch::genesis().seed {
+            return self.receive(peer, sync, message);
+        }
+        Ok(())
+    }
+    /// A peer announced its current epoch ([`session::Document::offer`]); the default ignores it.
+    fn offer(&self, peer: &DidKey, epoch: &crate::epoch::Epoch) {
+        let _ = (peer, epoch);
+    }
 }
 
 /// Driver settings.
@@ -659,6 +680,22 @@ impl session::Document for ReplicaDocument<'_> {
 
     fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
         self.0.receive(peer, sync, message)
+    }
+
+    fn epochs(&self) -> crate::epoch::Announce {
+        self.0.epochs()
+    }
+
+    fn generate_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        self.0.generate_in(peer, seed, sync)
+    }
+
+    fn receive_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+        self.0.receive_in(peer, seed, sync, message)
+    }
+
+    fn offer(&mut self, peer: &DidKey, epoch: &crate::epoch::Epoch) {
+        self.0.offer(peer, epoch);
     }
 }
 

@@ -285,6 +285,41 @@ impl Node {
         self.store.document_size()
     }
 
+    /// Bounds the replicated document (`node.sync.crdt_buffer_mb`, in bytes): past half of it the
+    /// store starts a new epoch holding the live state only (see `mesh::epoch`).
+    pub fn set_document_bound(&mut self, bytes: u64) {
+        self.store.set_epoch_bound(Some(bytes));
+    }
+
+    /// The epochs of the replicated document this node holds, for mesh peers.
+    pub fn epochs(&self) -> mesh::epoch::Announce {
+        self.store.announce()
+    }
+
+    /// The next sync message of epoch `seed` for a mesh peer.
+    pub fn generate_in(&mut self, seed: &[u8; 32], peer: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+        self.store.generate_in(seed, peer)
+    }
+
+    /// Applies a mesh peer's sync message of epoch `seed`; returns how the state changed.
+    pub fn receive_in(
+        &mut self,
+        seed: &[u8; 32],
+        peer: &mut mesh::doc::PeerSync,
+        message: &[u8],
+    ) -> Result<Vec<Change>, Error> {
+        Ok(self.store.receive_in(seed, peer, message, self.clock.now())?)
+    }
+
+    /// Moves to a peer's announced epoch if it is better and can be built here; returns whether it
+    /// moved and how the state changed.
+    pub fn offer(&mut self, epoch: &mesh::epoch::Epoch) -> Result<(bool, Vec<Change>), Error> {
+        Ok(match self.store.offer(epoch, self.clock.now())? {
+            mesh::epoch::Offered::Switched(changes) => (true, changes),
+            _ => (false, Vec::new()),
+        })
+    }
+
     /// Applies changes made elsewhere (revocations from `/revoke`, maintenance) and persists them.
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), Error> {
         Ok(self.store.apply(changes, self.clock.now())?)

@@ -64,7 +64,7 @@ impl Running {
 /// Starts serving `config` from `data_dir`.
 pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Running, Error> {
     let bridge = &config.bridge;
-    let node = {
+    let mut node = {
         let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
         let trusted = config.node.sync.trusted_peers.clone();
         tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg, trusted))
@@ -124,6 +124,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         max_body_bytes: bridge.max_body_bytes,
         verified_token_cache: bridge.verified_token_cache,
     };
+    node.set_document_bound(config.node.sync.crdt_buffer_mb.get().saturating_mul(1 << 20));
     let did = node.did().to_string();
     let identity = node.identity();
     let data_dir = node.data_dir().to_path_buf();

@@ -313,8 +313,8 @@ impl Node {
 
     /// Moves to a peer's announced epoch if it is better and can be built here; returns whether it
     /// moved and how the state changed.
-    pub fn offer(&mut self, epoch: &mesh::epoch::Epoch) -> Result<(bool, Vec<Change>), Error> {
-        Ok(match self.store.offer(epoch, self.clock.now())? {
+    pub fn offer(&mut self, announce: &mesh::epoch::Announce) -> Result<(bool, Vec<Change>), Error> {
+        Ok(match self.store.offer(announce, self.clock.now())? {
             mesh::epoch::Offered::Switched(changes) => (true, changes),
             _ => (false, Vec::new()),
         })

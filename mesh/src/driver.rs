@@ -68,9 +68,9 @@ pub trait Replica: Send + Sync + 'static {
         }
         Ok(())
     }
-    /// A peer announced its current epoch ([`session::Document::offer`]); the default ignores it.
-    fn offer(&self, peer: &DidKey, epoch: &crate::epoch::Epoch) {
-        let _ = (peer, epoch);
+    /// A peer announced its epochs ([`session::Document::offer`]); the default ignores it.
+    fn offer(&self, peer: &DidKey, announce: &crate::epoch::Announce) {
+        let _ = (peer, announce);
     }
 }
 
@@ -690,12 +690,18 @@ impl session::Document for ReplicaDocument<'_> {
         self.0.generate_in(peer, seed, sync)
     }
 
-    fn receive_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+    fn receive_in(
+        &mut self,
+        peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
         self.0.receive_in(peer, seed, sync, message)
     }
 
-    fn offer(&mut self, peer: &DidKey, epoch: &crate::epoch::Epoch) {
-        self.0.offer(peer, epoch);
+    fn offer(&mut self, peer: &DidKey, announce: &crate::epoch::Announce) {
+        self.0.offer(peer, announce);
     }
 }
 

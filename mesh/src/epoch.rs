@@ -192,7 +192,9 @@ pub fn puts(state: &State) -> Vec<Change> {
 /// grow: entries missing from `to` are not removed.
 pub fn diff(from: &State, to: &State) -> Vec<Change> {
     let mut out = Vec::new();
-    grow(&from.key_events, &to.key_events, &mut out, |e| Change::PutKeyEvent(e.clone()));
+    grow(&from.key_events, &to.key_events, &mut out, |e| {
+        Change::PutKeyEvent(e.clone())
+    });
     grow(&from.clients, &to.clients, &mut out, |c| Change::PutClient(c.clone()));
     out.extend(
         from.clients
@@ -227,7 +229,9 @@ pub fn diff(from: &State, to: &State) -> Vec<Change> {
     }
     grow(&from.admissions, &to.admissions, &mut out, |a| Change::Admit(a.clone()));
     grow(&from.nodes, &to.nodes, &mut out, |n| Change::PutNode(n.clone()));
-    grow(&from.removals, &to.removals, &mut out, |r| Change::RemoveNode(r.clone()));
+    grow(&from.removals, &to.removals, &mut out, |r| {
+        Change::RemoveNode(r.clone())
+    });
     out
 }
 
@@ -250,6 +254,8 @@ fn grow<T: PartialEq>(
 pub struct Replicas {
     current: Doc,
     previous: Option<Doc>,
+    /// An epoch this node cannot build, being received from peers (see [`Replicas::offer`]).
+    pending: Option<Doc>,
     actor: [u8; 16],
 }
 
@@ -272,6 +278,7 @@ impl Replicas {
         Self {
             current,
             previous,
+            pending: None,
             actor,
         }
     }
@@ -291,11 +298,12 @@ impl Replicas {
         self.previous.as_ref()
     }
 
-    /// What to tell peers.
+    /// What to tell peers: the current epoch, and the other epoch synced with them — the one
+    /// being received when there is one, else the previous one.
     pub fn announce(&self) -> Announce {
         Announce {
             current: self.current.epoch().clone(),
-            previous: self.previous.as_ref().map(|p| p.epoch().id()),
+            previous: self.pending.as_ref().or(self.previous.as_ref()).map(|p| p.epoch().id()),
         }
     }
 
@@ -318,6 +326,13 @@ impl Replicas {
         if self.current.epoch().seed == *seed {
             return self.current.receive_sync_message(sync, message);
         }
+        if let Some(pending) = self.pending.as_mut().filter(|p| p.epoch().seed == *seed) {
+            pending.receive_sync_message(sync, message)?;
+            if !pending.has_seed() {
+                return Ok(Vec::new());
+            }
+            return self.adopt_pending(now);
+        }
         let Some(previous) = self.previous.as_mut().filter(|p| p.epoch().seed == *seed) else {
             return Ok(Vec::new());
         };
@@ -339,22 +354,46 @@ impl Replicas {
     /// the epoch built from that document at the cut has the announced seed. What that document
     /// holds beyond the cut, and what the current document holds beyond its own seed when it is
     /// a losing proposal of the same number, is carried forward (local changes stamped `now`).
-    pub fn offer(&mut self, announced: &Epoch, now: u64) -> Result<Offered, Error> {
+    ///
+    /// A node that holds no document the epoch can have been cut from (it missed an epoch: it was
+    /// offline across two epoch changes, or it is new to a mesh past epoch 1) receives the epoch
+    /// from its peers instead: it starts an empty document labelled with the epoch, announces it
+    /// as the other epoch it holds so peers sync it, and moves to it once it holds the seed
+    /// change; of its own state it carries forward what only grows (admissions, node information,
+    /// removals, key events) and the revocations the epoch lacks.
+    pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
+        let announced = &announce.current;
         let ours = self.current.epoch().id();
         if !announced.id().better_than(&ours) || announced.number == 0 {
             return Ok(Offered::Ignored);
         }
-        let base_is_current = self.current.epoch().number + 1 == announced.number;
+        // The document the epoch was cut from: the epoch before it, the one the peer still holds
+        // when it says which.
+        let cut_from = |doc: &&Doc| {
+            doc.epoch().number + 1 == announced.number
+                && announce
+                    .previous
+                    .is_none_or(|p| p.number + 1 != announced.number || p.seed == doc.epoch().seed)
+        };
+        let base_is_current = cut_from(&&self.current);
         let base = if base_is_current {
             Some(&self.current)
         } else {
-            self.previous
-                .as_ref()
-                .filter(|p| p.epoch().number + 1 == announced.number)
+            self.previous.as_ref().filter(cut_from)
         };
-        let Some(base) = base.filter(|b| b.contains(&announced.cut)) else {
+        let Some(base) = base else {
+            if self
+                .pending
+                .as_ref()
+                .is_none_or(|p| announced.id().better_than(&p.epoch().id()))
+            {
+                self.pending = Some(Doc::awaiting(announced.clone(), self.actor));
+            }
             return Ok(Offered::Waiting);
         };
+        if !base.contains(&announced.cut) {
+            return Ok(Offered::Waiting);
+        }
         let at_cut = base.state_at(&announced.cut);
         let mut next = Doc::start_epoch(announced.number, &announced.cut, &at_cut, self.actor);
         if next.epoch().seed != announced.seed {
@@ -377,11 +416,40 @@ impl Replicas {
         if base_is_current {
             self.previous = Some(old);
         }
+        self.pending = None;
         Ok(Offered::Switched(diff(&before, &after)))
+    }
+
+    /// Moves to the epoch received from peers, carrying forward what only grows and the
+    /// revocations it lacks.
+    fn adopt_pending(&mut self, now: u64) -> Result<Vec<Change>, Error> {
+        let Some(mut next) = self.pending.take() else {
+            return Ok(Vec::new());
+        };
+        let before = self.current.state();
+        let received = next.state();
+        let mut carried = diff(&received, &before);
+        carried.retain(|change| {
+            matches!(
+                change,
+                Change::Admit(_) | Change::PutNode(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_)
+            ) || matches!(change, Change::Revoke { jti, .. } if !received.revocations.contains_key(jti))
+        });
+        next.apply(&carried, now)?;
+        tracing::info!(
+            epoch = next.epoch().number,
+            carried = carried.len(),
+            "received an epoch this node could not build from peers"
+        );
+        let after = next.state();
+        self.current = next;
+        self.previous = None;
+        Ok(diff(&before, &after))
     }
 
     fn held(&self, seed: &[u8; 32]) -> Option<&Doc> {
         std::iter::once(&self.current)
+            .chain(self.pending.as_ref())
             .chain(self.previous.as_ref())
             .find(|d| d.epoch().seed == *seed)
     }

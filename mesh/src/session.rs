@@ -56,16 +56,22 @@ pub trait Document {
     }
     /// Applies (and persists) a sync message of epoch `seed` from `peer`; a message of an epoch
     /// not held is ignored. The default serves the genesis epoch through [`Document::receive`].
-    fn receive_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+    fn receive_in(
+        &mut self,
+        peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
         if *seed == Epoch::genesis().seed {
             return self.receive(peer, sync, message);
         }
         Ok(())
     }
-    /// `peer` announced `epoch` as its current one: move to it if it is better and can be built
-    /// ([`crate::epoch::Replicas::offer`]). The default never moves.
-    fn offer(&mut self, peer: &DidKey, epoch: &Epoch) {
-        let _ = (peer, epoch);
+    /// `peer` announced its epochs: move to its current one if it is better and can be built or
+    /// received ([`crate::epoch::Replicas::offer`]). The default never moves.
+    fn offer(&mut self, peer: &DidKey, announce: &Announce) {
+        let _ = (peer, announce);
     }
 }
 
@@ -387,14 +393,14 @@ impl<'a> Session<'a> {
                         if let Some(theirs) = &link.theirs
                             && theirs.current.id().better_than(&doc.epochs().current.id())
                         {
-                            doc.offer(&link.peer, &theirs.current);
+                            doc.offer(&link.peer, theirs);
                         }
                     }
                     link.send_generated(doc, self.config.max_batch, out);
                     Ok(())
                 }
                 Frame::Epoch(announce) if link.minor >= 1 => {
-                    doc.offer(&link.peer, &announce.current);
+                    doc.offer(&link.peer, &announce);
                     link.theirs = Some(announce);
                     link.send_generated(doc, self.config.max_batch, out);
                     Ok(())

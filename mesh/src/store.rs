@@ -205,8 +205,14 @@ impl Store {
         message: &[u8],
         now: u64,
     ) -> Result<Vec<Change>, Error> {
+        let epoch = self.epoch().id();
         let changes = self.replicas.receive(seed, peer, message, now)?;
-        self.persist()?;
+        if self.epoch().id() == epoch {
+            self.persist()?;
+        } else {
+            // It completed an epoch received from peers and moved to it.
+            self.persist_switch()?;
+        }
         for change in &changes {
             self.state.apply(change);
         }
@@ -216,14 +222,17 @@ impl Store {
 
     /// Moves to a peer's announced epoch if it is better and can be built here (see
     /// [`Replicas::offer`]); the switch is durable before this returns.
-    pub fn offer(&mut self, epoch: &Epoch, now: u64) -> Result<Offered, Error> {
-        let offered = self.replicas.offer(epoch, now)?;
+    pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
+        let offered = self.replicas.offer(announce, now)?;
         if let Offered::Switched(changes) = &offered {
             for change in changes {
                 self.state.apply(change);
             }
             self.persist_switch()?;
-            tracing::info!(epoch = epoch.number, "moved to a peer's new epoch of the replicated document");
+            tracing::info!(
+                epoch = announce.current.number,
+                "moved to a peer's new epoch of the replicated document"
+            );
         }
         Ok(offered)
     }

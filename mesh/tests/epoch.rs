@@ -83,7 +83,9 @@ fn an_epoch_built_from_the_same_cut_is_byte_identical() {
 fn a_new_epoch_is_smaller_than_the_history_it_replaces() {
     let mut a = replicas(1);
     for i in 0..300 {
-        a.current_mut().apply(&[revoke(&format!("jti-{i}"), 100 + i)], i).unwrap();
+        a.current_mut()
+            .apply(&[revoke(&format!("jti-{i}"), 100 + i)], i)
+            .unwrap();
         if i % 10 == 9 {
             a.current_mut()
                 .apply(&[Change::DropExpiredRevocations { now: 100 + i }], i)
@@ -95,7 +97,10 @@ fn a_new_epoch_is_smaller_than_the_history_it_replaces() {
     a.start_next();
     let after = a.current().save().len();
     assert_eq!(a.current().state(), live);
-    assert!(after * 4 < before, "epoch document {after} bytes, history {before} bytes");
+    assert!(
+        after * 4 < before,
+        "epoch document {after} bytes, history {before} bytes"
+    );
 }
 
 #[test]
@@ -122,7 +127,7 @@ fn changes_made_in_the_old_epoch_after_the_cut_are_carried_forward() {
         .unwrap();
     // b cannot move before it holds the cut... it does here (it was synced), so it moves at once
     // and carries its own late changes forward.
-    assert!(matches!(b.offer(&announced.current, 3).unwrap(), Offered::Switched(_)));
+    assert!(matches!(b.offer(&announced, 3).unwrap(), Offered::Switched(_)));
     assert_eq!(b.announce().current.seed, announced.current.seed);
     // a hears b's late epoch-0 changes through its previous document and carries them forward.
     sync(&mut a, &mut b, genesis);
@@ -130,7 +135,10 @@ fn changes_made_in_the_old_epoch_after_the_cut_are_carried_forward() {
     let state = a.current().state();
     assert_eq!(state, b.current().state());
     assert!(state.revocations.contains_key("before") && state.revocations.contains_key("during"));
-    assert!(!state.clients.contains_key("gone-later"), "a removal after the cut is not undone");
+    assert!(
+        !state.clients.contains_key("gone-later"),
+        "a removal after the cut is not undone"
+    );
     assert!(state.clients.contains_key("new"));
     assert_eq!(a.current().heads(), b.current().heads());
 }
@@ -143,14 +151,14 @@ fn a_node_waits_for_the_cut_before_moving() {
     a.current_mut().apply(&[revoke("only-a", 90)], 1).unwrap();
     a.start_next();
     let announced = a.announce();
-    assert_eq!(b.offer(&announced.current, 2).unwrap(), Offered::Waiting);
+    assert_eq!(b.offer(&announced, 2).unwrap(), Offered::Waiting);
     sync(&mut a, &mut b, genesis);
-    assert!(matches!(b.offer(&announced.current, 2).unwrap(), Offered::Switched(_)));
+    assert!(matches!(b.offer(&announced, 2).unwrap(), Offered::Switched(_)));
     assert!(b.current().state().revocations.contains_key("only-a"));
     // An announcement that does not match what its cut builds is refused.
-    let mut forged = announced.current.clone();
-    forged.number = 2;
-    forged.cut = b.current().head_hashes();
+    let mut forged = announced.clone();
+    forged.current.number = 2;
+    forged.current.cut = b.current().head_hashes();
     assert_eq!(b.offer(&forged, 3).unwrap(), Offered::Ignored);
 }
 
@@ -177,12 +185,16 @@ fn competing_proposals_settle_on_the_smaller_seed_and_lose_nothing() {
     } else {
         (&mut b, &mut a)
     };
-    let win = winner.announce().current;
-    assert_eq!(loser.offer(&win, 4).unwrap(), Offered::Waiting, "the loser lacks the winner's cut");
+    let win = winner.announce();
+    assert_eq!(
+        loser.offer(&win, 4).unwrap(),
+        Offered::Waiting,
+        "the loser lacks the winner's cut"
+    );
     sync(winner, loser, genesis);
     assert!(matches!(loser.offer(&win, 4).unwrap(), Offered::Switched(_)));
-    assert_eq!(winner.offer(&loser.announce().current, 4).unwrap(), Offered::Ignored);
-    sync(winner, loser, win.seed);
+    assert_eq!(winner.offer(&loser.announce(), 4).unwrap(), Offered::Ignored);
+    sync(winner, loser, win.current.seed);
     let state = winner.current().state();
     assert_eq!(state, loser.current().state());
     for jti in ["shared", "a-only", "a-in-1", "b-in-1"] {
@@ -247,11 +259,18 @@ fn the_store_persists_its_epoch_and_removes_stale_logs() {
         store.announce()
     };
     assert_eq!(announce.current.number, 1);
-    assert!(!dir.path().join("state.log").exists(), "the genesis epoch's log is gone");
+    assert!(
+        !dir.path().join("state.log").exists(),
+        "the genesis epoch's log is gone"
+    );
     // As if a crash had left the old epoch's log behind.
     std::fs::write(dir.path().join("state.log"), b"stale").unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.announce(), announce, "the epoch and the previous one are reloaded");
+    assert_eq!(
+        store.announce(),
+        announce,
+        "the epoch and the previous one are reloaded"
+    );
     assert!(store.state().revocations.contains_key("a") && store.state().revocations.contains_key("b"));
     assert!(!dir.path().join("state.log").exists());
 }
@@ -278,7 +297,9 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound() {
     let mut epochs_seen = 0;
     let mut t = 0;
     while t < TOTAL {
-        let changes: Vec<Change> = (t..t + BATCH).map(|i| revoke(&format!("jti-{i:06}"), i + TTL)).collect();
+        let changes: Vec<Change> = (t..t + BATCH)
+            .map(|i| revoke(&format!("jti-{i:06}"), i + TTL))
+            .collect();
         let now = t;
         a.apply(&changes, now).unwrap();
         if t % 1_000 == 0 {
@@ -297,7 +318,11 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound() {
             b.document_size()
         );
         // Every revocation that has not expired yet is there on the writer.
-        let live = a.state().revocations.range(format!("jti-{:06}", t.saturating_sub(TTL))..).count();
+        let live = a
+            .state()
+            .revocations
+            .range(format!("jti-{:06}", t.saturating_sub(TTL))..)
+            .count();
         assert!(live as u64 >= TTL.min(t), "at {t}: {live} live revocations");
     }
     for _ in 0..3 {
@@ -308,7 +333,10 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound() {
     assert_eq!(a.heads(), b.heads());
     assert_eq!(a.state(), b.state());
     for i in TOTAL - TTL..TOTAL {
-        assert!(b.state().revocations.contains_key(&format!("jti-{i:06}")), "jti-{i} lost");
+        assert!(
+            b.state().revocations.contains_key(&format!("jti-{i:06}")),
+            "jti-{i} lost"
+        );
     }
     eprintln!("largest document {max_size} bytes of {BOUND}, {epochs_seen} epochs");
 }
@@ -320,8 +348,8 @@ type Syncs = std::collections::HashMap<[u8; 32], (PeerSync, PeerSync)>;
 fn exchange(a: &mut Store, b: &mut Store, syncs: &mut Syncs, now: u64) {
     for _ in 0..2 {
         let (sa, sb) = (a.announce(), b.announce());
-        b.offer(&sa.current, now).unwrap();
-        a.offer(&sb.current, now).unwrap();
+        b.offer(&sa, now).unwrap();
+        a.offer(&sb, now).unwrap();
         let (sa, sb) = (a.announce(), b.announce());
         let shared: Vec<[u8; 32]> = sa.held().filter(|s| sb.held().any(|t| t == *s)).collect();
         syncs.retain(|seed, _| shared.contains(seed));
@@ -343,4 +371,31 @@ fn exchange(a: &mut Store, b: &mut Store, syncs: &mut Syncs, now: u64) {
             }
         }
     }
+}
+
+#[test]
+fn a_node_that_missed_epochs_receives_the_current_one_from_a_peer() {
+    let mut a = replicas(1);
+    a.current_mut()
+        .apply(&[revoke("old", 90), Change::PutClient(client("c"))], 1)
+        .unwrap();
+    a.start_next();
+    a.current_mut().apply(&[revoke("in-1", 91)], 2).unwrap();
+    a.start_next();
+    // A node that never saw epochs 0 → 2 happen (new, or offline throughout), with a write of its own.
+    let mut late = replicas(2);
+    late.current_mut().apply(&[revoke("late-own", 95)], 3).unwrap();
+    let announced = a.announce();
+    assert_eq!(late.offer(&announced, 4).unwrap(), Offered::Waiting);
+    // It announces the epoch it awaits as the other one it holds, so the peer syncs it.
+    assert_eq!(late.announce().previous, Some(announced.current.id()));
+    sync(&mut a, &mut late, announced.current.seed);
+    assert_eq!(late.current().epoch().id(), announced.current.id());
+    sync(&mut a, &mut late, announced.current.seed);
+    let state = late.current().state();
+    assert_eq!(state, a.current().state());
+    for jti in ["old", "in-1", "late-own"] {
+        assert!(state.revocations.contains_key(jti), "{jti} lost");
+    }
+    assert!(state.clients.contains_key("c"));
 }

@@ -287,8 +287,8 @@ fn convergence_time() {
 /// token expiring a second later: every node drops expired revocations each second and starts a
 /// new epoch once its document passes half the bound, so the documents stay under it; the nodes
 /// keep converging across the epoch changes (competing proposals included) and no unexpired
-/// revocation is ever missing. A node partitioned across epoch changes catches up, and one
-/// crashed across one restarts into it.
+/// revocation is ever missing. A node partitioned across epoch changes catches up, one crashed
+/// across one restarts into it, and a node new to the mesh receives the current epoch.
 #[test]
 fn a_churn_of_expiring_revocations_stays_under_the_bound_across_epochs() {
     const BOUND: usize = 128 * 1024;
@@ -336,6 +336,15 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound_across_epochs() {
             AssertHas(&[0, 1, 2], Item::Client("kept")),
             AssertDocumentsUnder(BOUND),
             AssertEpochAtLeast(&[0, 1, 2], 3),
+            // A node new to the mesh, epochs after the genesis, receives the current epoch.
+            AddNode,
+            Revoke(3, "revoked-by-the-newcomer"),
+            Wait(secs(5)),
+            AssertConverged,
+            AssertEpochAtLeast(&[3], 3),
+            AssertHas(&[3], Item::Client("kept")),
+            AssertHas(&[0, 1, 2, 3], Item::Revocation("revoked-by-the-newcomer")),
+            AssertUnexpiredKept(&[3]),
         ],
     );
     eprintln!(

@@ -365,11 +365,12 @@ impl mesh::driver::Replica for MeshReplica {
         Ok(())
     }
 
-    fn offer(&self, peer: &mesh::did::DidKey, epoch: &mesh::epoch::Epoch) {
+    fn offer(&self, peer: &mesh::did::DidKey, announce: &mesh::epoch::Announce) {
         if !self.is_member(peer) {
             return;
         }
-        match self.0.with_node(|node| node.offer(epoch)) {
+        let epoch = &announce.current;
+        match self.0.with_node(|node| node.offer(announce)) {
             Ok(true) => {
                 tracing::info!(%peer, epoch = epoch.number, "mesh: moved to the peer's epoch");
                 // Every session announces the new epoch.

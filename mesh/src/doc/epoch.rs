@@ -50,10 +50,15 @@ impl Doc {
         let mut doc = schema::genesis().with_actor(ActorId::from(seed_actor));
         let maps = Maps::of(&doc).expect("the genesis document holds the genesis maps");
         let mut tx = doc.transaction();
-        let cut_text = cut.iter().map(|h| ChangeHash(*h).to_string()).collect::<Vec<_>>().join(",");
+        let cut_text = cut
+            .iter()
+            .map(|h| ChangeHash(*h).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         tx.put(ROOT, EPOCH_KEY, ScalarValue::Uint(number))
             .expect("writing to the root of a fresh document cannot fail");
-        tx.put(ROOT, CUT_KEY, cut_text).expect("writing to the root cannot fail");
+        tx.put(ROOT, CUT_KEY, cut_text)
+            .expect("writing to the root cannot fail");
         for change in puts(state) {
             match schema::write(&change) {
                 Ok(Write::Put(field, key, value)) => {
@@ -70,6 +75,21 @@ impl Doc {
         let epoch = Epoch { number, seed, cut };
         let doc = doc.with_actor(ActorId::from(actor));
         Self { doc, maps, epoch }
+    }
+
+    /// A document to receive epoch `epoch` into from a peer, for a node that cannot build it (it
+    /// lacks the document it was cut from): the genesis document, labelled with the epoch until it
+    /// holds the epoch's seed change ([`Doc::has_seed`]).
+    pub fn awaiting(epoch: Epoch, actor: [u8; 16]) -> Self {
+        let mut doc = Doc::new(actor);
+        doc.epoch = epoch;
+        doc
+    }
+
+    /// Whether the document holds the seed change of the epoch it is labelled with, and that
+    /// change starts this very epoch.
+    pub fn has_seed(&self) -> bool {
+        self.contains(&[self.epoch.seed]) && epoch_of(&self.doc).id() == self.epoch.id()
     }
 
     /// The epoch this document belongs to.
@@ -112,10 +132,16 @@ pub(super) fn epoch_of(doc: &Automerge) -> Epoch {
     let genesis = schema::genesis_hash();
     let mut found: Option<Epoch> = None;
     for (value, id) in doc.get_all(ROOT, EPOCH_KEY).unwrap_or_default() {
-        let automerge::Value::Scalar(scalar) = value else { continue };
-        let ScalarValue::Uint(number) = scalar.as_ref() else { continue };
+        let automerge::Value::Scalar(scalar) = value else {
+            continue;
+        };
+        let ScalarValue::Uint(number) = scalar.as_ref() else {
+            continue;
+        };
         let Some(hash) = doc.hash_for_opid(&id) else { continue };
-        let Some(change) = doc.get_change_by_hash(&hash) else { continue };
+        let Some(change) = doc.get_change_by_hash(&hash) else {
+            continue;
+        };
         if change.deps() != [genesis] || change.message() != Some(SEED_MESSAGE) {
             continue;
         }

@@ -85,7 +85,13 @@ impl Document for Replica {
         self.docs.generate(seed, sync)
     }
 
-    fn receive_in(&mut self, _peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+    fn receive_in(
+        &mut self,
+        _peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
         let changes = self
             .docs
             .receive(seed, sync, message, self.unix_now)
@@ -96,8 +102,8 @@ impl Document for Replica {
         Ok(())
     }
 
-    fn offer(&mut self, _peer: &DidKey, epoch: &Epoch) {
-        match self.docs.offer(epoch, self.unix_now) {
+    fn offer(&mut self, _peer: &DidKey, announce: &Announce) {
+        match self.docs.offer(announce, self.unix_now) {
             Ok(Offered::Switched(changes)) => {
                 self.changed(&changes);
                 // The heads are another document's now, even if the state did not change.

@@ -391,9 +391,11 @@ impl<'a> World<'a> {
         let n = &mut self.nodes[node];
         assert!(!n.alive, "node {node} is running");
         let doc = Doc::load(&n.saved.0, actor(n.identity)).expect("the saved document loads");
-        let previous = n.saved.1.as_ref().map(|bytes| {
-            Doc::load(bytes, actor(n.identity)).expect("the saved previous document loads")
-        });
+        let previous = n
+            .saved
+            .1
+            .as_ref()
+            .map(|bytes| Doc::load(bytes, actor(n.identity)).expect("the saved previous document loads"));
         let trusted = std::mem::take(&mut n.replica.trusted);
         let docs = Replicas::new(doc, previous, actor(n.identity));
         n.replica = Replica::new(docs, n.identity.did(), trusted);
@@ -415,7 +417,11 @@ impl<'a> World<'a> {
         assert!(self.nodes[node].alive, "node {node} is down");
         let now = self.unix_now();
         let replica = &mut self.nodes[node].replica;
-        replica.docs.current_mut().apply(changes, now).expect("a local change applies");
+        replica
+            .docs
+            .current_mut()
+            .apply(changes, now)
+            .expect("a local change applies");
         replica.refresh();
         self.heads_moved |= std::mem::take(&mut replica.heads_moved);
         self.mark_changed(node);
@@ -623,7 +629,11 @@ impl<'a> World<'a> {
         let replica = &mut n.replica;
         if replica.doc().state().revocations.values().any(|exp| *exp <= unix_now) {
             let drop = Change::DropExpiredRevocations { now: unix_now };
-            replica.docs.current_mut().apply(&[drop], unix_now).expect("a drop applies");
+            replica
+                .docs
+                .current_mut()
+                .apply(&[drop], unix_now)
+                .expect("a drop applies");
             replica.refresh();
         }
         let size = replica.doc().save().len();

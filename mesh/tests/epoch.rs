@@ -226,8 +226,10 @@ fn state_strategy() -> impl Strategy<Value = State> {
         proptest::collection::btree_set("[a-d]", 0..4),
     )
         .prop_map(|(revocations, clients)| {
-            let mut state = State::default();
-            state.revocations = revocations;
+            let mut state = State {
+                revocations,
+                ..State::default()
+            };
             for id in clients {
                 state.clients.insert(id.clone(), client(&id));
             }

@@ -118,6 +118,17 @@ pub struct Node {
     signing: HashMap<String, Arc<SigningKey>>,
     clock: Arc<dyn Clock>,
     default_alg: Alg,
+    /// The members and their verified sync addresses, as of a store membership version.
+    members_cache: std::sync::Mutex<Option<MembersCache>>,
+}
+
+/// What [`Node::is_member`] and [`Node::peer_addresses`] derive from the state (verifying every
+/// signature of the records involved), kept until admissions, removals, key events or node
+/// information change.
+struct MembersCache {
+    version: u64,
+    members: Arc<std::collections::BTreeSet<DidKey>>,
+    peers: Arc<Vec<(DidKey, String)>>,
 }
 
 impl Node {
@@ -145,6 +156,7 @@ impl Node {
             signing: HashMap::new(),
             clock,
             default_alg,
+            members_cache: std::sync::Mutex::new(None),
         };
         let did = node.identity.did();
         let own: Vec<KeyRecord> = node
@@ -225,23 +237,39 @@ impl Node {
 
     /// Whether `did` is a member of the mesh now.
     pub fn is_member(&self, did: &DidKey) -> bool {
-        self.store
-            .state()
-            .members(&self.identity.did(), &self.trusted)
-            .contains(did)
+        self.cached_members().0.contains(did)
     }
 
     /// Other members with the sync address they announced.
     pub fn peer_addresses(&self) -> Vec<(DidKey, String)> {
+        self.cached_members().1.to_vec()
+    }
+
+    /// The members and their verified sync addresses, recomputed only when the store's
+    /// membership version moved.
+    fn cached_members(&self) -> (Arc<std::collections::BTreeSet<DidKey>>, Arc<Vec<(DidKey, String)>>) {
+        let version = self.store.membership_version();
+        let mut cache = self.members_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = cache.as_ref().filter(|c| c.version == version) {
+            return (cached.members.clone(), cached.peers.clone());
+        }
         let me = self.identity.did();
-        let members = self.store.state().members(&me, &self.trusted);
-        self.store
-            .state()
+        let state = self.store.state();
+        let members = state.members(&me, &self.trusted);
+        let peers: Vec<(DidKey, String)> = state
             .nodes
             .values()
-            .filter(|n| n.did != me && members.contains(&n.did) && n.verify(self.store.state()).is_ok())
+            .filter(|n| n.did != me && members.contains(&n.did) && n.verify(state).is_ok())
             .map(|n| (n.did, n.sync_addr.clone()))
-            .collect()
+            .collect();
+        let cached = MembersCache {
+            version,
+            members: Arc::new(members),
+            peers: Arc::new(peers),
+        };
+        let answer = (cached.members.clone(), cached.peers.clone());
+        *cache = Some(cached);
+        answer
     }
 
     /// Publishes this node's issuer and sync address if they changed; returns the change made.
@@ -559,7 +587,7 @@ impl LocalKeys for Node {
     }
 
     fn members(&self) -> std::collections::BTreeSet<DidKey> {
-        self.store.state().members(&self.identity.did(), &self.trusted)
+        self.cached_members().0.as_ref().clone()
     }
 
     fn issuers(&self) -> HashMap<DidKey, String> {
@@ -744,4 +772,43 @@ fn summary(client: &ClientRecord, now: u64) -> Value {
         "created_at": client.created_at,
         "degradation": client.degradation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh::clock::ManualClock;
+
+    use super::*;
+
+    /// The cached member set follows admissions and removals made on this node and changes that
+    /// arrive from a peer.
+    #[test]
+    fn the_cached_members_follow_admissions_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_750_000_000));
+        let mut node = Node::open(dir.path(), clock.clone(), Alg::EdDSA, Vec::new()).unwrap();
+        let other = NodeIdentity::from_seed([7; 32]);
+        assert!(!node.is_member(&other.did()));
+        node.execute(AdminRequest::MeshAdmit { did: other.did() }).unwrap();
+        assert!(node.is_member(&other.did()));
+        assert!(node.peer_addresses().is_empty(), "it announced no address yet");
+        // The admitted node's announcement arrives over sync.
+        let peer_dir = tempfile::tempdir().unwrap();
+        let mut peer = Store::open(peer_dir.path()).unwrap();
+        let info = NodeInfo::sign(&other, "http://other".into(), "127.0.0.1:9".into(), clock.now());
+        peer.apply(&[Change::PutNode(info)], clock.now()).unwrap();
+        let (mut ours, mut theirs) = (mesh::doc::PeerSync::default(), mesh::doc::PeerSync::default());
+        for _ in 0..10 {
+            if let Some(m) = peer.generate_sync_message(&mut theirs) {
+                node.receive_sync_message(&mut ours, &m).unwrap();
+            }
+            if let Some(m) = node.generate_sync_message(&mut ours) {
+                peer.receive_sync_message(&mut theirs, &m).unwrap();
+            }
+        }
+        assert_eq!(node.peer_addresses(), vec![(other.did(), "127.0.0.1:9".to_owned())]);
+        node.execute(AdminRequest::MeshRemove { did: other.did() }).unwrap();
+        assert!(!node.is_member(&other.did()));
+        assert!(node.peer_addresses().is_empty());
+    }
 }

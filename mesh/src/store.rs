@@ -95,6 +95,8 @@ pub struct Store {
     epoch_floor: u64,
     /// Whether the warning that the live state alone passes half the bound was logged.
     warned_live_state: bool,
+    /// Bumped whenever admissions, removals, key events or node information change.
+    membership_version: u64,
     /// Everything up to this point is on disk (snapshot and log).
     saved: SavePoint,
     snapshot_size: u64,
@@ -135,6 +137,7 @@ impl Store {
             state,
             epoch_floor: 0,
             warned_live_state: false,
+            membership_version: 0,
             snapshot_size,
             log: None,
             _lock: lock,
@@ -158,9 +161,7 @@ impl Store {
         }
         self.replicas.current_mut().apply(changes, now)?;
         self.persist()?;
-        for change in changes {
-            self.state.apply(change);
-        }
+        self.applied(changes);
         self.bound()
     }
 
@@ -173,9 +174,7 @@ impl Store {
     pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
         let changes = self.replicas.current_mut().receive_sync_message(peer, message)?;
         self.persist()?;
-        for change in &changes {
-            self.state.apply(change);
-        }
+        self.applied(&changes);
         self.bound()?;
         Ok(changes)
     }
@@ -213,9 +212,7 @@ impl Store {
             // It completed an epoch received from peers and moved to it.
             self.persist_switch()?;
         }
-        for change in &changes {
-            self.state.apply(change);
-        }
+        self.applied(&changes);
         self.bound()?;
         Ok(changes)
     }
@@ -225,9 +222,7 @@ impl Store {
     pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
         let offered = self.replicas.offer(announce, now)?;
         if let Offered::Switched(changes) = &offered {
-            for change in changes {
-                self.state.apply(change);
-            }
+            self.applied(changes);
             self.persist_switch()?;
             tracing::info!(
                 epoch = announce.current.number,
@@ -248,6 +243,13 @@ impl Store {
             "started a new epoch of the replicated document"
         );
         Ok(())
+    }
+
+    /// A number that changes whenever admissions, removals, key events or node information change
+    /// (what [`State::members`] and the members' announced addresses depend on), so callers can
+    /// cache what they derive from them.
+    pub fn membership_version(&self) -> u64 {
+        self.membership_version
     }
 
     /// Sets the bound (see [`Config::epoch_bound_bytes`]).
@@ -281,6 +283,19 @@ impl Store {
     pub fn document_size(&self) -> usize {
         let log = self.log.as_ref().map_or(0, Log::len);
         usize::try_from(self.snapshot_size + log).unwrap_or(usize::MAX)
+    }
+
+    /// Applies `changes` to the materialized state.
+    fn applied(&mut self, changes: &[Change]) {
+        for change in changes {
+            if matches!(
+                change,
+                Change::Admit(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_) | Change::PutNode(_)
+            ) {
+                self.membership_version += 1;
+            }
+            self.state.apply(change);
+        }
     }
 
     /// Makes everything the document holds durable: one frame appended to the log, or a

@@ -35,6 +35,8 @@ pub struct Running {
     pub data_dir: PathBuf,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    /// The mesh driver, awaited at shutdown so membership's leave is sent before exit.
+    driver: mesh::driver::Driver,
     observability: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -55,6 +57,12 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.server).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.driver.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the mesh driver did not stop within 5 s");
+        }
         if let Some(thread) = self.observability.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -159,7 +167,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             addr: sync_addr.to_string(),
             source,
         })?;
-    state.set_driver(driver);
+    state.set_driver(driver.clone());
     upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
@@ -194,6 +202,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         data_dir,
         shutdown,
         server,
+        driver,
         observability: Some(observability),
     })
 }

@@ -170,6 +170,8 @@ struct Inner {
     discovered: Mutex<Vec<(DidKey, SocketAddr)>>,
     /// Whether the mDNS daemon runs.
     mdns_running: std::sync::atomic::AtomicBool,
+    /// The driver's long-running tasks (accept, dial, membership, discovery), for [`Driver::stopped`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Bytes and sync messages the driver has sent and received, since start.
@@ -245,17 +247,31 @@ impl Driver {
             past_syncs: Mutex::new(HashMap::new()),
             discovered: Mutex::new(Vec::new()),
             mdns_running: std::sync::atomic::AtomicBool::new(discovery.is_some()),
+            tasks: Mutex::new(Vec::new()),
         });
         let driver = Driver(inner);
-        tokio::spawn(driver.clone().accept_loop(listener));
-        tokio::spawn(driver.clone().dial_loop());
+        let mut tasks = vec![
+            tokio::spawn(driver.clone().accept_loop(listener)),
+            tokio::spawn(driver.clone().dial_loop()),
+        ];
         if let Some((socket, membership)) = swim {
-            tokio::spawn(swim::run(driver.clone(), socket, membership));
+            tasks.push(tokio::spawn(swim::run(driver.clone(), socket, membership)));
         }
         if let Some(discovery) = discovery {
-            tokio::spawn(mdns::run(driver.clone(), discovery));
+            tasks.push(tokio::spawn(mdns::run(driver.clone(), discovery)));
         }
+        *driver.0.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(driver)
+    }
+
+    /// Resolves once the driver's own tasks have finished after shutdown: the listener is closed,
+    /// the dialer stopped, membership has sent its leave and discovery its goodbye. Call it after
+    /// flipping the shutdown signal; a second call returns at once.
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// The bound sync address.

@@ -119,16 +119,15 @@ pub struct Node {
     clock: Arc<dyn Clock>,
     default_alg: Alg,
     /// The members and their verified sync addresses, as of a store membership version.
-    members_cache: std::sync::Mutex<Option<MembersCache>>,
+    members_cache: std::sync::Mutex<Option<(u64, Arc<Members>)>>,
 }
 
 /// What [`Node::is_member`] and [`Node::peer_addresses`] derive from the state (verifying every
 /// signature of the records involved), kept until admissions, removals, key events or node
 /// information change.
-struct MembersCache {
-    version: u64,
-    members: Arc<std::collections::BTreeSet<DidKey>>,
-    peers: Arc<Vec<(DidKey, String)>>,
+struct Members {
+    members: std::collections::BTreeSet<DidKey>,
+    peers: Vec<(DidKey, String)>,
 }
 
 impl Node {
@@ -237,21 +236,21 @@ impl Node {
 
     /// Whether `did` is a member of the mesh now.
     pub fn is_member(&self, did: &DidKey) -> bool {
-        self.cached_members().0.contains(did)
+        self.cached_members().members.contains(did)
     }
 
     /// Other members with the sync address they announced.
     pub fn peer_addresses(&self) -> Vec<(DidKey, String)> {
-        self.cached_members().1.to_vec()
+        self.cached_members().peers.clone()
     }
 
     /// The members and their verified sync addresses, recomputed only when the store's
     /// membership version moved.
-    fn cached_members(&self) -> (Arc<std::collections::BTreeSet<DidKey>>, Arc<Vec<(DidKey, String)>>) {
+    fn cached_members(&self) -> Arc<Members> {
         let version = self.store.membership_version();
         let mut cache = self.members_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cached) = cache.as_ref().filter(|c| c.version == version) {
-            return (cached.members.clone(), cached.peers.clone());
+        if let Some((_, cached)) = cache.as_ref().filter(|(v, _)| *v == version) {
+            return cached.clone();
         }
         let me = self.identity.did();
         let state = self.store.state();
@@ -262,14 +261,9 @@ impl Node {
             .filter(|n| n.did != me && members.contains(&n.did) && n.verify(state).is_ok())
             .map(|n| (n.did, n.sync_addr.clone()))
             .collect();
-        let cached = MembersCache {
-            version,
-            members: Arc::new(members),
-            peers: Arc::new(peers),
-        };
-        let answer = (cached.members.clone(), cached.peers.clone());
-        *cache = Some(cached);
-        answer
+        let cached = Arc::new(Members { members, peers });
+        *cache = Some((version, cached.clone()));
+        cached
     }
 
     /// Publishes this node's issuer and sync address if they changed; returns the change made.
@@ -587,7 +581,7 @@ impl LocalKeys for Node {
     }
 
     fn members(&self) -> std::collections::BTreeSet<DidKey> {
-        self.cached_members().0.as_ref().clone()
+        self.cached_members().members.clone()
     }
 
     fn issuers(&self) -> HashMap<DidKey, String> {

@@ -483,8 +483,10 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
             running.sync_listen,
             running.data_dir.display()
         );
+        // Listen before telling anyone we serve: a SIGTERM right after the line must stop us cleanly.
+        let stop = crate::serve::signals();
         print(json, &description, &text)?;
-        crate::serve::signal().await;
+        stop.await;
         tracing::info!("shutting down");
         running.shutdown().await;
         tracing::info!("stopped");

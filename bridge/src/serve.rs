@@ -230,6 +230,26 @@ async fn maintain(state: AppState, shutdown: impl std::future::Future<Output = (
     }
 }
 
+/// Registers for SIGTERM at once (so a signal sent right after this returns is caught, not fatal)
+/// and returns a future that resolves at the first SIGINT or SIGTERM.
+pub fn signals() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub async fn signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -242,6 +242,7 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum ClientCommand {
     /// Register a client and print its id and secret (the secret is shown only this once).
     Add {
@@ -834,8 +835,10 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
             running.sync_listen,
             running.data_dir.display()
         );
+        // Listen before telling anyone we serve: a SIGTERM right after the line must stop us cleanly.
+        let stop = crate::serve::signals();
         print(json, &description, &text)?;
-        crate::serve::signal().await;
+        stop.await;
         tracing::info!("shutting down");
         running.shutdown().await;
         tracing::info!("stopped");

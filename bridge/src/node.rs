@@ -170,6 +170,16 @@ pub struct Node {
     signing: HashMap<String, Arc<SigningKey>>,
     clock: Arc<dyn Clock>,
     default_alg: Alg,
+    /// The members and their verified sync addresses, as of a store membership version.
+    members_cache: std::sync::Mutex<Option<(u64, Arc<Members>)>>,
+}
+
+/// What [`Node::is_member`] and [`Node::peer_addresses`] derive from the state (verifying every
+/// signature of the records involved), kept until admissions, removals, key events or node
+/// information change.
+struct Members {
+    members: std::collections::BTreeSet<DidKey>,
+    peers: Vec<(DidKey, String)>,
 }
 
 impl Node {
@@ -197,6 +207,7 @@ impl Node {
             signing: HashMap::new(),
             clock,
             default_alg,
+            members_cache: std::sync::Mutex::new(None),
         };
         let did = node.identity.did();
         let own: Vec<KeyRecord> = node
@@ -295,23 +306,34 @@ impl Node {
 
     /// Whether `did` is a member of the mesh now.
     pub fn is_member(&self, did: &DidKey) -> bool {
-        self.store
-            .state()
-            .members(&self.identity.did(), &self.trusted)
-            .contains(did)
+        self.cached_members().members.contains(did)
     }
 
     /// Other members with the sync address they announced.
     pub fn peer_addresses(&self) -> Vec<(DidKey, String)> {
+        self.cached_members().peers.clone()
+    }
+
+    /// The members and their verified sync addresses, recomputed only when the store's
+    /// membership version moved.
+    fn cached_members(&self) -> Arc<Members> {
+        let version = self.store.membership_version();
+        let mut cache = self.members_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, cached)) = cache.as_ref().filter(|(v, _)| *v == version) {
+            return cached.clone();
+        }
         let me = self.identity.did();
-        let members = self.store.state().members(&me, &self.trusted);
-        self.store
-            .state()
+        let state = self.store.state();
+        let members = state.members(&me, &self.trusted);
+        let peers: Vec<(DidKey, String)> = state
             .nodes
             .values()
-            .filter(|n| n.did != me && members.contains(&n.did) && n.verify(self.store.state()).is_ok())
+            .filter(|n| n.did != me && members.contains(&n.did) && n.verify(state).is_ok())
             .map(|n| (n.did, n.sync_addr.clone()))
-            .collect()
+            .collect();
+        let cached = Arc::new(Members { members, peers });
+        *cache = Some((version, cached.clone()));
+        cached
     }
 
     /// Publishes this node's issuer and sync address if they changed; returns the change made.
@@ -353,6 +375,41 @@ impl Node {
     /// Size of the replicated document in bytes.
     pub fn document_size(&self) -> usize {
         self.store.document_size()
+    }
+
+    /// Bounds the replicated document (`node.sync.crdt_buffer_mb`, in bytes): past half of it the
+    /// store starts a new epoch holding the live state only (see `mesh::epoch`).
+    pub fn set_document_bound(&mut self, bytes: u64) {
+        self.store.set_epoch_bound(Some(bytes));
+    }
+
+    /// The epochs of the replicated document this node holds, for mesh peers.
+    pub fn epochs(&self) -> mesh::epoch::Announce {
+        self.store.announce()
+    }
+
+    /// The next sync message of epoch `seed` for a mesh peer.
+    pub fn generate_in(&mut self, seed: &[u8; 32], peer: &mut mesh::doc::PeerSync) -> Option<Vec<u8>> {
+        self.store.generate_in(seed, peer)
+    }
+
+    /// Applies a mesh peer's sync message of epoch `seed`; returns how the state changed.
+    pub fn receive_in(
+        &mut self,
+        seed: &[u8; 32],
+        peer: &mut mesh::doc::PeerSync,
+        message: &[u8],
+    ) -> Result<Vec<Change>, Error> {
+        Ok(self.store.receive_in(seed, peer, message, self.clock.now())?)
+    }
+
+    /// Moves to a peer's announced epoch if it is better and can be built here; returns whether it
+    /// moved and how the state changed.
+    pub fn offer(&mut self, announce: &mesh::epoch::Announce) -> Result<(bool, Vec<Change>), Error> {
+        Ok(match self.store.offer(announce, self.clock.now())? {
+            mesh::epoch::Offered::Switched(changes) => (true, changes),
+            _ => (false, Vec::new()),
+        })
     }
 
     /// Applies changes made elsewhere (revocations from `/revoke`, maintenance) and persists them.
@@ -696,7 +753,7 @@ impl LocalKeys for Node {
     }
 
     fn members(&self) -> std::collections::BTreeSet<DidKey> {
-        self.store.state().members(&self.identity.did(), &self.trusted)
+        self.cached_members().members.clone()
     }
 
     fn issuers(&self) -> HashMap<DidKey, String> {
@@ -914,4 +971,43 @@ pub(crate) fn summary(client: &ClientRecord, now: u64) -> Value {
             "last_verified_at": f.verified_secrets.iter().map(|v| v.verified_at).max(),
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh::clock::ManualClock;
+
+    use super::*;
+
+    /// The cached member set follows admissions and removals made on this node and changes that
+    /// arrive from a peer.
+    #[test]
+    fn the_cached_members_follow_admissions_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_750_000_000));
+        let mut node = Node::open(dir.path(), clock.clone(), Alg::EdDSA, Vec::new()).unwrap();
+        let other = NodeIdentity::from_seed([7; 32]);
+        assert!(!node.is_member(&other.did()));
+        node.execute(AdminRequest::MeshAdmit { did: other.did() }).unwrap();
+        assert!(node.is_member(&other.did()));
+        assert!(node.peer_addresses().is_empty(), "it announced no address yet");
+        // The admitted node's announcement arrives over sync.
+        let peer_dir = tempfile::tempdir().unwrap();
+        let mut peer = Store::open(peer_dir.path()).unwrap();
+        let info = NodeInfo::sign(&other, "http://other".into(), "127.0.0.1:9".into(), clock.now());
+        peer.apply(&[Change::PutNode(info)], clock.now()).unwrap();
+        let (mut ours, mut theirs) = (mesh::doc::PeerSync::default(), mesh::doc::PeerSync::default());
+        for _ in 0..10 {
+            if let Some(m) = peer.generate_sync_message(&mut theirs) {
+                node.receive_sync_message(&mut ours, &m).unwrap();
+            }
+            if let Some(m) = node.generate_sync_message(&mut ours) {
+                peer.receive_sync_message(&mut theirs, &m).unwrap();
+            }
+        }
+        assert_eq!(node.peer_addresses(), vec![(other.did(), "127.0.0.1:9".to_owned())]);
+        node.execute(AdminRequest::MeshRemove { did: other.did() }).unwrap();
+        assert!(!node.is_member(&other.did()));
+        assert!(node.peer_addresses().is_empty());
+    }
 }

@@ -35,6 +35,8 @@ pub struct Running {
     pub data_dir: PathBuf,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    /// The mesh driver, awaited at shutdown so membership's leave is sent before exit.
+    driver: mesh::driver::Driver,
     observability: Option<std::thread::JoinHandle<()>>,
     otlp: Option<std::thread::JoinHandle<()>>,
     log_file: Option<crate::telemetry::logfile::LogFile>,
@@ -57,6 +59,12 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.server).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.driver.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the mesh driver did not stop within 5 s");
+        }
         if let Some(thread) = self.observability.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -75,7 +83,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     crate::tls::install_crypto_provider();
     // Load the certificate before anything else: a bad pair is a configuration error at start.
     let tls = bridge.tls.clone().map(crate::tls::ReloadingCert::new).transpose()?;
-    let node = {
+    let mut node = {
         let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
         let trusted = config.node.sync.trusted_peers.clone();
         tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg, trusted))
@@ -144,6 +152,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         max_body_bytes: bridge.max_body_bytes,
         verified_token_cache: bridge.verified_token_cache,
     };
+    node.set_document_bound(config.node.sync.crdt_buffer_mb.get().saturating_mul(1 << 20));
     let did = node.did().to_string();
     let identity = node.identity();
     let data_dir = node.data_dir().to_path_buf();
@@ -184,7 +193,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             addr: sync_addr.to_string(),
             source,
         })?;
-    state.set_driver(driver);
+    state.set_driver(driver.clone());
     upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
@@ -247,6 +256,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         data_dir,
         shutdown,
         server,
+        driver,
         observability: Some(observability),
         otlp,
         log_file,
@@ -285,6 +295,26 @@ async fn maintain(state: AppState, audit: crate::audit::AuditConfig, shutdown: i
         .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "audit log retention failed");
+        }
+    }
+}
+
+/// Registers for SIGTERM at once (so a signal sent right after this returns is caught, not fatal)
+/// and returns a future that resolves at the first SIGINT or SIGTERM.
+pub fn signals() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

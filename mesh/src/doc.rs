@@ -45,8 +45,11 @@
 //! - admissions, node information and removals only grow: a peer cannot express their deletion as
 //!   a [`Change`], so a deleted or malformed one is logged and reported as nothing.
 
+mod epoch;
 mod received;
 mod schema;
+
+pub(crate) use epoch::genesis_id;
 
 use std::fmt;
 
@@ -69,6 +72,8 @@ pub const GENESIS_ACTOR: [u8; 16] = [0; 16];
 pub struct Doc {
     doc: Automerge,
     maps: Maps,
+    /// The epoch this document belongs to (see [`crate::epoch`]).
+    epoch: crate::epoch::Epoch,
 }
 
 /// The sync protocol's state for one peer: what it has and what is in flight to it.
@@ -89,7 +94,11 @@ impl Doc {
         debug_assert_ne!(actor, GENESIS_ACTOR, "a node cannot write as the genesis actor");
         let doc = schema::genesis().with_actor(ActorId::from(actor));
         let maps = Maps::of(&doc).expect("the genesis document holds the genesis maps");
-        Self { doc, maps }
+        Self {
+            doc,
+            maps,
+            epoch: crate::epoch::Epoch::genesis(),
+        }
     }
 
     /// Loads a document saved by [`Doc::save`]; this node writes as `actor`.
@@ -112,9 +121,11 @@ impl Doc {
             });
         }
         let maps = Maps::of(&doc)?;
+        let epoch = epoch::epoch_of(&doc);
         Ok(Self {
             doc: doc.with_actor(ActorId::from(actor)),
             maps,
+            epoch,
         })
     }
 
@@ -249,6 +260,7 @@ impl fmt::Debug for Doc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Doc")
             .field("actor", &self.doc.get_actor().to_hex_string())
+            .field("epoch", &self.epoch.number)
             .field("heads", &self.heads())
             .finish_non_exhaustive()
     }

@@ -51,6 +51,27 @@ pub trait Replica: Send + Sync + 'static {
     fn generate(&self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>>;
     /// Applies a sync message from `peer` (persisting it before returning).
     fn receive(&self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String>;
+    /// The epochs the replica holds ([`session::Document::epochs`]); default the genesis epoch.
+    fn epochs(&self) -> crate::epoch::Announce {
+        crate::epoch::Announce::genesis()
+    }
+    /// The next sync message of epoch `seed` ([`session::Document::generate_in`]); the default
+    /// serves the genesis epoch through [`Replica::generate`].
+    fn generate_in(&self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        (*seed == crate::epoch::Epoch::genesis().seed).then(|| self.generate(peer, sync))?
+    }
+    /// Applies a sync message of epoch `seed` ([`session::Document::receive_in`]); the default
+    /// serves the genesis epoch through [`Replica::receive`].
+    fn receive_in(&self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+        if *seed == crate::epoch::Epoch::genesis().seed {
+            return self.receive(peer, sync, message);
+        }
+        Ok(())
+    }
+    /// A peer announced its epochs ([`session::Document::offer`]); the default ignores it.
+    fn offer(&self, peer: &DidKey, announce: &crate::epoch::Announce) {
+        let _ = (peer, announce);
+    }
 }
 
 /// Driver settings.
@@ -149,6 +170,8 @@ struct Inner {
     discovered: Mutex<Vec<(DidKey, SocketAddr)>>,
     /// Whether the mDNS daemon runs.
     mdns_running: std::sync::atomic::AtomicBool,
+    /// The driver's long-running tasks (accept, dial, membership, discovery), for [`Driver::stopped`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Bytes and sync messages the driver has sent and received, since start.
@@ -224,17 +247,31 @@ impl Driver {
             past_syncs: Mutex::new(HashMap::new()),
             discovered: Mutex::new(Vec::new()),
             mdns_running: std::sync::atomic::AtomicBool::new(discovery.is_some()),
+            tasks: Mutex::new(Vec::new()),
         });
         let driver = Driver(inner);
-        tokio::spawn(driver.clone().accept_loop(listener));
-        tokio::spawn(driver.clone().dial_loop());
+        let mut tasks = vec![
+            tokio::spawn(driver.clone().accept_loop(listener)),
+            tokio::spawn(driver.clone().dial_loop()),
+        ];
         if let Some((socket, membership)) = swim {
-            tokio::spawn(swim::run(driver.clone(), socket, membership));
+            tasks.push(tokio::spawn(swim::run(driver.clone(), socket, membership)));
         }
         if let Some(discovery) = discovery {
-            tokio::spawn(mdns::run(driver.clone(), discovery));
+            tasks.push(tokio::spawn(mdns::run(driver.clone(), discovery)));
         }
+        *driver.0.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(driver)
+    }
+
+    /// Resolves once the driver's own tasks have finished after shutdown: the listener is closed,
+    /// the dialer stopped, membership has sent its leave and discovery its goodbye. Call it after
+    /// flipping the shutdown signal; a second call returns at once.
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// The bound sync address.
@@ -659,6 +696,28 @@ impl session::Document for ReplicaDocument<'_> {
 
     fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
         self.0.receive(peer, sync, message)
+    }
+
+    fn epochs(&self) -> crate::epoch::Announce {
+        self.0.epochs()
+    }
+
+    fn generate_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        self.0.generate_in(peer, seed, sync)
+    }
+
+    fn receive_in(
+        &mut self,
+        peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
+        self.0.receive_in(peer, seed, sync, message)
+    }
+
+    fn offer(&mut self, peer: &DidKey, announce: &crate::epoch::Announce) {
+        self.0.offer(peer, announce);
     }
 }
 

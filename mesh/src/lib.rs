@@ -10,6 +10,8 @@
 //! - [`legacy`]: a previous gateway's public keys, published and trusted until a cutover ends.
 //! - [`state`]: the replicated state document (clients, signing-key records, revocations) and the
 //!   [`state::Change`]s applied to it. Pure data: no I/O, no clock.
+//! - [`epoch`]: bounding the document: a fresh epoch document holding the live state only, built
+//!   deterministically from a cut of the previous one; late changes carried forward.
 //! - [`store`]: crash-safe persistence of the state in the data directory, under an exclusive lock.
 //! - [`clock`]: injected time, so tests can move it.
 //! - [`session`]: one sync session with one peer (handshake, Automerge sync, pings, silence
@@ -29,6 +31,7 @@ pub mod did;
 pub mod discovery;
 pub mod doc;
 pub mod driver;
+pub mod epoch;
 pub mod identity;
 pub mod kel;
 pub mod keystore;

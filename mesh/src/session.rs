@@ -26,8 +26,9 @@ use std::time::Duration;
 use crate::Error;
 use crate::did::DidKey;
 use crate::doc::PeerSync;
+use crate::epoch::{Announce, Epoch};
 use crate::identity::NodeIdentity;
-use crate::wire::{Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD, Handshake, Peers, Step};
+use crate::wire::{Frame, FrameDecoder, HANDSHAKE_MAX_PAYLOAD, Handshake, MINOR, Peers, Step};
 
 /// The document as a session sees it: admission, the keys peers sign with, and the two halves of
 /// Automerge's sync protocol.
@@ -43,6 +44,35 @@ pub trait Document {
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>>;
     /// Applies (and persists) a sync message from `peer`; an error closes the session.
     fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String>;
+    /// The epochs the document holds (see [`crate::epoch`]). The default, the genesis epoch
+    /// alone, suits a document without epochs.
+    fn epochs(&self) -> Announce {
+        Announce::genesis()
+    }
+    /// The next sync message of epoch `seed` for `peer`, if that epoch is held. The default
+    /// serves the genesis epoch through [`Document::generate`].
+    fn generate_in(&mut self, peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        (*seed == Epoch::genesis().seed).then(|| self.generate(peer, sync))?
+    }
+    /// Applies (and persists) a sync message of epoch `seed` from `peer`; a message of an epoch
+    /// not held is ignored. The default serves the genesis epoch through [`Document::receive`].
+    fn receive_in(
+        &mut self,
+        peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
+        if *seed == Epoch::genesis().seed {
+            return self.receive(peer, sync, message);
+        }
+        Ok(())
+    }
+    /// `peer` announced its epochs: move to its current one if it is better and can be built or
+    /// received ([`crate::epoch::Replicas::offer`]). The default never moves.
+    fn offer(&mut self, peer: &DidKey, announce: &Announce) {
+        let _ = (peer, announce);
+    }
 }
 
 /// A [`Document`] as the handshake's [`Peers`].
@@ -314,13 +344,16 @@ impl<'a> Session<'a> {
             Phase::Handshaking { handshake, .. } => {
                 match handshake.handle(frame, &DocumentPeers(&*doc)) {
                     Ok(Step::Send(frames)) => transmit(out, &frames),
-                    Ok(Step::Done { peer, send, .. }) => {
+                    Ok(Step::Done { peer, send, peer_minor }) => {
                         transmit(out, &send);
                         self.decoder.set_max_payload(self.config.max_frame);
                         out.push(Output::Established { peer });
                         let mut link = Link {
                             peer,
-                            sync: PeerSync::default(),
+                            minor: peer_minor.min(MINOR),
+                            announced: None,
+                            theirs: None,
+                            syncs: Vec::new(),
                             last_heard: now,
                             // Ping at once, as a fresh interval timer would.
                             next_ping: now,
@@ -343,9 +376,32 @@ impl<'a> Session<'a> {
             }
             Phase::Established(link) => match frame {
                 Frame::Sync(message) => {
-                    doc.receive(&link.peer, &mut link.sync, &message)
+                    let (peer, seed) = (link.peer, Epoch::genesis().seed);
+                    doc.receive_in(&peer, &seed, link.sync(seed), &message)
                         .map_err(CloseReason::SyncRefused)?;
                     out.push(Output::Applied);
+                    link.send_generated(doc, self.config.max_batch, out);
+                    Ok(())
+                }
+                Frame::EpochSync { seed, message } if link.minor >= 1 => {
+                    if link.announced.as_ref().is_some_and(|a| a.held().any(|s| s == seed)) {
+                        let peer = link.peer;
+                        doc.receive_in(&peer, &seed, link.sync(seed), &message)
+                            .map_err(CloseReason::SyncRefused)?;
+                        out.push(Output::Applied);
+                        // The cut of a better epoch the peer announced may have arrived with it.
+                        if let Some(theirs) = &link.theirs
+                            && theirs.current.id().better_than(&doc.epochs().current.id())
+                        {
+                            doc.offer(&link.peer, theirs);
+                        }
+                    }
+                    link.send_generated(doc, self.config.max_batch, out);
+                    Ok(())
+                }
+                Frame::Epoch(announce) if link.minor >= 1 => {
+                    doc.offer(&link.peer, &announce);
+                    link.theirs = Some(announce);
                     link.send_generated(doc, self.config.max_batch, out);
                     Ok(())
                 }
@@ -408,23 +464,67 @@ enum Phase<'a> {
 /// The state of an established session.
 struct Link {
     peer: DidKey,
-    sync: PeerSync,
+    /// The minor version the session speaks: `min(ours, the peer's)`.
+    minor: u16,
+    /// The epochs last announced to the peer (minor 1).
+    announced: Option<Announce>,
+    /// The epochs the peer last announced (minor 1).
+    theirs: Option<Announce>,
+    /// The sync protocol's state per epoch document (by seed) synced with the peer.
+    syncs: Vec<([u8; 32], PeerSync)>,
     last_heard: Duration,
     next_ping: Duration,
     pings: u64,
 }
 
 impl Link {
-    /// Generates what the peer lacks (at most `max` messages) and queues it as one transmit.
+    /// The sync state of epoch `seed`, created fresh when first needed.
+    fn sync(&mut self, seed: [u8; 32]) -> &mut PeerSync {
+        let index = match self.syncs.iter().position(|(s, _)| *s == seed) {
+            Some(index) => index,
+            None => {
+                self.syncs.push((seed, PeerSync::default()));
+                self.syncs.len() - 1
+            }
+        };
+        &mut self.syncs[index].1
+    }
+
+    /// Generates what the peer lacks (at most `max` messages) and queues it as one transmit. With
+    /// minor 1, first announces the document's epochs if they changed since the last announcement,
+    /// then syncs every epoch both sides hold; with minor 0, only the genesis epoch (a minor-0
+    /// peer knows no other).
     fn send_generated(&mut self, doc: &mut dyn Document, max: usize, out: &mut Vec<Output>) {
+        let seeds: Vec<[u8; 32]> = if self.minor == 0 {
+            vec![Epoch::genesis().seed]
+        } else {
+            let now = doc.epochs();
+            if self.announced.as_ref() != Some(&now) {
+                transmit(out, &[Frame::Epoch(now.clone())]);
+                self.syncs.retain(|(seed, _)| now.held().any(|s| s == *seed));
+                self.announced = Some(now);
+            }
+            match (&self.announced, &self.theirs) {
+                (Some(ours), Some(theirs)) => ours.held().filter(|s| theirs.held().any(|t| t == *s)).collect(),
+                _ => Vec::new(),
+            }
+        };
         let mut bytes = Vec::new();
         let mut sync_messages = 0;
-        while sync_messages < max {
-            let Some(message) = doc.generate(&self.peer, &mut self.sync) else {
-                break;
-            };
-            bytes.extend_from_slice(&Frame::Sync(message).encode());
-            sync_messages += 1;
+        for seed in seeds {
+            while sync_messages < max {
+                let peer = self.peer;
+                let Some(message) = doc.generate_in(&peer, &seed, self.sync(seed)) else {
+                    break;
+                };
+                let frame = if self.minor == 0 {
+                    Frame::Sync(message)
+                } else {
+                    Frame::EpochSync { seed, message }
+                };
+                bytes.extend_from_slice(&frame.encode());
+                sync_messages += 1;
+            }
         }
         if sync_messages > 0 {
             out.push(Output::Transmit { bytes, sync_messages });

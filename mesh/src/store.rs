@@ -15,6 +15,13 @@
 //!   last compaction (hard links, so they cost no copy). Together they hold everything the current
 //!   snapshot holds: if `state.automerge` is ever found corrupt (bit rot, a truncating copy), the
 //!   document is rebuilt from them and the current log — see *Recovery*.
+//! - Epochs (see [`crate::epoch`]): `state.automerge` holds the *current* epoch's document (it
+//!   records its own epoch), and the log of epoch `n ≥ 1` is `state-{n}-{seed prefix}.log`, so a log
+//!   is only ever replayed into the document it was written for. `previous.automerge` holds the
+//!   previous epoch's document as of the switch. A switch writes `previous.automerge`, then the new
+//!   `state.automerge`, then the new epoch's empty log, each atomically, then removes the old log: a
+//!   crash leaves either the old epoch with its log or the new epoch (its log is created if
+//!   missing, stale logs of other epochs are removed at load).
 //! - `lock`: one process at a time owns a data directory; [`Store::open`] takes an exclusive lock on
 //!   it.
 //!
@@ -64,9 +71,11 @@ use std::path::{Path, PathBuf};
 use self::log::{Log, Replay};
 use crate::Error;
 use crate::doc::{Doc, PeerSync, SavePoint};
+use crate::epoch::{Announce, Epoch, Offered, Replicas};
 use crate::state::{Change, State};
 
 const STATE_FILE: &str = "state.automerge";
+const PREVIOUS_FILE: &str = "previous.automerge";
 const LOG_FILE: &str = "state.log";
 const DAMAGED_LOG_FILE: &str = "state.log.damaged";
 const PREV_STATE_FILE: &str = "state.automerge.prev";
@@ -80,12 +89,17 @@ pub struct Config {
     /// The log is compacted into a new snapshot once it is larger than both the snapshot and this
     /// many bytes. Default 1 MiB.
     pub compaction_min_log_bytes: u64,
+    /// The bound on the document's size on disk (`node.sync.crdt_buffer_mb`): once the document
+    /// (snapshot and log) passes half of it, and twice its size when its epoch started, the store
+    /// starts a new epoch holding the live state only. `None`: unbounded. Default `None`.
+    pub epoch_bound_bytes: Option<u64>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             compaction_min_log_bytes: 1 << 20,
+            epoch_bound_bytes: None,
         }
     }
 }
@@ -95,8 +109,14 @@ impl Default for Config {
 pub struct Store {
     dir: PathBuf,
     config: Config,
-    doc: Doc,
+    replicas: Replicas,
     state: State,
+    /// The document's size on disk when its epoch started here (0 when loaded).
+    epoch_floor: u64,
+    /// Whether the warning that the live state alone passes half the bound was logged.
+    warned_live_state: bool,
+    /// Bumped whenever admissions, removals, key events or node information change.
+    membership_version: u64,
     /// Everything up to this point is on disk (snapshot and log).
     saved: SavePoint,
     snapshot_size: u64,
@@ -123,19 +143,25 @@ impl Store {
             Err(Error::CorruptDocument { reason }) => (recover_snapshot(dir, actor, reason)?, 0, true),
             Err(e) => return Err(e),
         };
-        let log_path = dir.join(LOG_FILE);
+        let log_name = log_name(doc.epoch());
+        remove_stale_logs(dir, &log_name);
+        let log_path = dir.join(&log_name);
         let replay = Replay::read(&log_path)?;
         let damage = match &replay {
             Some(replay) => replay_log(&mut doc, replay, &log_path),
             None => None,
         };
         let state = doc.state();
+        let previous = load_previous(&dir.join(PREVIOUS_FILE), doc.epoch(), actor);
         let mut store = Self {
             dir: dir.to_path_buf(),
             config,
             saved: doc.save_point(),
-            doc,
+            replicas: Replicas::new(doc, previous, actor),
             state,
+            epoch_floor: 0,
+            warned_live_state: false,
+            membership_version: 0,
             snapshot_size,
             log: None,
             _lock: lock,
@@ -146,7 +172,7 @@ impl Store {
                 store.log = Some(Log::open(&log_path, replay.len())?);
             }
             // No log (a directory written before there was one) or an empty file.
-            _ => store.log = Some(Log::create(dir, LOG_FILE)?),
+            _ => store.log = Some(Log::create(dir, &log_name)?),
         }
         if recovered {
             store.write_snapshot()?;
@@ -161,27 +187,102 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        self.doc.apply(changes, now)?;
+        self.replicas.current_mut().apply(changes, now)?;
         self.persist()?;
-        for change in changes {
-            self.state.apply(change);
-        }
-        Ok(())
+        self.applied(changes);
+        self.bound()
     }
 
     /// The next sync message for a peer.
     pub fn generate_sync_message(&mut self, peer: &mut PeerSync) -> Option<Vec<u8>> {
-        self.doc.generate_sync_message(peer)
+        self.replicas.current().generate_sync_message(peer)
     }
 
     /// Applies a peer's sync message, persists what it added and returns how the state changed.
     pub fn receive_sync_message(&mut self, peer: &mut PeerSync, message: &[u8]) -> Result<Vec<Change>, Error> {
-        let changes = self.doc.receive_sync_message(peer, message)?;
+        let changes = self.replicas.current_mut().receive_sync_message(peer, message)?;
         self.persist()?;
-        for change in &changes {
-            self.state.apply(change);
-        }
+        self.applied(&changes);
+        self.bound()?;
         Ok(changes)
+    }
+
+    /// The epochs this store holds, to announce to peers.
+    pub fn announce(&self) -> Announce {
+        self.replicas.announce()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> &Epoch {
+        self.replicas.current().epoch()
+    }
+
+    /// The next sync message of epoch `seed` (current or previous) for a peer.
+    pub fn generate_in(&mut self, seed: &[u8; 32], peer: &mut PeerSync) -> Option<Vec<u8>> {
+        self.replicas.generate(seed, peer)
+    }
+
+    /// Applies a peer's sync message of epoch `seed`, persists what it added (changes to the
+    /// previous epoch are carried forward into the current one, stamped `now`) and returns how the
+    /// state changed. A message of an epoch not held here changes nothing.
+    pub fn receive_in(
+        &mut self,
+        seed: &[u8; 32],
+        peer: &mut PeerSync,
+        message: &[u8],
+        now: u64,
+    ) -> Result<Vec<Change>, Error> {
+        let epoch = self.epoch().id();
+        let changes = self.replicas.receive(seed, peer, message, now)?;
+        if self.epoch().id() == epoch {
+            self.persist()?;
+        } else {
+            // It completed an epoch received from peers and moved to it.
+            self.persist_switch()?;
+        }
+        self.applied(&changes);
+        self.bound()?;
+        Ok(changes)
+    }
+
+    /// Moves to a peer's announced epoch if it is better and can be built here (see
+    /// [`Replicas::offer`]); the switch is durable before this returns.
+    pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
+        let offered = self.replicas.offer(announce, now)?;
+        if let Offered::Switched(changes) = &offered {
+            self.applied(changes);
+            self.persist_switch()?;
+            tracing::info!(
+                epoch = announce.current.number,
+                "moved to a peer's new epoch of the replicated document"
+            );
+        }
+        Ok(offered)
+    }
+
+    /// Starts a new epoch now, from the current document at its heads (done automatically when
+    /// the document passes its bound, see [`Config::epoch_bound_bytes`]).
+    pub fn start_epoch(&mut self) -> Result<(), Error> {
+        self.replicas.start_next();
+        self.persist_switch()?;
+        tracing::info!(
+            epoch = self.epoch().number,
+            bytes = self.snapshot_size,
+            "started a new epoch of the replicated document"
+        );
+        Ok(())
+    }
+
+    /// A number that changes whenever admissions, removals, key events or node information change
+    /// (what [`State::members`] and the members' announced addresses depend on), so callers can
+    /// cache what they derive from them.
+    pub fn membership_version(&self) -> u64 {
+        self.membership_version
+    }
+
+    /// Sets the bound (see [`Config::epoch_bound_bytes`]).
+    pub fn set_epoch_bound(&mut self, bytes: Option<u64>) {
+        self.config.epoch_bound_bytes = bytes;
     }
 
     /// Writes the whole document as a new snapshot and starts an empty log. Done automatically
@@ -203,7 +304,7 @@ impl Store {
 
     /// The document's heads, hex.
     pub fn heads(&self) -> Vec<String> {
-        self.doc.heads()
+        self.replicas.current().heads()
     }
 
     /// Size of the document on disk (snapshot and log) as last persisted, in bytes.
@@ -212,17 +313,30 @@ impl Store {
         usize::try_from(self.snapshot_size + log).unwrap_or(usize::MAX)
     }
 
+    /// Applies `changes` to the materialized state.
+    fn applied(&mut self, changes: &[Change]) {
+        for change in changes {
+            if matches!(
+                change,
+                Change::Admit(_) | Change::RemoveNode(_) | Change::PutKeyEvent(_) | Change::PutNode(_)
+            ) {
+                self.membership_version += 1;
+            }
+            self.state.apply(change);
+        }
+    }
+
     /// Makes everything the document holds durable: one frame appended to the log, or a
     /// compaction when the log cannot be appended to or has grown past its threshold.
     fn persist(&mut self) -> Result<(), Error> {
-        let point = self.doc.save_point();
+        let point = self.replicas.current().save_point();
         if point == self.saved {
             return Ok(());
         }
         let Some(log) = &mut self.log else {
             return self.compact();
         };
-        let chunk = self.doc.save_after(&self.saved);
+        let chunk = self.replicas.current().save_after(&self.saved);
         if let Err(e) = log.append(&chunk) {
             self.log = None;
             return Err(e);
@@ -239,8 +353,8 @@ impl Store {
 
     /// Writes the whole document as the snapshot, atomically.
     fn write_snapshot(&mut self) -> Result<(), Error> {
-        let point = self.doc.save_point();
-        let bytes = self.doc.save();
+        let point = self.replicas.current().save_point();
+        let bytes = self.replicas.current().save();
         keep_previous(&self.dir, STATE_FILE, PREV_STATE_FILE)?;
         write_atomically(&self.dir, STATE_FILE, &bytes)?;
         self.saved = point;
@@ -251,9 +365,57 @@ impl Store {
     /// Replaces the log by an empty one; only once the snapshot holds everything the log does.
     fn start_log(&mut self) -> Result<(), Error> {
         self.log = None;
-        keep_previous(&self.dir, LOG_FILE, PREV_LOG_FILE)?;
-        self.log = Some(Log::create(&self.dir, LOG_FILE)?);
+        let log_name = log_name(self.epoch());
+        keep_previous(&self.dir, &log_name, PREV_LOG_FILE)?;
+        self.log = Some(Log::create(&self.dir, &log_name)?);
         Ok(())
+    }
+
+    /// Makes a switch of epoch durable: the previous document, the new snapshot, the new log,
+    /// in that order, then the old log is removed.
+    fn persist_switch(&mut self) -> Result<(), Error> {
+        self.log = None;
+        if let Some(previous) = self.replicas.previous() {
+            write_atomically(&self.dir, PREVIOUS_FILE, &previous.save())?;
+        }
+        // The previous snapshot and log (kept for recovery) belong to the old epoch: a log of the
+        // old epoch must never be replayed into the new one, so recovery has nothing to fall back
+        // on until the new epoch's first compaction.
+        let prev_log = self.dir.join(PREV_LOG_FILE);
+        match fs::remove_file(&prev_log) {
+            Ok(()) => sync_dir(&self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &prev_log)(e)),
+        }
+        self.write_snapshot()?;
+        self.start_log()?;
+        self.epoch_floor = self.snapshot_size;
+        remove_stale_logs(&self.dir, &log_name(self.epoch()));
+        Ok(())
+    }
+
+    /// Starts a new epoch if the document passed its bound (see [`Config::epoch_bound_bytes`]).
+    fn bound(&mut self) -> Result<(), Error> {
+        let Some(bound) = self.config.epoch_bound_bytes else {
+            return Ok(());
+        };
+        let size = self.document_size() as u64;
+        if size <= bound / 2 {
+            return Ok(());
+        }
+        if size <= self.epoch_floor.saturating_mul(2) {
+            if !self.warned_live_state {
+                self.warned_live_state = true;
+                tracing::warn!(
+                    bytes = self.epoch_floor,
+                    bound,
+                    "the live replicated state alone takes more than a quarter of node.sync.crdt_buffer_mb; \
+                     raise it"
+                );
+            }
+            return Ok(());
+        }
+        self.start_epoch()
     }
 
     /// After loading a damaged log: writes a snapshot of what was kept, sets the damaged log aside
@@ -263,7 +425,8 @@ impl Store {
     fn replace_damaged_log(&mut self, pairs_with_previous: bool) {
         let damaged = self.dir.join(DAMAGED_LOG_FILE);
         let result = self.write_snapshot().and_then(|()| {
-            fs::rename(self.dir.join(LOG_FILE), &damaged).map_err(Error::io("rename aside", &damaged))?;
+            let log = self.dir.join(log_name(self.epoch()));
+            fs::rename(&log, &damaged).map_err(Error::io("rename aside", &damaged))?;
             // The intact frames of the damaged log pair with the previous snapshot.
             if pairs_with_previous {
                 keep_previous(&self.dir, DAMAGED_LOG_FILE, PREV_LOG_FILE)?;
@@ -366,6 +529,47 @@ fn keep_previous(dir: &Path, name: &str, previous: &str) -> Result<(), Error> {
     let target = dir.join(previous);
     fs::rename(&tmp, &target).map_err(Error::io("rename into place", &target))?;
     sync_dir(dir)
+}
+
+/// The log file of `epoch`: `state.log` for the genesis epoch, `state-{n}-{seed prefix}.log` after.
+fn log_name(epoch: &Epoch) -> String {
+    if epoch.number == 0 {
+        return LOG_FILE.to_owned();
+    }
+    let prefix: String = epoch.seed[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("state-{}-{prefix}.log", epoch.number)
+}
+
+/// Removes logs of other epochs than the one named `keep` (left by a switch a crash interrupted).
+fn remove_stale_logs(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_log = name == LOG_FILE || (name.starts_with("state-") && name.ends_with(".log"));
+        if is_log && name != keep {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = name, "removed the log of an earlier epoch"),
+                Err(e) => tracing::warn!(file = name, error = %e, "cannot remove the log of an earlier epoch"),
+            }
+        }
+    }
+}
+
+/// The previous epoch's document at `path`, if present, loadable and the epoch before `current`.
+fn load_previous(path: &Path, current: &Epoch, actor: [u8; 16]) -> Option<Doc> {
+    if current.number == 0 {
+        return None;
+    }
+    let bytes = fs::read(path).ok()?;
+    match Doc::load(&bytes, actor) {
+        Ok(doc) if doc.epoch().number + 1 == current.number => Some(doc),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring the previous epoch's document");
+            None
+        }
+    }
 }
 
 /// Loads the intact frames of the log at `path` into `doc`, up to the first damaged one or the
@@ -481,6 +685,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             compaction_min_log_bytes: 2_000,
+            ..Config::default()
         };
         let mut store = Store::open_with(dir.path(), config).unwrap();
         for i in 0..100 {

@@ -47,5 +47,6 @@ impl<F: Fn(&DidKey) -> bool + ?Sized> Peers for F {
 pub const MAJOR: u16 = 1;
 
 /// The minor version of the mesh protocol this build speaks. Minors of one major interoperate: a
-/// newer minor only adds what an older one can ignore.
-pub const MINOR: u16 = 0;
+/// newer minor only adds what an older one can ignore. Minor 1 adds epochs ([`Frame::Epoch`],
+/// [`Frame::EpochSync`]); a session of minor 0 syncs the genesis epoch's document only.
+pub const MINOR: u16 = 1;

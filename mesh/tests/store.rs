@@ -168,6 +168,7 @@ fn automatic_compaction_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         compaction_min_log_bytes: 4_096,
+        ..Config::default()
     };
     let mut store = Store::open_with(dir.path(), config.clone()).unwrap();
     let mut compactions = 0;

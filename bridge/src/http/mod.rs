@@ -377,6 +377,65 @@ impl mesh::driver::Replica for MeshReplica {
         }
         Ok(())
     }
+
+    fn epochs(&self) -> mesh::epoch::Announce {
+        self.0.0.node.lock().unwrap_or_else(|e| e.into_inner()).epochs()
+    }
+
+    fn generate_in(
+        &self,
+        peer: &mesh::did::DidKey,
+        seed: &[u8; 32],
+        sync: &mut mesh::doc::PeerSync,
+    ) -> Option<Vec<u8>> {
+        if !self.is_member(peer) {
+            return None;
+        }
+        self.0
+            .0
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generate_in(seed, sync)
+    }
+
+    fn receive_in(
+        &self,
+        peer: &mesh::did::DidKey,
+        seed: &[u8; 32],
+        sync: &mut mesh::doc::PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
+        if !self.is_member(peer) {
+            return Err(format!("{peer} is no longer a member of the mesh"));
+        }
+        let changes = self
+            .0
+            .with_node(|node| node.receive_in(seed, sync, message).map(|c| (c.len(), c)))
+            .map_err(|e| e.to_string())?;
+        if changes > 0 {
+            tracing::debug!(%peer, changes, "mesh: applied changes from peer");
+        }
+        Ok(())
+    }
+
+    fn offer(&self, peer: &mesh::did::DidKey, announce: &mesh::epoch::Announce) {
+        if !self.is_member(peer) {
+            return;
+        }
+        let epoch = &announce.current;
+        match self.0.with_node(|node| node.offer(announce)) {
+            Ok(true) => {
+                tracing::info!(%peer, epoch = epoch.number, "mesh: moved to the peer's epoch");
+                // Every session announces the new epoch.
+                if let Some(driver) = self.0.0.driver.get() {
+                    driver.notify_changed();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%peer, error = %e, "mesh: cannot move to the peer's epoch"),
+        }
+    }
 }
 
 /// The OAuth router, mounted under the issuer's path.

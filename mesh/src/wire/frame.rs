@@ -21,6 +21,8 @@ const KIND_SYNC: u8 = 3;
 const KIND_PING: u8 = 4;
 const KIND_PONG: u8 = 5;
 const KIND_BYE: u8 = 6;
+const KIND_EPOCH: u8 = 7;
+const KIND_EPOCH_SYNC: u8 = 8;
 
 /// One frame of the per-peer sync stream.
 ///
@@ -57,6 +59,16 @@ pub enum Frame {
         /// Human-readable reason, for the peer's log.
         reason: String,
     },
+    /// The sender's epochs (minor 1): its current epoch with the cut it started from, and the
+    /// previous epoch it still holds ([`crate::epoch::Announce`]).
+    Epoch(crate::epoch::Announce),
+    /// One sync message of the document of the epoch whose seed is `seed` (minor 1).
+    EpochSync {
+        /// The epoch's seed (see [`crate::epoch::EpochId`]).
+        seed: [u8; 32],
+        /// The Automerge sync message.
+        message: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -85,6 +97,11 @@ impl Frame {
             Frame::Sync(message) => out.extend_from_slice(message),
             Frame::Ping(n) | Frame::Pong(n) => out.extend_from_slice(&n.to_be_bytes()),
             Frame::Bye { reason } => out.extend_from_slice(reason.as_bytes()),
+            Frame::Epoch(announce) => out.extend_from_slice(&announce.encode()),
+            Frame::EpochSync { seed, message } => {
+                out.extend_from_slice(seed);
+                out.extend_from_slice(message);
+            }
         }
         let length = u32::try_from(out.len() - HEADER_LEN).expect("a mesh frame payload is shorter than 4 GiB");
         out[..4].copy_from_slice(&length.to_be_bytes());
@@ -104,6 +121,8 @@ impl Frame {
             Frame::Ping(_) => KIND_PING,
             Frame::Pong(_) => KIND_PONG,
             Frame::Bye { .. } => KIND_BYE,
+            Frame::Epoch(_) => KIND_EPOCH,
+            Frame::EpochSync { .. } => KIND_EPOCH_SYNC,
         }
     }
 
@@ -114,6 +133,8 @@ impl Frame {
             Frame::Sync(message) => message.len(),
             Frame::Ping(_) | Frame::Pong(_) => 8,
             Frame::Bye { reason } => reason.len(),
+            Frame::Epoch(announce) => 83 + 32 * announce.current.cut.len(),
+            Frame::EpochSync { message, .. } => 32 + message.len(),
         }
     }
 
@@ -155,6 +176,16 @@ impl Frame {
                 reason: String::from_utf8(payload.to_vec())
                     .map_err(|_| Error::MalformedFrame("Bye reason is not UTF-8"))?,
             },
+            KIND_EPOCH => Frame::Epoch(crate::epoch::Announce::decode(payload)?),
+            KIND_EPOCH_SYNC => {
+                if payload.len() < 32 {
+                    return Err(Error::MalformedFrame("EpochSync is shorter than 32 bytes"));
+                }
+                Frame::EpochSync {
+                    seed: array(&payload[..32]),
+                    message: payload[32..].to_vec(),
+                }
+            }
             other => return Err(Error::UnknownFrameKind(other)),
         })
     }
@@ -180,6 +211,14 @@ impl fmt::Debug for Frame {
             Frame::Ping(n) => f.debug_tuple("Ping").field(n).finish(),
             Frame::Pong(n) => f.debug_tuple("Pong").field(n).finish(),
             Frame::Bye { reason } => f.debug_struct("Bye").field("reason", reason).finish(),
+            Frame::Epoch(announce) => f
+                .debug_struct("Epoch")
+                .field("number", &announce.current.number)
+                .field("seed", &Hex(&announce.current.seed))
+                .field("cut", &announce.current.cut.len())
+                .field("previous", &announce.previous.map(|p| p.number))
+                .finish(),
+            Frame::EpochSync { seed, message } => write!(f, "EpochSync({:?}, <{} bytes>)", Hex(seed), message.len()),
         }
     }
 }
@@ -267,7 +306,7 @@ impl FrameDecoder {
         let Some(&kind) = pending.get(4) else {
             return Ok(None);
         };
-        if !(KIND_HELLO..=KIND_BYE).contains(&kind) {
+        if !(KIND_HELLO..=KIND_EPOCH_SYNC).contains(&kind) {
             return Err(Error::UnknownFrameKind(kind));
         }
         let end = HEADER_LEN + length as usize;
@@ -292,6 +331,8 @@ fn kind_name(kind: u8) -> &'static str {
         KIND_PING => "Ping",
         KIND_PONG => "Pong",
         KIND_BYE => "Bye",
+        KIND_EPOCH => "Epoch",
+        KIND_EPOCH_SYNC => "EpochSync",
         _ => "unknown",
     }
 }

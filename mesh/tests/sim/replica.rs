@@ -1,44 +1,64 @@
-//! A simulated node's document as its sessions see it: a plain [`Doc`] plus the membership view.
+//! A simulated node's documents as its sessions see them: its epoch documents ([`Replicas`]) plus
+//! the membership view.
 
 use std::collections::BTreeSet;
 
 use mesh::did::DidKey;
 use mesh::doc::{Doc, PeerSync};
+use mesh::epoch::{Announce, Epoch, Offered, Replicas};
 use mesh::identity::NodeIdentity;
 use mesh::session::Document;
 use mesh::state::Change;
 
-/// A node's document as its sessions see it.
+/// A node's documents as its sessions see them.
 pub(super) struct Replica {
-    pub(super) doc: Doc,
+    pub(super) docs: Replicas,
     pub(super) me: DidKey,
     pub(super) trusted: Vec<DidKey>,
     pub(super) members: BTreeSet<DidKey>,
     pub(super) heads: Vec<String>,
     pub(super) heads_moved: bool,
+    /// Unix seconds now, stamped on changes carried forward from the previous epoch.
+    pub(super) unix_now: u64,
 }
 
 impl Replica {
-    pub(super) fn new(doc: Doc, me: DidKey, trusted: Vec<DidKey>) -> Self {
-        let members = doc.state().members(&me, &trusted);
-        let heads = doc.heads();
+    pub(super) fn new(docs: Replicas, me: DidKey, trusted: Vec<DidKey>) -> Self {
+        let members = docs.current().state().members(&me, &trusted);
+        let heads = docs.current().heads();
         Self {
-            doc,
+            docs,
             me,
             trusted,
             members,
             heads,
             heads_moved: false,
+            unix_now: 0,
         }
+    }
+
+    /// The current epoch's document.
+    pub(super) fn doc(&self) -> &Doc {
+        self.docs.current()
     }
 
     /// Re-reads the heads, noting whether they moved.
     pub(super) fn refresh(&mut self) {
-        let heads = self.doc.heads();
+        let heads = self.docs.current().heads();
         if heads != self.heads {
             self.heads = heads;
             self.heads_moved = true;
         }
+    }
+
+    fn changed(&mut self, changes: &[Change]) {
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::Admit(_) | Change::RemoveNode(_)))
+        {
+            self.members = self.docs.current().state().members(&self.me, &self.trusted);
+        }
+        self.refresh();
     }
 }
 
@@ -48,25 +68,50 @@ impl Document for Replica {
     }
 
     fn generate(&mut self, _peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
-        self.doc.generate_sync_message(sync)
+        let seed = Epoch::genesis().seed;
+        self.docs.generate(&seed, sync)
     }
 
-    fn receive(&mut self, _peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+    fn receive(&mut self, peer: &DidKey, sync: &mut PeerSync, message: &[u8]) -> Result<(), String> {
+        let seed = Epoch::genesis().seed;
+        self.receive_in(peer, &seed, sync, message)
+    }
+
+    fn epochs(&self) -> Announce {
+        self.docs.announce()
+    }
+
+    fn generate_in(&mut self, _peer: &DidKey, seed: &[u8; 32], sync: &mut PeerSync) -> Option<Vec<u8>> {
+        self.docs.generate(seed, sync)
+    }
+
+    fn receive_in(
+        &mut self,
+        _peer: &DidKey,
+        seed: &[u8; 32],
+        sync: &mut PeerSync,
+        message: &[u8],
+    ) -> Result<(), String> {
         let changes = self
-            .doc
-            .receive_sync_message(sync, message)
+            .docs
+            .receive(seed, sync, message, self.unix_now)
             .map_err(|e| e.to_string())?;
-        if changes.is_empty() {
-            return Ok(());
+        if !changes.is_empty() {
+            self.changed(&changes);
         }
-        if changes
-            .iter()
-            .any(|c| matches!(c, Change::Admit(_) | Change::RemoveNode(_)))
-        {
-            self.members = self.doc.state().members(&self.me, &self.trusted);
-        }
-        self.refresh();
         Ok(())
+    }
+
+    fn offer(&mut self, _peer: &DidKey, announce: &Announce) {
+        match self.docs.offer(announce, self.unix_now) {
+            Ok(Offered::Switched(changes)) => {
+                self.changed(&changes);
+                // The heads are another document's now, even if the state did not change.
+                self.heads_moved = true;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("moving to a peer's epoch failed: {e}"),
+        }
     }
 }
 

@@ -66,6 +66,26 @@ pub enum Step {
     AssertLacks(&'static [NodeId], Item),
     /// The node never had a session with anyone.
     AssertNeverConnected(NodeId),
+    /// A node revokes `total` tokens, `batch` per change every `every`, each expiring `ttl` seconds
+    /// after it is made; the scenario remembers them for [`Step::AssertUnexpiredKept`].
+    Churn {
+        /// The writing node.
+        node: NodeId,
+        /// Revocations in all.
+        total: u64,
+        /// Revocations per change.
+        batch: u64,
+        /// Virtual time between changes.
+        every: Duration,
+        /// Seconds from a revocation to its token's expiry.
+        ttl: u64,
+    },
+    /// Every node's saved document stayed under this many bytes at every maintenance run.
+    AssertDocumentsUnder(usize),
+    /// Every churned revocation that has not expired yet is on these nodes.
+    AssertUnexpiredKept(&'static [NodeId]),
+    /// These nodes are in epoch `n` or later.
+    AssertEpochAtLeast(&'static [NodeId], u64),
 }
 
 /// `n` seconds, for [`Step::Wait`].
@@ -75,6 +95,11 @@ pub const fn secs(n: u64) -> Duration {
 
 /// Runs `steps` on a world seeded with `seed`; panics, naming the step, when an assertion fails.
 pub fn run(seed: u64, topology: Topology, steps: &[Step]) -> Stats {
+    run_with(seed, topology, Config::default(), steps)
+}
+
+/// [`run`] with the world configured by `config`.
+pub fn run_with(seed: u64, topology: Topology, config: Config, steps: &[Step]) -> Stats {
     let adds: Vec<bool> = steps
         .iter()
         .filter_map(|s| match s {
@@ -90,8 +115,9 @@ pub fn run(seed: u64, topology: Topology, steps: &[Step]) -> Stats {
         .filter(|(_, admitted)| **admitted)
         .map(|(identity, _)| identity.did())
         .collect();
-    let mut world = World::new(&identities, trusted, seed, Config::default());
+    let mut world = World::new(&identities, trusted, seed, config);
     let mut rng = Rng::new(seed ^ 0x7070);
+    let mut churned: Vec<(String, u64)> = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         let at = world.now();
         let fail = |what: String| -> ! { panic!("step {index} ({step:?}) at {at:?}: {what}") };
@@ -167,6 +193,61 @@ pub fn run(seed: u64, topology: Topology, steps: &[Step]) -> Stats {
                     };
                     if has != expected {
                         fail(format!("node {node} {} {item:?}", if has { "has" } else { "lacks" }));
+                    }
+                }
+            }
+            Step::Churn {
+                node,
+                total,
+                batch,
+                every,
+                ttl,
+            } => {
+                let mut made = 0;
+                while made < *total {
+                    let exp = world.unix_now() + ttl;
+                    let count = (*batch).min(total - made);
+                    let first = churned.len();
+                    churned.extend((0..count).map(|k| (format!("churn-{:07}", first as u64 + k), exp)));
+                    let changes: Vec<Change> = churned[first..]
+                        .iter()
+                        .map(|(jti, exp)| Change::Revoke {
+                            jti: jti.clone(),
+                            exp: *exp,
+                        })
+                        .collect();
+                    made += count;
+                    world.changes(*node, &changes);
+                    world.run_for(*every);
+                }
+            }
+            Step::AssertDocumentsUnder(bound) => {
+                let max = world.stats().max_document;
+                if max >= *bound {
+                    fail(format!("a document reached {max} bytes"));
+                }
+            }
+            Step::AssertUnexpiredKept(nodes) => {
+                let now = world.unix_now();
+                for &node in nodes.iter() {
+                    let state = world.state(node);
+                    let missing = churned
+                        .iter()
+                        .filter(|(jti, exp)| *exp > now && !state.revocations.contains_key(jti))
+                        .count();
+                    if missing > 0 {
+                        fail(format!("node {node} lacks {missing} unexpired revocations"));
+                    }
+                }
+            }
+            Step::AssertEpochAtLeast(nodes, n) => {
+                for &node in nodes.iter() {
+                    if world.epoch_of(node) < *n {
+                        fail(format!(
+                            "node {node} is in epoch {} (largest document so far {} bytes)",
+                            world.epoch_of(node),
+                            world.stats().max_document
+                        ));
                     }
                 }
             }

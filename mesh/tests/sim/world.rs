@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use mesh::did::DidKey;
 use mesh::doc::Doc;
+use mesh::epoch::Replicas;
 use mesh::identity::NodeIdentity;
 use mesh::session::{self, Event, Output, Session, SessionConfig};
 use mesh::state::{Change, State};
@@ -57,6 +58,10 @@ pub struct Config {
     pub max_backoff: Duration,
     /// A dial over a cut link fails after this long.
     pub connect_timeout: Duration,
+    /// With a bound, every node runs maintenance each second, as a real node does: it drops expired
+    /// revocations and starts a new epoch once its document's saved size passes half the bound
+    /// (and twice its size when its epoch started), like [`mesh::store::Store`].
+    pub epoch_bound: Option<usize>,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             first_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            epoch_bound: None,
         }
     }
 }
@@ -85,6 +91,10 @@ pub struct Stats {
     pub bytes: u64,
     /// Closed sessions by reason.
     pub closed: BTreeMap<String, u64>,
+    /// The largest saved document any node held at a maintenance run.
+    pub max_document: usize,
+    /// Epochs started by maintenance (competing proposals counted each).
+    pub epochs_started: u64,
 }
 
 /// The simulated mesh.
@@ -115,8 +125,10 @@ struct Node<'a> {
     /// Incarnation: bumped by each crash so stale timers are ignored.
     epoch: u64,
     replica: Replica,
-    /// The document as persisted at the last crash.
-    saved: Vec<u8>,
+    /// The documents (current, previous) as persisted at the last crash.
+    saved: (Vec<u8>, Option<Vec<u8>>),
+    /// The saved size of the document when its epoch started here.
+    epoch_floor: usize,
     /// Whom this node dials.
     peers: Vec<NodeId>,
     endpoints: HashMap<ConnId, Endpoint<'a>>,
@@ -162,6 +174,10 @@ enum Action {
     Timer {
         node: NodeId,
         conn: ConnId,
+    },
+    Maintain {
+        node: NodeId,
+        epoch: u64,
     },
 }
 
@@ -225,7 +241,8 @@ impl<'a> World<'a> {
             self.trusted.contains(&identity.did()),
             "node {id}: admitted exactly when trusted"
         );
-        let replica = Replica::new(Doc::new(actor(identity)), identity.did(), trusted);
+        let docs = Replicas::new(Doc::new(actor(identity)), None, actor(identity));
+        let replica = Replica::new(docs, identity.did(), trusted);
         let epoch = 1;
         self.nodes.push(Node {
             identity,
@@ -233,7 +250,8 @@ impl<'a> World<'a> {
             alive: true,
             epoch,
             replica,
-            saved: Vec::new(),
+            saved: (Vec::new(), None),
+            epoch_floor: 0,
             peers,
             endpoints: HashMap::new(),
             registry: HashMap::new(),
@@ -244,6 +262,9 @@ impl<'a> World<'a> {
         });
         let offset = Duration::from_micros(self.rng.below(self.config.dial_interval.as_micros() as usize) as u64);
         self.schedule(offset, Action::DialTick { node: id, epoch });
+        if self.config.epoch_bound.is_some() {
+            self.schedule(offset + Duration::from_secs(1), Action::Maintain { node: id, epoch });
+        }
         id
     }
 
@@ -286,7 +307,12 @@ impl<'a> World<'a> {
 
     /// The materialized state of `node`'s document.
     pub fn state(&self, node: NodeId) -> State {
-        self.nodes[node].replica.doc.state()
+        self.nodes[node].replica.doc().state()
+    }
+
+    /// The epoch number of `node`'s current document.
+    pub fn epoch_of(&self, node: NodeId) -> u64 {
+        self.nodes[node].replica.doc().epoch().number
     }
 
     /// The heads of `node`'s document.
@@ -348,7 +374,10 @@ impl<'a> World<'a> {
             }
         }
         let n = &mut self.nodes[node];
-        n.saved = n.replica.doc.save();
+        n.saved = (
+            n.replica.docs.current().save(),
+            n.replica.docs.previous().map(Doc::save),
+        );
         n.alive = false;
         n.epoch += 1;
         n.registry.clear();
@@ -361,24 +390,47 @@ impl<'a> World<'a> {
     pub fn restart(&mut self, node: NodeId) {
         let n = &mut self.nodes[node];
         assert!(!n.alive, "node {node} is running");
-        let doc = Doc::load(&n.saved, actor(n.identity)).expect("the saved document loads");
+        let doc = Doc::load(&n.saved.0, actor(n.identity)).expect("the saved document loads");
+        let previous = n
+            .saved
+            .1
+            .as_ref()
+            .map(|bytes| Doc::load(bytes, actor(n.identity)).expect("the saved previous document loads"));
         let trusted = std::mem::take(&mut n.replica.trusted);
-        n.replica = Replica::new(doc, n.identity.did(), trusted);
+        let docs = Replicas::new(doc, previous, actor(n.identity));
+        n.replica = Replica::new(docs, n.identity.did(), trusted);
         n.alive = true;
         let epoch = n.epoch;
         self.schedule(Duration::ZERO, Action::DialTick { node, epoch });
+        if self.config.epoch_bound.is_some() {
+            self.schedule(Duration::from_secs(1), Action::Maintain { node, epoch });
+        }
     }
 
     /// Applies a local change on `node` and tells its sessions.
     pub fn change(&mut self, node: NodeId, change: Change) {
+        self.changes(node, &[change]);
+    }
+
+    /// Applies local changes on `node` as one document change and tells its sessions.
+    pub fn changes(&mut self, node: NodeId, changes: &[Change]) {
         assert!(self.nodes[node].alive, "node {node} is down");
-        let now = EPOCH_UNIX + self.now.as_secs();
+        let now = self.unix_now();
         let replica = &mut self.nodes[node].replica;
-        replica.doc.apply(&[change], now).expect("a local change applies");
+        replica
+            .docs
+            .current_mut()
+            .apply(changes, now)
+            .expect("a local change applies");
         replica.refresh();
         self.heads_moved |= std::mem::take(&mut replica.heads_moved);
         self.mark_changed(node);
         self.notify();
+    }
+
+    /// Unix seconds now (virtual time zero is a fixed date).
+    pub fn unix_now(&self) -> u64 {
+        EPOCH_UNIX + self.now.as_secs()
     }
 
     /// Runs the world for `duration` of virtual time.
@@ -443,6 +495,12 @@ impl<'a> World<'a> {
                     Payload::Eof => self.feed(node, conn, Event::Eof),
                 }
             }
+            Action::Maintain { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].alive {
+                    self.maintain(node);
+                    self.schedule(Duration::from_secs(1), Action::Maintain { node, epoch });
+                }
+            }
             Action::Timer { node, conn } => {
                 let due = self.nodes[node]
                     .endpoints
@@ -481,6 +539,7 @@ impl<'a> World<'a> {
         let Some(endpoint) = n.endpoints.get_mut(&conn) else {
             return;
         };
+        n.replica.unix_now = EPOCH_UNIX + now.as_secs();
         let outputs = endpoint.session.handle(event, now, &mut n.replica);
         self.heads_moved |= std::mem::take(&mut n.replica.heads_moved);
         if self.carry_out(node, conn, outputs) {
@@ -560,6 +619,34 @@ impl<'a> World<'a> {
         }
         endpoint.timer = Some(at);
         self.schedule(at.saturating_sub(now), Action::Timer { node, conn });
+    }
+
+    /// A node's periodic maintenance: drops expired revocations, starts a new epoch past the bound.
+    fn maintain(&mut self, node: NodeId) {
+        let Some(bound) = self.config.epoch_bound else { return };
+        let unix_now = EPOCH_UNIX + self.now.as_secs();
+        let n = &mut self.nodes[node];
+        let replica = &mut n.replica;
+        if replica.doc().state().revocations.values().any(|exp| *exp <= unix_now) {
+            let drop = Change::DropExpiredRevocations { now: unix_now };
+            replica
+                .docs
+                .current_mut()
+                .apply(&[drop], unix_now)
+                .expect("a drop applies");
+            replica.refresh();
+        }
+        let size = replica.doc().save().len();
+        self.stats.max_document = self.stats.max_document.max(size);
+        if size > bound / 2 && size > n.epoch_floor * 2 {
+            replica.docs.start_next();
+            n.epoch_floor = replica.doc().save().len();
+            replica.refresh();
+            self.stats.epochs_started += 1;
+        }
+        self.heads_moved |= std::mem::take(&mut self.nodes[node].replica.heads_moved);
+        self.mark_changed(node);
+        self.notify();
     }
 
     fn mark_changed(&mut self, node: NodeId) {

@@ -16,6 +16,10 @@
 //! minor-0 build skips them as malformed node information. The first node that writes a key event
 //! also records minor 1 at the root (informational: any minor of the major is read).
 //!
+//! Plugin trust records ([`crate::plugin::PluginTrust`]) and plugin records
+//! ([`crate::plugin::PluginRecord`]) live in the same `nodes` map under `plugin-trust|{did}` and
+//! `plugin|{name}`, for the same reason; removal is a tombstone record, never a deletion.
+//!
 //! # Genesis
 //!
 //! Every node creates the root objects with one deterministic change: actor [`GENESIS_ACTOR`],

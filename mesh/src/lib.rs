@@ -32,6 +32,7 @@ pub mod identity;
 pub mod kel;
 pub mod keystore;
 pub mod membership;
+pub mod plugin;
 pub mod session;
 pub mod state;
 pub mod store;

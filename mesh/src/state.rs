@@ -14,6 +14,7 @@ use crate::Error;
 use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
 use crate::kel::{self, KeyChains, KeyEvent};
+use crate::plugin::{PluginRecord, PluginTrust};
 
 /// The schema version of [`State`] this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -44,6 +45,12 @@ pub struct State {
     /// Identity key events, by [`KeyEvent::key`] (`"{did}|{seq}"`); see [`crate::kel`].
     #[serde(default)]
     pub key_events: BTreeMap<String, KeyEvent>,
+    /// Trust in plugin developer keys, by signer DID; see [`crate::plugin`].
+    #[serde(default)]
+    pub plugin_signers: BTreeMap<String, PluginTrust>,
+    /// Installed (or removed) plugins, by name; see [`crate::plugin`].
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginRecord>,
 }
 
 impl Default for State {
@@ -57,6 +64,8 @@ impl Default for State {
             nodes: BTreeMap::new(),
             removals: BTreeMap::new(),
             key_events: BTreeMap::new(),
+            plugin_signers: BTreeMap::new(),
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +103,12 @@ impl State {
             }
             Change::PutKeyEvent(event) => {
                 self.key_events.insert(event.key(), event.clone());
+            }
+            Change::TrustPluginSigner(trust) => {
+                self.plugin_signers.insert(trust.key(), trust.clone());
+            }
+            Change::PutPlugin(record) => {
+                self.plugins.insert(record.key(), record.clone());
             }
         }
     }
@@ -149,6 +164,10 @@ pub enum Change {
     RemoveNode(Removal),
     /// Adds an event to a node's identity key event log.
     PutKeyEvent(KeyEvent),
+    /// Trusts (or stops trusting) a plugin developer key.
+    TrustPluginSigner(PluginTrust),
+    /// Installs, rebinds or removes (a tombstone) a plugin.
+    PutPlugin(PluginRecord),
 }
 
 /// A member's signed statement that `did` belongs to the mesh.
@@ -288,14 +307,14 @@ impl Removal {
     }
 }
 
-fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
+pub(crate) fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
     URL_SAFE_NO_PAD.encode(identity.sign(&serde_json::to_vec(fields).unwrap_or_default()))
 }
 
 /// Verifies a record "by a DID": a signature by any key of `author`'s chain counts, so records
 /// signed before a rotation stay valid (and a compromised old key can still sign; see
 /// `mesh/ALGORITHM.md`, "Identity and pre-rotation").
-fn verify_fields(
+pub(crate) fn verify_fields(
     chains: &dyn KeyChains,
     author: &DidKey,
     fields: &impl Serialize,
@@ -342,6 +361,20 @@ impl State {
             members.remove(&did);
         }
         members
+    }
+}
+
+impl State {
+    /// The plugin developer keys trusted now, as `me` sees the mesh: those whose latest trust
+    /// record says trusted, verifies, and was written by a member.
+    pub fn trusted_plugin_signers(&self, me: &DidKey, trusted: &[DidKey]) -> std::collections::BTreeSet<DidKey> {
+        let members = self.members(me, trusted);
+        let chains = CachedChains::new(self);
+        self.plugin_signers
+            .values()
+            .filter(|t| t.trusted && members.contains(&t.by) && t.verify(&chains).is_ok())
+            .map(|t| t.signer)
+            .collect()
     }
 }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
 use crate::kel::KeyEvent;
+use crate::plugin::{PluginRecord, PluginTrust};
 use crate::state::{Admission, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
@@ -22,6 +23,11 @@ const GENESIS_MINOR: u64 = 0;
 /// [`KeyEvent::key`]. No DID starts with it, so they never collide with node information; a build
 /// of minor 0 finds entries that do not parse as node information and skips them.
 pub(super) const KEY_EVENT_PREFIX: &str = "key-event|";
+/// Plugin trust records live in the `nodes` map under this prefix followed by the signer's DID,
+/// for the same reason as key events; builds without plugins skip them as malformed.
+pub(super) const PLUGIN_TRUST_PREFIX: &str = "plugin-trust|";
+/// Plugin records live in the `nodes` map under this prefix followed by the plugin's name.
+pub(super) const PLUGIN_PREFIX: &str = "plugin|";
 /// Root key of the schema version map.
 pub(super) const SCHEMA_KEY: &str = "schema";
 /// Keys of the schema version map.
@@ -185,6 +191,10 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::PutKeyEvent(event) => {
             Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
         }
+        Change::TrustPluginSigner(trust) => {
+            Write::Put(Field::Nodes, format!("{PLUGIN_TRUST_PREFIX}{}", trust.key()), json(trust)?)
+        }
+        Change::PutPlugin(record) => Write::Put(Field::Nodes, format!("{PLUGIN_PREFIX}{}", record.key()), json(record)?),
     })
 }
 
@@ -246,10 +256,17 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
         Field::Clients => Change::PutClient(record(text, key, |c: &ClientRecord| c.client_id.clone())?),
         Field::Keys => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
-        Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
-            Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
-            None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
-        },
+        Field::Nodes => {
+            if let Some(key) = key.strip_prefix(KEY_EVENT_PREFIX) {
+                Change::PutKeyEvent(record(text, key, KeyEvent::key)?)
+            } else if let Some(key) = key.strip_prefix(PLUGIN_TRUST_PREFIX) {
+                Change::TrustPluginSigner(record(text, key, PluginTrust::key)?)
+            } else if let Some(key) = key.strip_prefix(PLUGIN_PREFIX) {
+                Change::PutPlugin(record(text, key, PluginRecord::key)?)
+            } else {
+                Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?)
+            }
+        }
         Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
     };
@@ -289,6 +306,12 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::PutKeyEvent(e) => {
             state.key_events.insert(e.key(), e);
+        }
+        Change::TrustPluginSigner(t) => {
+            state.plugin_signers.insert(t.key(), t);
+        }
+        Change::PutPlugin(p) => {
+            state.plugins.insert(p.key(), p);
         }
         other => state.apply(&other),
     }

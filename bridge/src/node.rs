@@ -261,6 +261,11 @@ impl Node {
         Ok(changes)
     }
 
+    /// The DIDs trusted as members by configuration (`node.sync.trusted_peers`).
+    pub fn trusted_peers(&self) -> &[DidKey] {
+        &self.trusted
+    }
+
     /// A full view of the current state.
     pub fn view(&self) -> View {
         View::build(self.store.state(), self)

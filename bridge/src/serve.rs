@@ -133,6 +133,16 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let upstreams = Upstreams::build(&config.upstreams, Some(&data_dir), clock.clone())?;
     let federation = Federation::new(upstreams.clone(), config.federation.clone());
     let state = AppState::with_federation(settings, node, clock, metrics, federation);
+    let execution = &config.node.execution;
+    let limits = plugins::Limits {
+        memory_bytes: usize::try_from(execution.max_skill_memory_mb.get().saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        deadline: execution.plugin_deadline,
+        ..Default::default()
+    };
+    let plugin_host = Arc::new(crate::plugin_host::PluginHost::new(&data_dir, limits)?);
+    state.set_plugins(plugin_host.clone());
+    // Installed plugins whose modules are here load before the first request is served.
+    plugin_host.reconcile(state.plugin_snapshot(), false).await;
     let admin_listener = admin::bind(&data_dir)?;
     {
         let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());
@@ -176,11 +186,13 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             wait_for(shutdown_rx.clone()),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
+        let plugin_task = tokio::spawn(http::plugins::reconcile_loop(state.clone(), wait_for(shutdown_rx.clone())));
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
             tracing::error!(error = %e, "OAuth listener failed");
         }
         let _ = admin_task.await;
         let _ = maintenance.await;
+        let _ = plugin_task.await;
     });
     ready.store(true, Ordering::SeqCst);
     tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");

@@ -6,6 +6,7 @@
 mod discovery;
 mod exchange;
 mod introspect;
+pub mod plugins;
 mod token;
 
 use std::sync::{Arc, Mutex};
@@ -89,6 +90,8 @@ struct Shared {
     driver: std::sync::OnceLock<mesh::driver::Driver>,
     document_bytes: std::sync::atomic::AtomicU64,
     federation: Federation,
+    plugins: std::sync::OnceLock<Arc<crate::plugin_host::PluginHost>>,
+    data_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
             .unwrap_or_default();
         let view = ArcSwap::from_pointee(node.view());
         let did = node.did().to_string();
+        let data_dir = node.data_dir().to_path_buf();
         let verified_tokens = VerifiedTokens::new(settings.verified_token_cache);
         Self(Arc::new(Shared {
             verified_tokens,
@@ -133,6 +137,8 @@ impl AppState {
             driver: std::sync::OnceLock::new(),
             document_bytes: std::sync::atomic::AtomicU64::new(0),
             federation,
+            plugins: std::sync::OnceLock::new(),
+            data_dir,
         }))
     }
 
@@ -241,6 +247,11 @@ impl AppState {
             if let Some(driver) = self.0.driver.get() {
                 driver.notify_changed();
             }
+            if let Some(host) = self.0.plugins.get()
+                && changes.iter().any(plugins::touches_plugins)
+            {
+                host.wake.notify_one();
+            }
         }
         Ok(answer)
     }
@@ -332,7 +343,8 @@ pub fn app(state: AppState) -> Router {
         .route("/jwks.json", get(discovery::jwks))
         .route("/token", post(token::token))
         .route("/introspect", post(introspect::introspect))
-        .route("/revoke", post(introspect::revoke));
+        .route("/revoke", post(introspect::revoke))
+        .route("/mesh/plugins/{sha256}", get(plugins::module));
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes

@@ -29,6 +29,7 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod observability;
+pub mod plugin_cli;
 pub mod plugin_host;
 pub mod serve;
 pub mod token;

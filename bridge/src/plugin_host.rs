@@ -356,3 +356,19 @@ pub fn store_module(dir: &Path, sha256: &str, bytes: &[u8]) -> std::io::Result<P
     std::fs::rename(&temporary, &path)?;
     Ok(path)
 }
+
+/// Adds each plugin's status on this running node (`loaded`, or `refused: why`) to a
+/// `plugin list` answer.
+pub fn annotate_list(host: &PluginHost, answer: &mut Value) {
+    let active = host.active();
+    for plugin in answer["plugins"].as_array_mut().into_iter().flatten() {
+        let name = plugin["name"].as_str().unwrap_or_default().to_owned();
+        let status = match active.entries.iter().find(|e| e.record.manifest.name == name) {
+            Some(Entry { status: Ok(p), .. }) if plugin["sha256"] == p.manifest().sha256.as_str() => "loaded".to_owned(),
+            Some(Entry { status: Ok(_), .. }) => "loading the new version (the previous one runs)".to_owned(),
+            Some(Entry { status: Err(reason), .. }) => format!("refused: {reason}"),
+            None => "not loaded yet".to_owned(),
+        };
+        plugin["status"] = Value::String(status);
+    }
+}

@@ -46,9 +46,9 @@ pub enum PluginCommand {
         /// The plugin's name (a-z 0-9 - _).
         #[arg(long)]
         name: String,
-        /// The plugin's version.
-        #[arg(long, default_value = "0.1.0")]
-        version: String,
+        /// The plugin's version (`--version` is meshgate's own).
+        #[arg(long = "plugin-version", value_name = "VERSION", default_value = "0.1.0")]
+        plugin_version: String,
         /// A hook the module implements (repeat): on_token_request, map_upstream_claims, on_introspect.
         #[arg(long = "hook", required = true, value_name = "HOOK")]
         hooks: Vec<String>,
@@ -101,14 +101,14 @@ pub fn prepare(command: PluginCommand, data_dir: &Path) -> Result<Result<AdminRe
             module,
             key,
             name,
-            version,
+            plugin_version,
             hooks,
             fail_open,
         } => {
             let key = load_key(&key)?;
             let bytes = read(&module)?;
             let manifest =
-                PluginManifest::sign(&key, name, version, hooks, plugins::digest::sha256_hex(&bytes), fail_open)?;
+                PluginManifest::sign(&key, name, plugin_version, hooks, plugins::digest::sha256_hex(&bytes), fail_open)?;
             let path = manifest_path(&module);
             let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Admin(e.to_string()))?;
             write(&path, &text)?;

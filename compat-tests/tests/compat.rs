@@ -13,6 +13,7 @@ mod compat {
     mod mesh;
     mod oauth2_crate;
     mod openid_client;
+    mod plugins;
     mod private_key_jwt;
     mod secrets;
     mod upstream;

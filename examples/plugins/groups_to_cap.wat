@@ -7,7 +7,7 @@
 ;; Build, sign and install:
 ;;   meshgate plugin build examples/plugins/groups_to_cap.wat -o groups_to_cap.wasm
 ;;   meshgate plugin sign groups_to_cap.wasm --key dev.key --name groups-to-cap \
-;;       --version 1.0.0 --hook map_upstream_claims
+;;       --plugin-version 1.0.0 --hook map_upstream_claims
 ;;   meshgate plugin install groups_to_cap.wasm --all-clients
 (module
   (memory (export "memory") 4)

@@ -7,7 +7,7 @@
 ;; Build, sign and install:
 ;;   meshgate plugin build examples/plugins/read_only_after_hours.wat -o read_only_after_hours.wasm
 ;;   meshgate plugin sign read_only_after_hours.wasm --key dev.key --name read-only-after-hours \
-;;       --version 1.0.0 --hook on_token_request
+;;       --plugin-version 1.0.0 --hook on_token_request
 ;;   meshgate plugin install read_only_after_hours.wasm --all-clients
 (module
   (memory (export "memory") 4)

@@ -35,4 +35,7 @@ bench/run.sh --quick
 step "mesh benchmark smoke run (bench/mesh.sh --quick)"
 bench/mesh.sh --quick
 
+step "plugin benchmark smoke run (bench/plugin.sh --quick)"
+bench/plugin.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

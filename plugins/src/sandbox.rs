@@ -4,8 +4,12 @@
 //!   (WASI or otherwise) is refused at load, so a plugin has no file system, network or clock.
 //! - **Memory** is capped per instance by the pooling allocator's `max_memory_size` and by a
 //!   store limiter; growing past it fails inside the plugin (and usually traps it).
-//! - **Time** is bounded by epoch interruption: a ticker thread advances the engine's epoch every
-//!   millisecond, and each call gets a deadline of `deadline` rounded up to ticks.
+//! - **Time** is bounded twice. Fuel: each call gets [`FUEL_PER_MICROSECOND`] units of fuel (about
+//!   one WebAssembly operation each) per microsecond of `deadline`, so a plugin is stopped after
+//!   the work it could do in its deadline, deterministically — a busy machine that preempts the
+//!   thread does not make a well-behaved plugin fail. Epoch interruption backs this up on the wall
+//!   clock: a ticker thread advances the engine's epoch every millisecond and a call that is still
+//!   running after [`BACKSTOP_FACTOR`] times its deadline (at least 100 ms) is interrupted.
 //! - **Instances** come from the pooling allocator, instantiated from a pre-linked
 //!   [`wasmtime::InstancePre`] for each call (a fresh instance per call: no state leaks between
 //!   requests, and instantiating from the pool costs microseconds). Compiled modules are cached by
@@ -29,6 +33,10 @@ use crate::digest::sha256_hex;
 const TICK: Duration = Duration::from_millis(1);
 /// Instances that may run at once (pool slots).
 const POOL_SLOTS: u32 = 64;
+/// Fuel per microsecond of deadline (about one WebAssembly operation per nanosecond).
+pub const FUEL_PER_MICROSECOND: u64 = 1000;
+/// The wall-clock backstop, as a multiple of the deadline.
+pub const BACKSTOP_FACTOR: u32 = 20;
 /// Largest module accepted.
 pub const MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -71,6 +79,7 @@ impl Sandbox {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
+            .consume_fuel(true)
             .memory_reservation(limits.memory_bytes as u64)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
@@ -225,11 +234,16 @@ impl Plugin {
             .build();
         let mut store = Store::new(&self.engine, limiter);
         store.limiter(|limits| limits);
-        let ticks = self.limits.deadline.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
+        let fuel = (self.limits.deadline.as_micros() as u64).saturating_mul(FUEL_PER_MICROSECOND);
+        store.set_fuel(fuel).map_err(|e| fail(format!("fuel: {e}")))?;
+        let backstop = (self.limits.deadline * BACKSTOP_FACTOR).max(Duration::from_millis(100));
+        let ticks = backstop.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
         store.set_epoch_deadline(ticks);
         let trap = |e: wasmtime::Error| {
-            if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-                fail(format!("ran past its deadline of {:?}", self.limits.deadline))
+            if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::OutOfFuel)) {
+                fail(format!("ran past its deadline of {:?} (out of fuel)", self.limits.deadline))
+            } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+                fail(format!("ran past its deadline of {:?} (wall-clock backstop {backstop:?})", self.limits.deadline))
             } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::AllocationTooLarge))
                 || format!("{e:#}").contains("growing memory")
             {

@@ -107,8 +107,14 @@ pub fn prepare(command: PluginCommand, data_dir: &Path) -> Result<Result<AdminRe
         } => {
             let key = load_key(&key)?;
             let bytes = read(&module)?;
-            let manifest =
-                PluginManifest::sign(&key, name, plugin_version, hooks, plugins::digest::sha256_hex(&bytes), fail_open)?;
+            let manifest = PluginManifest::sign(
+                &key,
+                name,
+                plugin_version,
+                hooks,
+                plugins::digest::sha256_hex(&bytes),
+                fail_open,
+            )?;
             let path = manifest_path(&module);
             let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Admin(e.to_string()))?;
             write(&path, &text)?;
@@ -125,9 +131,8 @@ pub fn prepare(command: PluginCommand, data_dir: &Path) -> Result<Result<AdminRe
         PluginCommand::Install { module, all_clients } => {
             let bytes = read(&module)?;
             let path = manifest_path(&module);
-            let manifest: PluginManifest = serde_json::from_slice(&read(&path)?).map_err(|e| {
-                Error::Admin(format!("{}: not a plugin manifest: {e}", path.display()))
-            })?;
+            let manifest: PluginManifest = serde_json::from_slice(&read(&path)?)
+                .map_err(|e| Error::Admin(format!("{}: not a plugin manifest: {e}", path.display())))?;
             manifest
                 .verify()
                 .map_err(|e| Error::Admin(format!("{}: refused: {e}", path.display())))?;
@@ -165,11 +170,17 @@ pub fn execute(node: &Node, request: AdminRequest, now: u64) -> Result<(Value, V
     Ok(match request {
         AdminRequest::PluginTrust { signer, trusted } => {
             let trust = PluginTrust::sign(&identity, signer, trusted, now);
-            (json!({"signer": signer, "trusted": trusted}), vec![Change::TrustPluginSigner(trust)])
+            (
+                json!({"signer": signer, "trusted": trusted}),
+                vec![Change::TrustPluginSigner(trust)],
+            )
         }
         AdminRequest::PluginInstall { manifest, all_clients } => {
             manifest.verify()?;
-            if !state.trusted_plugin_signers(&me, node.trusted_peers()).contains(&manifest.signer) {
+            if !state
+                .trusted_plugin_signers(&me, node.trusted_peers())
+                .contains(&manifest.signer)
+            {
                 return Err(Error::Admin(format!(
                     "plugin `{}` is signed by {}, which is not trusted; run `meshgate plugin trust {}` first",
                     manifest.name, manifest.signer, manifest.signer
@@ -197,11 +208,7 @@ pub fn execute(node: &Node, request: AdminRequest, now: u64) -> Result<(Value, V
             let tombstone = PluginRecord::sign(&identity, previous.manifest, false, vec![], true, now);
             (json!({"removed": name}), vec![Change::PutPlugin(tombstone)])
         }
-        AdminRequest::PluginBind {
-            client_id,
-            add,
-            remove,
-        } => {
+        AdminRequest::PluginBind { client_id, add, remove } => {
             if !state.clients.contains_key(&client_id) {
                 return Err(Error::Admin(format!("no client `{client_id}`")));
             }
@@ -222,7 +229,10 @@ pub fn execute(node: &Node, request: AdminRequest, now: u64) -> Result<(Value, V
                     now,
                 )));
             }
-            (json!({"client_id": client_id, "plugins_added": add, "plugins_removed": remove}), changes)
+            (
+                json!({"client_id": client_id, "plugins_added": add, "plugins_removed": remove}),
+                changes,
+            )
         }
         AdminRequest::PluginList => {
             let trusted = state.trusted_plugin_signers(&me, node.trusted_peers());
@@ -259,15 +269,22 @@ pub fn list_text(answer: &Value) -> String {
         } else {
             format!("clients: {}", p["clients"])
         };
-        let status = p["status"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| if p["signer_trusted"] == true { "trusted".into() } else { "signer NOT trusted".into() });
+        let status = p["status"].as_str().map(str::to_owned).unwrap_or_else(|| {
+            if p["signer_trusted"] == true {
+                "trusted".into()
+            } else {
+                "signer NOT trusted".into()
+            }
+        });
         out.push_str(&format!(
             "{} {} [{}] {} — {}\n  sha256 {}\n  signer {}\n",
             p["name"].as_str().unwrap_or("-"),
             p["version"].as_str().unwrap_or("-"),
-            p["hooks"].as_array().map_or(String::new(), |h| h.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")),
+            p["hooks"].as_array().map_or(String::new(), |h| h
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")),
             applies,
             status,
             p["sha256"].as_str().unwrap_or("-"),
@@ -319,7 +336,12 @@ fn load_key(path: &Path) -> Result<SigningKey, Error> {
         .decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::Admin(format!("{} is not a developer key (from `meshgate plugin keygen`)", path.display())))?;
+        .ok_or_else(|| {
+            Error::Admin(format!(
+                "{} is not a developer key (from `meshgate plugin keygen`)",
+                path.display()
+            ))
+        })?;
     Ok(SigningKey::from_bytes(&seed))
 }
 

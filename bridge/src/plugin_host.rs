@@ -68,6 +68,10 @@ pub struct Shaped {
     pub cap: Vec<Capability>,
 }
 
+/// A plugin denied the token at introspection (or failed under a deny policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied;
+
 /// The node's plugin host.
 pub struct PluginHost {
     sandbox: Sandbox,
@@ -108,7 +112,10 @@ impl PluginHost {
         let mut pending = false;
         for record in snapshot.records {
             let manifest = &record.manifest;
-            let before = previous.entries.iter().find(|e| e.record.manifest.name == manifest.name);
+            let before = previous
+                .entries
+                .iter()
+                .find(|e| e.record.manifest.name == manifest.name);
             let status = if !snapshot.trusted.contains(&manifest.signer) {
                 Err(format!(
                     "signer {} is not trusted (run `meshgate plugin trust {}` to trust it)",
@@ -132,7 +139,9 @@ impl PluginHost {
                         pending = true;
                         match before {
                             // The previous version keeps serving until the new one is here.
-                            Some(Entry { status: Ok(old), .. }) if snapshot.trusted.contains(&old.manifest().signer) => {
+                            Some(Entry { status: Ok(old), .. })
+                                if snapshot.trusted.contains(&old.manifest().signer) =>
+                            {
                                 entries.push(Entry {
                                     record: Arc::new(PluginRecord {
                                         manifest: old.manifest().clone(),
@@ -151,12 +160,20 @@ impl PluginHost {
                 }
             };
             let changed = before.is_none_or(|b| {
-                b.status.as_ref().map(|p| p.manifest().sha256.clone()).map_err(Clone::clone)
-                    != status.as_ref().map(|p| p.manifest().sha256.clone()).map_err(Clone::clone)
+                b.status
+                    .as_ref()
+                    .map(|p| p.manifest().sha256.clone())
+                    .map_err(Clone::clone)
+                    != status
+                        .as_ref()
+                        .map(|p| p.manifest().sha256.clone())
+                        .map_err(Clone::clone)
             });
             if changed {
                 match &status {
-                    Ok(_) => tracing::info!(plugin = %manifest.name, version = %manifest.version, sha256 = %manifest.sha256, signer = %manifest.signer, "plugin loaded"),
+                    Ok(_) => {
+                        tracing::info!(plugin = %manifest.name, version = %manifest.version, sha256 = %manifest.sha256, signer = %manifest.signer, "plugin loaded")
+                    }
                     Err(reason) => tracing::warn!(plugin = %manifest.name, %reason, "plugin refused: it will not run"),
                 }
             }
@@ -165,11 +182,11 @@ impl PluginHost {
                 status,
             });
         }
-        for gone in previous
-            .entries
-            .iter()
-            .filter(|old| !entries.iter().any(|e| e.record.manifest.name == old.record.manifest.name))
-        {
+        for gone in previous.entries.iter().filter(|old| {
+            !entries
+                .iter()
+                .any(|e| e.record.manifest.name == old.record.manifest.name)
+        }) {
             tracing::info!(plugin = %gone.record.manifest.name, "plugin removed");
         }
         let keep: BTreeSet<String> = entries.iter().map(|e| e.record.manifest.sha256.clone()).collect();
@@ -285,9 +302,15 @@ impl PluginHost {
     }
 
     /// Runs `on_introspect` of every plugin that applies to the token's client: `Ok(None)` when
-    /// the token stays as it is, `Ok(Some(claims))` with claims to add, `Err(())` when a plugin
+    /// the token stays as it is, `Ok(Some(claims))` with claims to add, `Err(Denied)` when a plugin
     /// denies (the token introspects inactive).
-    pub fn shape_introspection(&self, introspecting: &str, token_client: &str, claims: &Value, now: u64) -> Result<Option<Map<String, Value>>, ()> {
+    pub fn shape_introspection(
+        &self,
+        introspecting: &str,
+        token_client: &str,
+        claims: &Value,
+        now: u64,
+    ) -> Result<Option<Map<String, Value>>, Denied> {
         let active = self.active.load();
         let mut added: Option<Map<String, Value>> = None;
         for entry in active
@@ -306,11 +329,11 @@ impl PluginHost {
                 Err(reason) => Err(reason.clone()),
             };
             match result {
-                Ok(decision) if decision.decision == Verdict::Deny => return Err(()),
+                Ok(decision) if decision.decision == Verdict::Deny => return Err(Denied),
                 Ok(decision) => added.get_or_insert_with(Map::new).extend(decision.claims),
                 Err(reason) => {
                     if failed(entry, token_client, &reason).is_err() {
-                        return Err(());
+                        return Err(Denied);
                     }
                 }
             }
@@ -364,9 +387,13 @@ pub fn annotate_list(host: &PluginHost, answer: &mut Value) {
     for plugin in answer["plugins"].as_array_mut().into_iter().flatten() {
         let name = plugin["name"].as_str().unwrap_or_default().to_owned();
         let status = match active.entries.iter().find(|e| e.record.manifest.name == name) {
-            Some(Entry { status: Ok(p), .. }) if plugin["sha256"] == p.manifest().sha256.as_str() => "loaded".to_owned(),
+            Some(Entry { status: Ok(p), .. }) if plugin["sha256"] == p.manifest().sha256.as_str() => {
+                "loaded".to_owned()
+            }
             Some(Entry { status: Ok(_), .. }) => "loading the new version (the previous one runs)".to_owned(),
-            Some(Entry { status: Err(reason), .. }) => format!("refused: {reason}"),
+            Some(Entry {
+                status: Err(reason), ..
+            }) => format!("refused: {reason}"),
             None => "not loaded yet".to_owned(),
         };
         plugin["status"] = Value::String(status);

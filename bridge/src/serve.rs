@@ -135,7 +135,8 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let state = AppState::with_federation(settings, node, clock, metrics, federation);
     let execution = &config.node.execution;
     let limits = plugins::Limits {
-        memory_bytes: usize::try_from(execution.max_skill_memory_mb.get().saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        memory_bytes: usize::try_from(execution.max_skill_memory_mb.get().saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX),
         deadline: execution.plugin_deadline,
         ..Default::default()
     };
@@ -186,7 +187,10 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             wait_for(shutdown_rx.clone()),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), wait_for(shutdown_rx.clone())));
-        let plugin_task = tokio::spawn(http::plugins::reconcile_loop(state.clone(), wait_for(shutdown_rx.clone())));
+        let plugin_task = tokio::spawn(http::plugins::reconcile_loop(
+            state.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
             tracing::error!(error = %e, "OAuth listener failed");
         }

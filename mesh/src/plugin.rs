@@ -113,7 +113,12 @@ impl PluginManifest {
                 return Err(bad(format!("unknown hook `{hook}` (known: {})", HOOKS.join(", "))));
             }
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad("sha256 must be 64 lowercase hex digits".into()));
         }
         Ok(())
@@ -122,9 +127,11 @@ impl PluginManifest {
     /// Checks the fields and the signer's signature (not whether the signer is trusted).
     pub fn verify(&self) -> Result<(), Error> {
         self.check()?;
-        let signature = URL_SAFE_NO_PAD.decode(&self.signature).map_err(|_| Error::BadSignature {
-            what: "plugin manifest".into(),
-        })?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(&self.signature)
+            .map_err(|_| Error::BadSignature {
+                what: "plugin manifest".into(),
+            })?;
         crate::identity::verify(&self.signer, &self.signed_bytes(), &signature, "plugin manifest")
     }
 
@@ -255,7 +262,13 @@ impl PluginRecord {
     /// Checks the member's signature against `by`'s keys (the manifest's own signature is checked
     /// by [`PluginManifest::verify`]).
     pub fn verify(&self, chains: &dyn KeyChains) -> Result<(), Error> {
-        crate::state::verify_fields(chains, &self.by, &self.signed_fields(), &self.signature, "plugin record")
+        crate::state::verify_fields(
+            chains,
+            &self.by,
+            &self.signed_fields(),
+            &self.signature,
+            "plugin record",
+        )
     }
 
     /// Whether the plugin applies to `client_id`.
@@ -303,8 +316,15 @@ mod tests {
         hooked.hooks.push("on_introspect".into());
         assert!(hooked.verify().is_err());
         assert!(
-            PluginManifest::sign(&key, "Bad Name".into(), "1".into(), vec!["on_introspect".into()], "ab".repeat(32), false)
-                .is_err()
+            PluginManifest::sign(
+                &key,
+                "Bad Name".into(),
+                "1".into(),
+                vec!["on_introspect".into()],
+                "ab".repeat(32),
+                false
+            )
+            .is_err()
         );
     }
 
@@ -326,7 +346,12 @@ mod tests {
         assert!(state.trusted_plugin_signers(&node.did(), &[]).is_empty());
         // An outsider's trust does not count.
         let outsider = NodeIdentity::from_seed([9; 32]);
-        state.apply(&Change::TrustPluginSigner(PluginTrust::sign(&outsider, trust.signer, true, 8)));
+        state.apply(&Change::TrustPluginSigner(PluginTrust::sign(
+            &outsider,
+            trust.signer,
+            true,
+            8,
+        )));
         assert!(state.trusted_plugin_signers(&node.did(), &[]).is_empty());
         let mut forged = record.clone();
         forged.all_clients = false;

@@ -12,8 +12,23 @@ use crate::{Error, Plugin};
 
 /// Claims a plugin can never set: the node decides them.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "scope", "cap", "node", "act", "degraded", "cnf",
-    "may_act", "active", "token_type",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "scope",
+    "cap",
+    "node",
+    "act",
+    "degraded",
+    "cnf",
+    "may_act",
+    "active",
+    "token_type",
 ];
 
 /// `on_token_request` input: a token about to be issued.
@@ -114,7 +129,13 @@ impl Plugin {
     /// capabilities on the token's audiences.
     pub fn map_upstream_claims(&self, request: &UpstreamClaims<'_>) -> Result<Decision, Error> {
         let decision = self.decide("map_upstream_claims", request)?;
-        self.check(&decision, "map_upstream_claims", request.scopes, request.audiences, true)?;
+        self.check(
+            &decision,
+            "map_upstream_claims",
+            request.scopes,
+            request.audiences,
+            true,
+        )?;
         Ok(decision)
     }
 
@@ -139,7 +160,14 @@ impl Plugin {
         serde_json::from_slice(&output).map_err(|e| self.bad(hook, format!("malformed answer: {e}")))
     }
 
-    fn check(&self, decision: &Decision, hook: &str, scopes: &[String], audiences: &[String], caps: bool) -> Result<(), Error> {
+    fn check(
+        &self,
+        decision: &Decision,
+        hook: &str,
+        scopes: &[String],
+        audiences: &[String],
+        caps: bool,
+    ) -> Result<(), Error> {
         if let Some(narrowed) = &decision.scopes
             && let Some(extra) = narrowed.iter().find(|s| !scopes.contains(s))
         {
@@ -152,7 +180,10 @@ impl Plugin {
             return Err(self.bad(hook, "only map_upstream_claims may add capabilities".into()));
         }
         if let Some(cap) = decision.cap.iter().find(|c| !audiences.contains(&c.with)) {
-            return Err(self.bad(hook, format!("capability on `{}`, which is not an audience of the token", cap.with)));
+            return Err(self.bad(
+                hook,
+                format!("capability on `{}`, which is not an audience of the token", cap.with),
+            ));
         }
         Ok(())
     }

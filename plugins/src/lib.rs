@@ -24,7 +24,9 @@ use mesh::did::DidKey;
 #[non_exhaustive]
 pub enum Error {
     /// The module's bytes do not hash to the manifest's digest: tampered or truncated.
-    #[error("plugin `{name}`: module digest {actual} does not match the manifest's {expected} (tampered or corrupt module)")]
+    #[error(
+        "plugin `{name}`: module digest {actual} does not match the manifest's {expected} (tampered or corrupt module)"
+    )]
     DigestMismatch {
         /// The plugin.
         name: String,

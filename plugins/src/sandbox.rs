@@ -241,11 +241,19 @@ impl Plugin {
         store.set_epoch_deadline(ticks);
         let trap = |e: wasmtime::Error| {
             if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::OutOfFuel)) {
-                fail(format!("ran past its deadline of {:?} (out of fuel)", self.limits.deadline))
+                fail(format!(
+                    "ran past its deadline of {:?} (out of fuel)",
+                    self.limits.deadline
+                ))
             } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-                fail(format!("ran past its deadline of {:?} (wall-clock backstop {backstop:?})", self.limits.deadline))
-            } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::AllocationTooLarge))
-                || format!("{e:#}").contains("growing memory")
+                fail(format!(
+                    "ran past its deadline of {:?} (wall-clock backstop {backstop:?})",
+                    self.limits.deadline
+                ))
+            } else if matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::AllocationTooLarge)
+            ) || format!("{e:#}").contains("growing memory")
             {
                 fail(format!(
                     "exceeded its memory cap of {} MiB",

@@ -110,11 +110,20 @@ fn tampered_unsigned_and_untrusted_modules_are_refused_before_compiling() {
     ));
     let mut unsigned = manifest.clone();
     unsigned.signature = String::new();
-    assert!(matches!(sandbox.load(&unsigned, &bytes, &trusted()), Err(Error::BadManifest { .. })));
+    assert!(matches!(
+        sandbox.load(&unsigned, &bytes, &trusted()),
+        Err(Error::BadManifest { .. })
+    ));
     let other = SigningKey::from_bytes(&[7; 32]);
-    let wrong_signer =
-        PluginManifest::sign(&other, "test".into(), "1".into(), vec!["on_token_request".into()], sha256_hex(&bytes), false)
-            .unwrap();
+    let wrong_signer = PluginManifest::sign(
+        &other,
+        "test".into(),
+        "1".into(),
+        vec!["on_token_request".into()],
+        sha256_hex(&bytes),
+        false,
+    )
+    .unwrap();
     let error = sandbox.load(&wrong_signer, &bytes, &trusted()).unwrap_err();
     assert!(matches!(error, Error::UntrustedSigner { .. }));
     assert!(error.to_string().contains("plugin trust"), "{error}");
@@ -132,7 +141,9 @@ fn modules_that_import_anything_are_refused() {
             (func (export "on_token_request") (param i32 i32) (result i64) (i64.const 0)))"#,
     )
     .unwrap();
-    let error = sandbox.load(&signed(&bytes, "on_token_request"), &bytes, &trusted()).unwrap_err();
+    let error = sandbox
+        .load(&signed(&bytes, "on_token_request"), &bytes, &trusted())
+        .unwrap_err();
     assert!(error.to_string().contains("no imports"), "{error}");
 }
 
@@ -175,7 +186,11 @@ fn huge_and_malformed_output_fail() {
 fn example(file: &str) -> Vec<u8> {
     let path = format!("{}/../examples/plugins/{file}", env!("CARGO_MANIFEST_DIR"));
     let bytes = plugins::build(&std::fs::read(path).unwrap()).unwrap();
-    assert_eq!(bytes, plugins::build(&std::fs::read(format!("{}/../examples/plugins/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap());
+    assert_eq!(
+        bytes,
+        plugins::build(&std::fs::read(format!("{}/../examples/plugins/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+            .unwrap()
+    );
     bytes
 }
 
@@ -183,8 +198,14 @@ fn example(file: &str) -> Vec<u8> {
 fn example_read_only_after_hours() {
     let sandbox = sandbox();
     let bytes = example("read_only_after_hours.wat");
-    let plugin = sandbox.load(&signed(&bytes, "on_token_request"), &bytes, &trusted()).unwrap();
-    let scopes = vec!["orders:read".to_owned(), "orders:write".to_owned(), "stock:read".to_owned()];
+    let plugin = sandbox
+        .load(&signed(&bytes, "on_token_request"), &bytes, &trusted())
+        .unwrap();
+    let scopes = vec![
+        "orders:read".to_owned(),
+        "orders:write".to_owned(),
+        "stock:read".to_owned(),
+    ];
     let aud = vec!["https://api".to_owned()];
     let mut request = request(&scopes, &aud);
     request.now = 1_700_000_000 - 1_700_000_000 % 86_400 + 10 * 3600; // 10:00 UTC
@@ -192,7 +213,10 @@ fn example_read_only_after_hours() {
     assert_eq!((day.scopes, day.claims["shift"].clone()), (None, json!("day")));
     request.now += 12 * 3600; // 22:00 UTC
     let night = plugin.on_token_request(&request).unwrap();
-    assert_eq!(night.scopes, Some(vec!["orders:read".to_owned(), "stock:read".to_owned()]));
+    assert_eq!(
+        night.scopes,
+        Some(vec!["orders:read".to_owned(), "stock:read".to_owned()])
+    );
     assert_eq!(night.claims["shift"], "night");
 }
 
@@ -200,7 +224,9 @@ fn example_read_only_after_hours() {
 fn example_groups_to_cap() {
     let sandbox = sandbox();
     let bytes = example("groups_to_cap.wat");
-    let plugin = sandbox.load(&signed(&bytes, "map_upstream_claims"), &bytes, &trusted()).unwrap();
+    let plugin = sandbox
+        .load(&signed(&bytes, "map_upstream_claims"), &bytes, &trusted())
+        .unwrap();
     let scopes = vec!["orders:read".to_owned()];
     let aud = vec!["https://api".to_owned(), "https://other".to_owned()];
     let upstream = json!({"sub": "alice", "groups": ["ops", "billing"]});
@@ -222,6 +248,11 @@ fn example_groups_to_cap() {
         ]
     );
     let none = json!({"sub": "bob"});
-    let decision = plugin.map_upstream_claims(&UpstreamClaims { upstream: &none, ..input }).unwrap();
+    let decision = plugin
+        .map_upstream_claims(&UpstreamClaims {
+            upstream: &none,
+            ..input
+        })
+        .unwrap();
     assert!(decision.cap.is_empty());
 }

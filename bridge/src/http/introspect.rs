@@ -37,7 +37,7 @@ pub(super) async fn introspect(
     let validated = state.validate(&view, token, now).and_then(|claims| {
         match super::plugins::introspect(&state, &client.record.client_id, &claims, now) {
             Ok(plugin_claims) => Ok((claims, plugin_claims)),
-            Err(()) => Err(crate::token::Inactive::DeniedByPlugin),
+            Err(crate::plugin_host::Denied) => Err(crate::token::Inactive::DeniedByPlugin),
         }
     });
     let body = match validated {

@@ -96,13 +96,16 @@ pub async fn reconcile_loop(state: AppState, shutdown: impl std::future::Future<
     loop {
         let snapshot = {
             let state = state.clone();
-            match tokio::task::spawn_blocking(move || state.plugin_snapshot()).await {
-                Ok(snapshot) => snapshot,
-                Err(_) => Snapshot::default(),
-            }
+            tokio::task::spawn_blocking(move || state.plugin_snapshot())
+                .await
+                .unwrap_or_default()
         };
         let retry = host.reconcile(snapshot, true).await;
-        let wait = if retry || pending { Duration::from_secs(2) } else { Duration::from_secs(30) };
+        let wait = if retry || pending {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
         pending = retry;
         tokio::select! {
             _ = &mut shutdown => return,
@@ -149,13 +152,13 @@ pub(super) fn introspect(
     introspecting: &str,
     claims: &crate::token::AccessClaims,
     now: u64,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ()> {
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, crate::plugin_host::Denied> {
     let Some(host) = state.plugins() else {
         return Ok(None);
     };
     if host.active().entries.is_empty() {
         return Ok(None);
     }
-    let document = serde_json::to_value(claims).map_err(|_| ())?;
+    let document = serde_json::to_value(claims).map_err(|_| crate::plugin_host::Denied)?;
     host.shape_introspection(introspecting, &claims.client_id, &document, now)
 }

@@ -32,7 +32,11 @@ fn cli_fails(data_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     );
-    assert!(!output.status.success(), "`meshgate {}` succeeded: {text}", args.join(" "));
+    assert!(
+        !output.status.success(),
+        "`meshgate {}` succeeded: {text}",
+        args.join(" ")
+    );
     text
 }
 
@@ -48,7 +52,10 @@ struct Developer {
 
 fn keygen(dir: &Path, data: &Path, name: &str) -> Developer {
     let key = dir.join(format!("{name}.key"));
-    let out = json(&cli(data, &["plugin", "keygen", "--out", key.to_str().unwrap(), "--json"]));
+    let out = json(&cli(
+        data,
+        &["plugin", "keygen", "--out", key.to_str().unwrap(), "--json"],
+    ));
     Developer {
         key,
         did: out["did"].as_str().unwrap().to_owned(),
@@ -56,14 +63,42 @@ fn keygen(dir: &Path, data: &Path, name: &str) -> Developer {
 }
 
 /// Builds `source` (WAT) with `meshgate plugin build` and signs it; returns the module path.
-fn build_and_sign(dir: &Path, data: &Path, source: &Path, developer: &Developer, name: &str, version: &str, hook: &str) -> PathBuf {
+fn build_and_sign(
+    dir: &Path,
+    data: &Path,
+    source: &Path,
+    developer: &Developer,
+    name: &str,
+    version: &str,
+    hook: &str,
+) -> PathBuf {
     let module = dir.join(format!("{name}-{version}.wasm"));
-    cli(data, &["plugin", "build", source.to_str().unwrap(), "--out", module.to_str().unwrap(), "--json"]);
     cli(
         data,
         &[
-            "plugin", "sign", module.to_str().unwrap(), "--key", developer.key.to_str().unwrap(), "--name", name,
-            "--plugin-version", version, "--hook", hook, "--json",
+            "plugin",
+            "build",
+            source.to_str().unwrap(),
+            "--out",
+            module.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    cli(
+        data,
+        &[
+            "plugin",
+            "sign",
+            module.to_str().unwrap(),
+            "--key",
+            developer.key.to_str().unwrap(),
+            "--name",
+            name,
+            "--plugin-version",
+            version,
+            "--hook",
+            hook,
+            "--json",
         ],
     );
     module
@@ -112,11 +147,22 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     let server = Meshgate::spawn(&data);
     let developer = keygen(dir.path(), &data, "dev");
     let example = workspace_root().join("examples/plugins/read_only_after_hours.wat");
-    let module = build_and_sign(dir.path(), &data, &example, &developer, "after-hours", "1.0.0", "on_token_request");
+    let module = build_and_sign(
+        dir.path(),
+        &data,
+        &example,
+        &developer,
+        "after-hours",
+        "1.0.0",
+        "on_token_request",
+    );
 
     // Not trusted yet: refused with the command to run.
     let refused = cli_fails(&data, &["plugin", "install", module.to_str().unwrap(), "--all-clients"]);
-    assert!(refused.contains("not trusted") && refused.contains(&developer.did), "{refused}");
+    assert!(
+        refused.contains("not trusted") && refused.contains(&developer.did),
+        "{refused}"
+    );
     cli(&data, &["plugin", "trust", &developer.did]);
 
     // Tampered bytes: refused before anything runs.
@@ -124,7 +170,11 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     let mut bytes = std::fs::read(&module).unwrap();
     *bytes.last_mut().unwrap() ^= 0x01;
     std::fs::write(&tampered, &bytes).unwrap();
-    std::fs::copy(module.with_extension("manifest.json"), tampered.with_extension("manifest.json")).unwrap();
+    std::fs::copy(
+        module.with_extension("manifest.json"),
+        tampered.with_extension("manifest.json"),
+    )
+    .unwrap();
     let refused = cli_fails(&data, &["plugin", "install", tampered.to_str().unwrap()]);
     assert!(refused.contains("does not match the manifest"), "{refused}");
     // Unsigned (no manifest): refused.
@@ -133,7 +183,8 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     let refused = cli_fails(&data, &["plugin", "install", unsigned.to_str().unwrap()]);
     assert!(refused.contains("unsigned.manifest.json"), "{refused}");
     // Signed by another key: the manifest's signature does not verify.
-    let mut forged: Value = serde_json::from_str(&std::fs::read_to_string(module.with_extension("manifest.json")).unwrap()).unwrap();
+    let mut forged: Value =
+        serde_json::from_str(&std::fs::read_to_string(module.with_extension("manifest.json")).unwrap()).unwrap();
     forged["signer"] = Value::String(keygen(dir.path(), &data, "mallory").did);
     let forged_module = dir.path().join("forged.wasm");
     std::fs::copy(&module, &forged_module).unwrap();
@@ -157,7 +208,10 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
             .unwrap_or_else(|e| panic!("oauth2 client_credentials: {e:?}"));
         Jwt::parse(token.access_token().secret()).payload
     };
-    eventually("the plugin shapes tokens", || async { request().await.get("shift").is_some() }).await;
+    eventually("the plugin shapes tokens", || async {
+        request().await.get("shift").is_some()
+    })
+    .await;
     let payload = request().await;
     match payload["shift"].as_str() {
         Some("day") => assert_eq!(payload["scope"], "orders:read orders:write"),
@@ -168,7 +222,12 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     assert!(list.contains("after-hours 1.0.0") && list.contains("loaded"), "{list}");
 
     // A runaway plugin, bound to one client only, is stopped at its deadline: access_denied.
-    let spin = constant_plugin(dir.path(), "spin.wat", "(loop $forever (br $forever))", r#"{"decision":"allow"}"#);
+    let spin = constant_plugin(
+        dir.path(),
+        "spin.wat",
+        "(loop $forever (br $forever))",
+        r#"{"decision":"allow"}"#,
+    );
     let spin = build_and_sign(dir.path(), &data, &spin, &developer, "spin", "1", "on_token_request");
     cli(&data, &["plugin", "install", spin.to_str().unwrap()]);
     let victim = server.client_add("victim", "orders:read");
@@ -178,10 +237,17 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     })
     .await;
     let answer = token_answer(&server, &victim, "orders:read").await;
-    assert!(answer.oauth_error_mismatch(400, "access_denied").is_none(), "{}", answer.text);
+    assert!(
+        answer.oauth_error_mismatch(400, "access_denied").is_none(),
+        "{}",
+        answer.text
+    );
     assert!(answer.text.contains("plugin `spin` failed"), "{}", answer.text);
     // Other clients are unaffected.
-    assert_eq!(token_answer(&server, &client, "orders:read").await.status, StatusCode::OK);
+    assert_eq!(
+        token_answer(&server, &client, "orders:read").await.status,
+        StatusCode::OK
+    );
     // A memory bomb and a huge answer are stopped the same way.
     let bomb = constant_plugin(
         dir.path(),
@@ -191,7 +257,18 @@ async fn a_signed_plugin_shapes_tokens_and_bad_ones_are_refused_or_stopped() {
     );
     let bomb = build_and_sign(dir.path(), &data, &bomb, &developer, "bomb", "1", "on_token_request");
     cli(&data, &["plugin", "install", bomb.to_str().unwrap()]);
-    cli(&data, &["client", "update", &victim.client_id, "--remove-plugin", "spin", "--plugin", "bomb"]);
+    cli(
+        &data,
+        &[
+            "client",
+            "update",
+            &victim.client_id,
+            "--remove-plugin",
+            "spin",
+            "--plugin",
+            "bomb",
+        ],
+    );
     eventually("the memory bomb denies", || async {
         let answer = token_answer(&server, &victim, "orders:read").await;
         answer.text.contains("plugin `bomb` failed")
@@ -208,17 +285,34 @@ async fn untrusting_a_signer_on_one_node_refuses_its_plugin_on_every_node() {
     let nodes = [mesh.start(1), mesh.start(2), mesh.start(3)];
     let work = support::temp_dir();
     let developer = keygen(work.path(), &mesh.data(1), "dev");
-    let source = constant_plugin(work.path(), "tenant.wat", "", r#"{"decision":"allow","claims":{"tenant":"acme"}}"#);
-    let module = build_and_sign(work.path(), &mesh.data(1), &source, &developer, "tenant", "1", "on_token_request");
+    let source = constant_plugin(
+        work.path(),
+        "tenant.wat",
+        "",
+        r#"{"decision":"allow","claims":{"tenant":"acme"}}"#,
+    );
+    let module = build_and_sign(
+        work.path(),
+        &mesh.data(1),
+        &source,
+        &developer,
+        "tenant",
+        "1",
+        "on_token_request",
+    );
     cli(&mesh.data(1), &["plugin", "trust", &developer.did]);
     cli(&mesh.data(1), &["plugin", "install", module.to_str().unwrap()]);
     let client = compat_tests::client_add(&mesh.data(1), "tenant-client", "read", &Default::default());
-    cli(&mesh.data(1), &["client", "update", &client.client_id, "--plugin", "tenant"]);
+    cli(
+        &mesh.data(1),
+        &["client", "update", &client.client_id, "--plugin", "tenant"],
+    );
     // Installed on node 1 only: nodes 2 and 3 fetch the module from a peer and apply it.
     for node in &nodes {
         eventually("every node applies the plugin", || async {
             let answer = token_answer(node, &client, "read").await;
-            answer.status == StatusCode::OK && Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["tenant"] == "acme"
+            answer.status == StatusCode::OK
+                && Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["tenant"] == "acme"
         })
         .await;
     }
@@ -242,17 +336,35 @@ async fn a_plugin_swapped_under_load_fails_no_request() {
     let server = Meshgate::spawn(&data);
     let developer = keygen(dir.path(), &data, "dev");
     cli(&data, &["plugin", "trust", &developer.did]);
-    let v1 = constant_plugin(dir.path(), "v1.wat", "", r#"{"decision":"allow","claims":{"generation":"one"}}"#);
+    let v1 = constant_plugin(
+        dir.path(),
+        "v1.wat",
+        "",
+        r#"{"decision":"allow","claims":{"generation":"one"}}"#,
+    );
     let v1 = build_and_sign(dir.path(), &data, &v1, &developer, "gen", "1", "on_token_request");
-    let v2 = constant_plugin(dir.path(), "v2.wat", "", r#"{"decision":"allow","claims":{"generation":"two"}}"#);
+    let v2 = constant_plugin(
+        dir.path(),
+        "v2.wat",
+        "",
+        r#"{"decision":"allow","claims":{"generation":"two"}}"#,
+    );
     let v2 = build_and_sign(dir.path(), &data, &v2, &developer, "gen", "2", "on_token_request");
     cli(&data, &["plugin", "install", v1.to_str().unwrap(), "--all-clients"]);
     let client = server.client_add("load", "read");
     let generation = |answer: &support::Answer| {
-        assert_eq!(answer.status, StatusCode::OK, "a request failed during the swap: {}", answer.text);
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "a request failed during the swap: {}",
+            answer.text
+        );
         Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["generation"].clone()
     };
-    eventually("v1 runs", || async { generation(&token_answer(&server, &client, "read").await) == "one" }).await;
+    eventually("v1 runs", || async {
+        generation(&token_answer(&server, &client, "read").await) == "one"
+    })
+    .await;
 
     // Four workers request tokens back to back while v2 replaces v1.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -268,8 +380,15 @@ async fn a_plugin_swapped_under_load_fails_no_request() {
                         form(&[("grant_type", "client_credentials"), ("scope", "read")]),
                     )
                     .await;
-                    assert_eq!(answer.status, StatusCode::OK, "a request failed during the swap: {}", answer.text);
-                    seen.push(Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["generation"].clone());
+                    assert_eq!(
+                        answer.status,
+                        StatusCode::OK,
+                        "a request failed during the swap: {}",
+                        answer.text
+                    );
+                    seen.push(
+                        Jwt::parse(answer.json()["access_token"].as_str().unwrap()).payload["generation"].clone(),
+                    );
                 }
                 seen
             })
@@ -277,7 +396,10 @@ async fn a_plugin_swapped_under_load_fails_no_request() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     cli(&data, &["plugin", "install", v2.to_str().unwrap()]);
-    eventually("v2 runs", || async { generation(&token_answer(&server, &client, "read").await) == "two" }).await;
+    eventually("v2 runs", || async {
+        generation(&token_answer(&server, &client, "read").await) == "two"
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for worker in workers {

@@ -191,10 +191,14 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
         Change::PutKeyEvent(event) => {
             Write::Put(Field::Nodes, format!("{KEY_EVENT_PREFIX}{}", event.key()), json(event)?)
         }
-        Change::TrustPluginSigner(trust) => {
-            Write::Put(Field::Nodes, format!("{PLUGIN_TRUST_PREFIX}{}", trust.key()), json(trust)?)
+        Change::TrustPluginSigner(trust) => Write::Put(
+            Field::Nodes,
+            format!("{PLUGIN_TRUST_PREFIX}{}", trust.key()),
+            json(trust)?,
+        ),
+        Change::PutPlugin(record) => {
+            Write::Put(Field::Nodes, format!("{PLUGIN_PREFIX}{}", record.key()), json(record)?)
         }
-        Change::PutPlugin(record) => Write::Put(Field::Nodes, format!("{PLUGIN_PREFIX}{}", record.key()), json(record)?),
     })
 }
 

@@ -358,3 +358,50 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses_plugin_commands() {
+        crate::cli::Cli::command().debug_assert();
+        crate::cli::Cli::try_parse_from([
+            "meshgate",
+            "plugin",
+            "sign",
+            "m.wasm",
+            "--key",
+            "k",
+            "--name",
+            "n",
+            "--plugin-version",
+            "2",
+            "--hook",
+            "on_token_request",
+        ])
+        .unwrap();
+        assert_eq!(
+            manifest_path(Path::new("/x/after-hours.wasm")),
+            Path::new("/x/after-hours.manifest.json")
+        );
+    }
+
+    #[test]
+    fn developer_keys_are_private_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.key");
+        let answer = keygen(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let key = load_key(&path).unwrap();
+        assert_eq!(
+            answer["did"],
+            DidKey::from_public_key(key.verifying_key().to_bytes()).to_string()
+        );
+        assert!(keygen(&path).is_err(), "an existing key is overwritten");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_key(&path).unwrap_err().to_string().contains("chmod 600"));
+    }
+}

@@ -507,6 +507,7 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
         })?;
     runtime.block_on(async move {
         let running = crate::serve::start(config, &data_dir, clock).await?;
+        let stop = crate::serve::signal();
         let description = running.describe();
         let text = format!(
             "meshgate serving\n  issuer:   {}\n  node:     {}\n  metrics:  http://{}/metrics\n  mesh:     {}\n  data dir: {}",
@@ -517,7 +518,7 @@ fn serve(config: &Config, data_dir: PathBuf, clock: Arc<dyn Clock>, json: bool) 
             running.data_dir.display()
         );
         print(json, &description, &text)?;
-        crate::serve::signal().await;
+        stop.await;
         tracing::info!("shutting down");
         running.shutdown().await;
         tracing::info!("stopped");

@@ -70,6 +70,8 @@
   (func (export "map_upstream_claims") (param $p i32) (param $n i32) (result i64)
     (local $i i32) (local $c i32) (local $limit i32) (local $first i32)
     (local $aud i32) (local $aud_end i32) (local $end i32)
+    ;; instances are reused: start the output afresh
+    (global.set $out (i32.const 65536))
     (local.set $limit (i32.add (local.get $p) (local.get $n)))
     ;; the first audience
     (local.set $i (call $find (local.get $p) (local.get $n) (i32.const 16) (i32.const 14)))

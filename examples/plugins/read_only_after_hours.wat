@@ -61,6 +61,8 @@
   (func (export "on_token_request") (param $p i32) (param $n i32) (result i64)
     (local $i i32) (local $c i32) (local $now i64) (local $hour i64)
     (local $start i32) (local $end i32) (local $first i32) (local $limit i32)
+    ;; instances are reused: start the output afresh
+    (global.set $out (i32.const 65536))
     ;; now
     (local.set $i (call $find (local.get $p) (local.get $n) (i32.const 0) (i32.const 6)))
     (if (i32.lt_s (local.get $i) (i32.const 0)) (then unreachable))

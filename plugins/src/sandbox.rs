@@ -11,9 +11,11 @@
 //!   clock: a ticker thread advances the engine's epoch every millisecond and a call that is still
 //!   running after [`BACKSTOP_FACTOR`] times its deadline (at least 100 ms) is interrupted.
 //! - **Instances** come from the pooling allocator, instantiated from a pre-linked
-//!   [`wasmtime::InstancePre`] for each call (a fresh instance per call: no state leaks between
-//!   requests, and instantiating from the pool costs microseconds). Compiled modules are cached by
-//!   digest, so reinstalling or reloading a known module does not compile again.
+//!   [`wasmtime::InstancePre`], and are kept warm for later calls: up to [`WARM_INSTANCES`] per
+//!   plugin, each replaced after [`CALLS_PER_INSTANCE`] calls, after any failed call, or once its
+//!   memory grew. (A fresh instance per call cost about three times as much per token.) A plugin
+//!   must therefore not rely on its globals or memory being fresh — nor on them persisting.
+//!   Compiled modules are cached by digest, so reinstalling a known module does not compile again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,8 @@ const POOL_SLOTS: u32 = 64;
 pub const FUEL_PER_MICROSECOND: u64 = 1000;
 /// The wall-clock backstop, as a multiple of the deadline.
 pub const BACKSTOP_FACTOR: u32 = 20;
+/// Bytes of a reused instance's memory reset in place rather than returned to the kernel.
+const KEEP_RESIDENT: usize = 1024 * 1024;
 /// Largest module accepted.
 pub const MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -75,7 +79,11 @@ impl Sandbox {
         pool.total_core_instances(POOL_SLOTS)
             .total_memories(POOL_SLOTS)
             .total_tables(POOL_SLOTS)
-            .max_memory_size(limits.memory_bytes);
+            .max_memory_size(limits.memory_bytes)
+            // Reset a reused slot's first pages with memset rather than madvise: no page faults
+            // on the next call (plugins touch a few pages per call).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -145,6 +153,7 @@ impl Sandbox {
             pre,
             engine: self.engine.clone(),
             limits: self.limits,
+            warm: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -196,7 +205,23 @@ pub struct Plugin {
     pre: InstancePre<StoreLimits>,
     engine: Engine,
     limits: Limits,
+    warm: Arc<Mutex<Vec<Warm>>>,
 }
+
+/// An instance kept for later calls.
+struct Warm {
+    store: Store<StoreLimits>,
+    memory: wasmtime::Memory,
+    alloc: wasmtime::TypedFunc<i32, i32>,
+    instance: wasmtime::Instance,
+    initial_bytes: usize,
+    calls: u32,
+}
+
+/// Instances kept warm per plugin.
+const WARM_INSTANCES: usize = 16;
+/// Calls an instance serves before it is replaced by a fresh one.
+const CALLS_PER_INSTANCE: u32 = 10_000;
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +250,33 @@ impl Plugin {
         if input.len() > self.limits.max_document_bytes {
             return Err(fail(format!("input of {} bytes is too large", input.len())));
         }
+        let warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut warm = match warm {
+            Some(warm) => warm,
+            None => self.instantiate().map_err(|e| self.trap_error(hook, e))?,
+        };
+        let fuel = (self.limits.deadline.as_micros() as u64).saturating_mul(FUEL_PER_MICROSECOND);
+        warm.store.set_fuel(fuel).map_err(|e| fail(format!("fuel: {e}")))?;
+        let backstop = (self.limits.deadline * BACKSTOP_FACTOR).max(Duration::from_millis(100));
+        warm.store
+            .set_epoch_deadline(backstop.as_micros().div_ceil(TICK.as_micros()) as u64 + 1);
+        let output = self.call_in(&mut warm, hook, input)?;
+        warm.calls += 1;
+        // Keep the instance unless it has served its share or grew its memory.
+        if warm.calls < CALLS_PER_INSTANCE && warm.memory.data_size(&warm.store) <= warm.initial_bytes {
+            let mut pool = self.warm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pool.len() < WARM_INSTANCES {
+                pool.push(warm);
+            }
+        }
+        Ok(output)
+    }
+
+    fn instantiate(&self) -> Result<Warm, wasmtime::Error> {
         let limiter = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(1)
@@ -234,45 +286,75 @@ impl Plugin {
             .build();
         let mut store = Store::new(&self.engine, limiter);
         store.limiter(|limits| limits);
-        let fuel = (self.limits.deadline.as_micros() as u64).saturating_mul(FUEL_PER_MICROSECOND);
-        store.set_fuel(fuel).map_err(|e| fail(format!("fuel: {e}")))?;
+        // A start function runs under the same bounds as a call.
+        store.set_fuel((self.limits.deadline.as_micros() as u64).saturating_mul(FUEL_PER_MICROSECOND))?;
         let backstop = (self.limits.deadline * BACKSTOP_FACTOR).max(Duration::from_millis(100));
-        let ticks = backstop.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        let trap = |e: wasmtime::Error| {
-            if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::OutOfFuel)) {
-                fail(format!(
-                    "ran past its deadline of {:?} (out of fuel)",
-                    self.limits.deadline
-                ))
-            } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-                fail(format!(
-                    "ran past its deadline of {:?} (wall-clock backstop {backstop:?})",
-                    self.limits.deadline
-                ))
-            } else if matches!(
-                e.downcast_ref::<wasmtime::Trap>(),
-                Some(wasmtime::Trap::AllocationTooLarge)
-            ) || format!("{e:#}").contains("growing memory")
-            {
-                fail(format!(
-                    "exceeded its memory cap of {} MiB",
-                    self.limits.memory_bytes / (1024 * 1024)
-                ))
-            } else {
-                fail(format!("trapped: {e:#}"))
-            }
-        };
-        let instance = self.pre.instantiate(&mut store).map_err(trap)?;
+        store.set_epoch_deadline(backstop.as_micros().div_ceil(TICK.as_micros()) as u64 + 1);
+        let instance = self.pre.instantiate(&mut store)?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or_else(|| fail("exports no memory".into()))?;
-        let alloc = instance
-            .get_typed_func::<i32, i32>(&mut store, "alloc")
-            .map_err(|e| fail(format!("alloc: {e}")))?;
+            .ok_or_else(|| wasmtime::Error::msg("exports no memory"))?;
+        let alloc = instance.get_typed_func::<i32, i32>(&mut store, "alloc")?;
+        let initial_bytes = memory.data_size(&store);
+        Ok(Warm {
+            store,
+            memory,
+            alloc,
+            instance,
+            initial_bytes,
+            calls: 0,
+        })
+    }
+
+    fn trap_error(&self, hook: &str, e: wasmtime::Error) -> Error {
+        let fail = |reason: String| Error::Call {
+            name: self.manifest.name.clone(),
+            hook: hook.to_owned(),
+            reason,
+        };
+        let deadline = self.limits.deadline;
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::OutOfFuel) => fail(format!("ran past its deadline of {deadline:?} (out of fuel)")),
+            Some(wasmtime::Trap::Interrupt) => {
+                fail(format!("ran past its deadline of {deadline:?} (wall-clock backstop)"))
+            }
+            Some(wasmtime::Trap::AllocationTooLarge) => self.memory_error(hook),
+            _ if format!("{e:#}").contains("growing memory") => self.memory_error(hook),
+            _ => fail(format!("trapped: {e:#}")),
+        }
+    }
+
+    fn memory_error(&self, hook: &str) -> Error {
+        Error::Call {
+            name: self.manifest.name.clone(),
+            hook: hook.to_owned(),
+            reason: format!(
+                "exceeded its memory cap of {} MiB",
+                self.limits.memory_bytes / (1024 * 1024)
+            ),
+        }
+    }
+
+    /// One call in `warm`; any error leaves the instance unusable (the caller drops it).
+    fn call_in(&self, warm: &mut Warm, hook: &str, input: &[u8]) -> Result<Vec<u8>, Error> {
+        let fail = |reason: String| Error::Call {
+            name: self.manifest.name.clone(),
+            hook: hook.to_owned(),
+            reason,
+        };
+        let trap = |e: wasmtime::Error| self.trap_error(hook, e);
+        let Warm {
+            store,
+            memory,
+            alloc,
+            instance,
+            ..
+        } = warm;
+        let (memory, alloc) = (*memory, alloc.clone());
         let function = instance
-            .get_typed_func::<(i32, i32), i64>(&mut store, hook)
+            .get_typed_func::<(i32, i32), i64>(&mut *store, hook)
             .map_err(|e| fail(format!("{e}")))?;
+        let mut store = &mut *store;
         let len = i32::try_from(input.len()).map_err(|_| fail("input too large".into()))?;
         let ptr = alloc.call(&mut store, len).map_err(trap)?;
         memory

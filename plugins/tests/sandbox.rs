@@ -256,3 +256,34 @@ fn example_groups_to_cap() {
         .unwrap();
     assert!(decision.cap.is_empty());
 }
+
+/// Per-call cost of the example plugin (a measurement, not a test):
+/// `cargo test -p plugins --release --test sandbox -- --ignored --nocapture measure_call`.
+#[test]
+#[ignore = "a measurement; run it by hand in release"]
+fn measure_call() {
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let bytes = example("read_only_after_hours.wat");
+    let plugin = sandbox
+        .load(&signed(&bytes, "on_token_request"), &bytes, &trusted())
+        .unwrap();
+    let scopes = vec!["orders:read".to_owned(), "orders:write".to_owned()];
+    let aud = vec!["https://api".to_owned()];
+    let request = request(&scopes, &aud);
+    let input = br#"{"abi":1,"hook":"on_token_request","now":1700000000,"scopes":["orders:read"]}"#;
+    for (what, n) in [("warm-up", 1000u32), ("measured", 20_000)] {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            plugin.on_token_request(&request).unwrap();
+        }
+        let hook = start.elapsed() / n;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            plugin.call("on_token_request", input).unwrap();
+        }
+        println!(
+            "{what}: on_token_request {hook:?}/call, raw call {:?}/call",
+            start.elapsed() / n
+        );
+    }
+}

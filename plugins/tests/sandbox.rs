@@ -287,3 +287,54 @@ fn measure_call() {
         );
     }
 }
+
+#[test]
+fn on_introspect_adds_claims_or_denies_and_a_failed_call_leaves_no_broken_instance() {
+    let sandbox = sandbox();
+    // Answers allow with a claim when the input's first byte is '{', and traps on every third call.
+    let bytes = plugins::build(
+        br#"(module
+          (memory (export "memory") 1)
+          (global $calls (mut i32) (i32.const 0))
+          (data (i32.const 0) "{\"decision\":\"allow\",\"claims\":{\"tier\":\"gold\"}}")
+          (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "on_introspect") (param i32 i32) (result i64)
+            (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+            (if (i32.eq (global.get $calls) (i32.const 3)) (then unreachable))
+            (i64.const 45)))"#,
+    )
+    .unwrap();
+    let plugin = sandbox
+        .load(&signed(&bytes, "on_introspect"), &bytes, &trusted())
+        .unwrap();
+    let claims = json!({"sub": "c1"});
+    let input = plugins::hooks::Introspection {
+        client_id: "rs",
+        claims: &claims,
+        now: 1,
+    };
+    let mut failures = 0;
+    for _ in 0..10 {
+        match plugin.on_introspect(&input) {
+            Ok(decision) => assert_eq!(decision.claims["tier"], "gold"),
+            Err(error) => {
+                assert!(error.to_string().contains("trapped"), "{error}");
+                failures += 1;
+            }
+        }
+    }
+    // The warm instance traps on its third call, is dropped, and a fresh one (counting from zero
+    // again) takes over: one failure in every three calls, never a stuck instance.
+    assert_eq!(failures, 3);
+    let deny = plugins::build(
+        br#"(module (memory (export "memory") 1)
+            (data (i32.const 0) "{\"decision\":\"deny\",\"scopes\":[]}")
+            (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "on_introspect") (param i32 i32) (result i64) (i64.const 31)))"#,
+    )
+    .unwrap();
+    let plugin = sandbox
+        .load(&signed(&deny, "on_introspect"), &deny, &trusted())
+        .unwrap();
+    assert!(plugin.on_introspect(&input).unwrap_err().to_string().contains("scopes"));
+}

@@ -47,4 +47,7 @@ bench/soak.sh --quick
 step "upstream federation benchmark smoke run (bench/upstream.sh --quick)"
 bench/upstream.sh --quick
 
+step "plugin benchmark smoke run (bench/plugin.sh --quick)"
+bench/plugin.sh --quick
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -79,13 +79,18 @@ async fn handle(state: &AppState, line: &str, actor: crate::audit::Actor) -> Val
         return json!({"ok": state.upstream_status()});
     }
     let status = matches!(request, AdminRequest::MeshStatus);
+    let plugin_list = matches!(request, AdminRequest::PluginList);
     let peers = state.mesh_peers();
+    let plugin_state = state.clone();
     let state = state.clone();
     let result = tokio::task::spawn_blocking(move || state.with_node(|node| node.execute_as(request, actor))).await;
     match result {
         Ok(Ok(mut value)) => {
             if status {
                 value["peers"] = serde_json::to_value(peers).unwrap_or_default();
+            }
+            if plugin_list && let Some(host) = plugin_state.plugins() {
+                crate::plugin_host::annotate_list(host, &mut value);
             }
             json!({"ok": value})
         }

@@ -84,6 +84,9 @@ enum Command {
     /// Manage the people who sign in at /authorize (replicated to every node).
     #[command(subcommand)]
     User(UserCommand),
+    /// Signed WebAssembly plugins: developer keys, build, sign, trust, install, list, remove.
+    #[command(subcommand)]
+    Plugin(crate::plugin_cli::PluginCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +300,12 @@ enum ClientCommand {
         /// Clear the client's policy (the node's `federation` defaults apply).
         #[arg(long, conflicts_with_all = ["on_upstream_unavailable", "max_offline", "degraded_ttl"])]
         clear_policy: bool,
+        /// Apply this installed plugin to the client (repeat for several).
+        #[arg(long = "plugin", value_name = "NAME")]
+        plugins: Vec<String>,
+        /// Stop applying this plugin to the client (repeat for several).
+        #[arg(long = "remove-plugin", value_name = "NAME")]
+        remove_plugins: Vec<String>,
     },
     /// List clients (never secrets).
     List,
@@ -626,10 +635,33 @@ fn execute(cli: Cli) -> Result<(), Error> {
                 degradation: policy.degradation(),
             }
         }
+        Command::Plugin(command) => match crate::plugin_cli::prepare(command, &data_dir)? {
+            Ok(request) => request,
+            Err(answer) => return print(cli.json, &answer, &human(&answer)),
+        },
         Command::Client(ClientCommand::Update {
             client_id,
             policy,
             clear_policy,
+            plugins,
+            remove_plugins,
+        }) if !plugins.is_empty() || !remove_plugins.is_empty() => {
+            if policy.degradation().is_some() || clear_policy {
+                return Err(Error::Admin(
+                    "give --plugin/--remove-plugin and the policy flags in separate `client update` calls".into(),
+                ));
+            }
+            AdminRequest::PluginBind {
+                client_id,
+                add: plugins,
+                remove: remove_plugins,
+            }
+        }
+        Command::Client(ClientCommand::Update {
+            client_id,
+            policy,
+            clear_policy,
+            ..
         }) => {
             let degradation = policy.degradation();
             if degradation.is_none() && !clear_policy {
@@ -653,6 +685,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
     let text = match request {
         AdminRequest::MeshStatus => mesh_status_text(&answer),
         AdminRequest::Audit { .. } => crate::audit::text(&answer),
+        AdminRequest::PluginList => crate::plugin_cli::list_text(&answer),
         _ => human(&answer),
     };
     print(cli.json, &answer, &text)

@@ -114,6 +114,9 @@ pub struct ExecutionConfig {
     pub wasm_runtime: WasmRuntime,
     /// Memory cap of one plugin instance, in MiB.
     pub max_skill_memory_mb: NonZeroU64,
+    /// Wall-clock deadline of one plugin call (humantime: `5ms`); between 1 ms and 1 s.
+    #[serde(deserialize_with = "plugin_deadline")]
+    pub plugin_deadline: Duration,
 }
 
 impl Default for ExecutionConfig {
@@ -121,6 +124,7 @@ impl Default for ExecutionConfig {
         Self {
             wasm_runtime: WasmRuntime::Wasmtime,
             max_skill_memory_mb: NonZeroU64::new(512).unwrap_or(NonZeroU64::MIN),
+            plugin_deadline: Duration::from_millis(5),
         }
     }
 }
@@ -263,6 +267,15 @@ fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Durat
     let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 86_400) {
         return Err(serde::de::Error::custom("must be between 1s and 366d"));
+    }
+    Ok(d)
+}
+
+fn plugin_deadline<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
+        return Err(serde::de::Error::custom("must be between 1ms and 1s"));
     }
     Ok(d)
 }

@@ -69,6 +69,12 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
     }
 
+    /// 400 `access_denied` (the OAuth error registry; RFC 8628 §3.5 uses it at the token endpoint):
+    /// a policy plugin denied the request, or failed under a deny-on-failure policy.
+    pub fn access_denied(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "access_denied", description)
+    }
+
     /// 400 `invalid_target` (RFC 8707 §2): a requested resource or audience is not allowed.
     pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_target", description)

@@ -40,6 +40,8 @@ pub mod metrics;
 pub mod node;
 pub mod observability;
 pub mod password;
+pub mod plugin_cli;
+pub mod plugin_host;
 pub mod protect;
 pub mod ratelimit;
 pub mod reference;

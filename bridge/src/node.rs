@@ -159,6 +159,36 @@ pub enum AdminRequest {
     },
     /// Users, their consents, and clients of the authorization code flow; see [`crate::users`].
     User(crate::users::UserRequest),
+    /// Trusts (or stops trusting) a plugin developer key, for the whole mesh.
+    PluginTrust {
+        /// The developer key.
+        signer: DidKey,
+        /// Trust or withdraw trust.
+        trusted: bool,
+    },
+    /// Installs a signed plugin whose module is already stored as `plugins/<sha256>.wasm`.
+    PluginInstall {
+        /// The developer's signed manifest.
+        manifest: mesh::plugin::PluginManifest,
+        /// Apply it to every client.
+        all_clients: bool,
+    },
+    /// Lists installed plugins and trusted signers.
+    PluginList,
+    /// Removes a plugin from the mesh.
+    PluginRemove {
+        /// The plugin.
+        name: String,
+    },
+    /// Applies plugins to a client, or stops applying them (`client update --plugin`).
+    PluginBind {
+        /// The client.
+        client_id: String,
+        /// Plugins to apply to it.
+        add: Vec<String>,
+        /// Plugins to stop applying to it.
+        remove: Vec<String>,
+    },
 }
 
 /// The writable node.
@@ -351,6 +381,11 @@ impl Node {
         let changes = vec![Change::PutNode(info)];
         self.store.apply(&changes, self.clock.now())?;
         Ok(changes)
+    }
+
+    /// The DIDs trusted as members by configuration (`node.sync.trusted_peers`).
+    pub fn trusted_peers(&self) -> &[DidKey] {
+        &self.trusted
     }
 
     /// A full view of the current state.
@@ -669,6 +704,11 @@ impl Node {
                 let answer = json!({"did": self.did(), "key": fingerprint, "seq": event.seq});
                 (answer, vec![Change::PutKeyEvent(event)])
             }
+            request @ (AdminRequest::PluginTrust { .. }
+            | AdminRequest::PluginInstall { .. }
+            | AdminRequest::PluginList
+            | AdminRequest::PluginRemove { .. }
+            | AdminRequest::PluginBind { .. }) => crate::plugin_cli::execute(self, request, now)?,
             AdminRequest::UpstreamStatus => {
                 return Err(Error::Admin("upstream status is answered by the running server".into()));
             }

@@ -168,6 +168,17 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         refresh_ttl_secs: bridge.refresh_token_ttl.as_secs(),
         session_ttl_secs: bridge.session_ttl.as_secs(),
     });
+    let execution = &config.node.execution;
+    let limits = plugins::Limits {
+        memory_bytes: usize::try_from(execution.max_skill_memory_mb.get().saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX),
+        deadline: execution.plugin_deadline,
+        ..Default::default()
+    };
+    let plugin_host = Arc::new(crate::plugin_host::PluginHost::new(&data_dir, limits)?);
+    state.set_plugins(plugin_host.clone());
+    // Installed plugins whose modules are here load before the first request is served.
+    plugin_host.reconcile(state.plugin_snapshot(), false).await;
     let admin_listener = admin::bind(&data_dir)?;
     {
         let (state, issuer, sync_addr) = (state.clone(), issuer.as_str().to_owned(), sync_addr.to_string());
@@ -226,6 +237,10 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
             wait_for(shutdown_rx.clone()),
         ));
         let maintenance = tokio::spawn(maintain(state.clone(), audit, wait_for(shutdown_rx.clone())));
+        let plugin_task = tokio::spawn(http::plugins::reconcile_loop(
+            state.clone(),
+            wait_for(shutdown_rx.clone()),
+        ));
         let sweep = tokio::spawn(crate::registration::sweep_periodically(
             state.clone(),
             wait_for(shutdown_rx.clone()),
@@ -244,6 +259,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         let _ = admin_task.await;
         let _ = maintenance.await;
         let _ = sweep.await;
+        let _ = plugin_task.await;
     });
     ready.store(true, Ordering::SeqCst);
     tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");
@@ -319,18 +335,27 @@ pub fn signals() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Waits for SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal sent right after (e.g. once `serve` printed its line) is
+/// never missed.
+pub fn signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
+    let term = unix_signal(SignalKind::terminate());
+    let int = unix_signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (term, int) => {
+                if let Err(e) = term.as_ref().and(int.as_ref()) {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT");
+                }
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

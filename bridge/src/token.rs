@@ -112,6 +112,24 @@ pub fn new_jti() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Signs `claims` plus `extra` claims (added by plugins, never a claim of [`AccessClaims`]) with
+/// `key`.
+pub fn mint_with(
+    claims: &AccessClaims,
+    extra: &serde_json::Map<String, serde_json::Value>,
+    key: &SigningKey,
+) -> Result<String, Error> {
+    let mut object = match serde_json::to_value(claims) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => return Err(Error::Key("claims: not an object".into())),
+    };
+    for (name, value) in extra {
+        object.entry(name.clone()).or_insert_with(|| value.clone());
+    }
+    let json = serde_json::to_vec(&object).map_err(|e| Error::Key(format!("claims: {e}")))?;
+    key.sign_jwt(&json)
+}
+
 /// Signs `claims` with `key`.
 pub fn mint(claims: &AccessClaims, key: &SigningKey) -> Result<String, Error> {
     let json = serde_json::to_vec(claims).map_err(|e| Error::Key(format!("claims: {e}")))?;
@@ -138,6 +156,8 @@ pub enum Inactive {
     Revoked,
     /// Its client no longer exists.
     UnknownClient,
+    /// An `on_introspect` plugin denied it (or failed under a deny policy).
+    DeniedByPlugin,
 }
 
 /// Validates an access token against the view at `now`: header, key, signature (or a remembered

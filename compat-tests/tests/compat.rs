@@ -20,6 +20,7 @@ mod compat {
     mod oauth2_crate;
     mod openid_client;
     mod operations;
+    mod plugins;
     mod private_key_jwt;
     pub mod protect;
     mod secrets;

@@ -20,6 +20,10 @@
 //! way under `audit|{id}` in the `nodes` map. Unlike node information, audit records are dropped
 //! by retention: a deleted one becomes [`Change::RemoveAudit`].
 //!
+//! Plugin trust records ([`crate::plugin::PluginTrust`]) and plugin records
+//! ([`crate::plugin::PluginRecord`]) live in the same `nodes` map under `plugin-trust|{did}` and
+//! `plugin|{name}`, for the same reason; removal is a tombstone record, never a deletion.
+//!
 //! # Genesis
 //!
 //! Every node creates the root objects with one deterministic change: actor [`GENESIS_ACTOR`],

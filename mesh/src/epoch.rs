@@ -185,6 +185,8 @@ pub fn puts(state: &State) -> Vec<Change> {
     out.extend(state.removals.values().cloned().map(Change::RemoveNode));
     out.extend(state.legacy_keys.values().cloned().map(Change::PutLegacyKey));
     out.extend(state.audit.values().cloned().map(Change::PutAudit));
+    out.extend(state.plugin_signers.values().cloned().map(Change::TrustPluginSigner));
+    out.extend(state.plugins.values().cloned().map(Change::PutPlugin));
     let login = |c: LoginChange| Change::Login(c);
     out.extend(state.users.values().cloned().map(LoginChange::PutUser).map(login));
     out.extend(state.consents.values().cloned().map(LoginChange::PutConsent).map(login));
@@ -279,6 +281,11 @@ pub fn diff(from: &State, to: &State) -> Vec<Change> {
         |a| Change::PutAudit(a.clone()),
         |id| Change::RemoveAudit(id.to_owned()),
     );
+    // Plugin trust and plugin records only grow (removal is a tombstone record).
+    grow(&from.plugin_signers, &to.plugin_signers, &mut out, |t| {
+        Change::TrustPluginSigner(t.clone())
+    });
+    grow(&from.plugins, &to.plugins, &mut out, |p| Change::PutPlugin(p.clone()));
     let login = Change::Login;
     sync_map(
         &from.users,

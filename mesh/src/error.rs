@@ -23,6 +23,12 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// A plugin manifest or plugin record is malformed (bad name, hook, digest or ABI version).
+    #[error("invalid plugin: {reason}")]
+    BadPlugin {
+        /// What is wrong.
+        reason: String,
+    },
     /// A signed record's signature does not verify against its author.
     #[error("signature on {what} does not verify")]
     BadSignature {

@@ -38,6 +38,7 @@ pub mod keystore;
 pub mod legacy;
 pub mod login;
 pub mod membership;
+pub mod plugin;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -15,6 +15,7 @@ use crate::did::DidKey;
 use crate::identity::{self, NodeIdentity};
 use crate::kel::{self, KeyChains, KeyEvent};
 use crate::login;
+use crate::plugin::{PluginRecord, PluginTrust};
 
 /// The schema version of [`State`] this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -60,6 +61,12 @@ pub struct State {
     /// Refresh tokens (by the hash of the token), the spent records and revoked families.
     #[serde(default)]
     pub refresh: login::RefreshState,
+    /// Trust in plugin developer keys, by signer DID; see [`crate::plugin`].
+    #[serde(default)]
+    pub plugin_signers: BTreeMap<String, PluginTrust>,
+    /// Installed (or removed) plugins, by name; see [`crate::plugin`].
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginRecord>,
 }
 
 impl Default for State {
@@ -78,6 +85,8 @@ impl Default for State {
             users: BTreeMap::new(),
             consents: BTreeMap::new(),
             refresh: login::RefreshState::default(),
+            plugin_signers: BTreeMap::new(),
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +138,12 @@ impl State {
                 self.audit.remove(id);
             }
             Change::Login(change) => login::apply(self, change),
+            Change::TrustPluginSigner(trust) => {
+                self.plugin_signers.insert(trust.key(), trust.clone());
+            }
+            Change::PutPlugin(record) => {
+                self.plugins.insert(record.key(), record.clone());
+            }
         }
     }
 
@@ -193,6 +208,10 @@ pub enum Change {
     RemoveAudit(String),
     /// Changes users, consents or refresh-token families; see [`crate::login`].
     Login(login::LoginChange),
+    /// Trusts (or stops trusting) a plugin developer key.
+    TrustPluginSigner(PluginTrust),
+    /// Installs, rebinds or removes (a tombstone) a plugin.
+    PutPlugin(PluginRecord),
 }
 
 /// One administrative change in the audit log: who (an operator, the offline CLI or a node),
@@ -402,14 +421,14 @@ impl Removal {
     }
 }
 
-fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
+pub(crate) fn sign_fields(identity: &NodeIdentity, fields: &impl Serialize) -> String {
     URL_SAFE_NO_PAD.encode(identity.sign(&serde_json::to_vec(fields).unwrap_or_default()))
 }
 
 /// Verifies a record "by a DID": a signature by any key of `author`'s chain counts, so records
 /// signed before a rotation stay valid (and a compromised old key can still sign; see
 /// `mesh/ALGORITHM.md`, "Identity and pre-rotation").
-fn verify_fields(
+pub(crate) fn verify_fields(
     chains: &dyn KeyChains,
     author: &DidKey,
     fields: &impl Serialize,
@@ -456,6 +475,20 @@ impl State {
             members.remove(&did);
         }
         members
+    }
+}
+
+impl State {
+    /// The plugin developer keys trusted now, as `me` sees the mesh: those whose latest trust
+    /// record says trusted, verifies, and was written by a member.
+    pub fn trusted_plugin_signers(&self, me: &DidKey, trusted: &[DidKey]) -> std::collections::BTreeSet<DidKey> {
+        let members = self.members(me, trusted);
+        let chains = CachedChains::new(self);
+        self.plugin_signers
+            .values()
+            .filter(|t| t.trusted && members.contains(&t.by) && t.verify(&chains).is_ok())
+            .map(|t| t.signer)
+            .collect()
     }
 }
 

@@ -711,3 +711,51 @@ fn measure_revocations() {
     );
     assert_eq!(fresh.view, fresh.doc.state());
 }
+
+#[test]
+fn plugin_records_live_beside_node_information_and_replicate() {
+    let node = identity(1);
+    let developer = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let manifest = mesh::plugin::PluginManifest::sign(
+        &developer,
+        "tenant".into(),
+        "1".into(),
+        vec!["on_token_request".into()],
+        "ab".repeat(32),
+        false,
+    )
+    .unwrap();
+    let trust = mesh::plugin::PluginTrust::sign(&node, manifest.signer, true, 5);
+    let record = mesh::plugin::PluginRecord::sign(&node, manifest.clone(), false, vec!["c1".into()], false, 6);
+    let mut mesh = Mesh::new(&[1, 2]);
+    mesh.nodes[0].apply(
+        &[
+            Change::PutKeyEvent(node.event()),
+            Change::TrustPluginSigner(trust.clone()),
+            Change::PutPlugin(record.clone()),
+        ],
+        10,
+    );
+    mesh.settle();
+    mesh.assert_converged();
+    let state = mesh.nodes[1].doc.state();
+    assert!(state.nodes.is_empty(), "plugin records are not node information");
+    assert_eq!(state.plugins["tenant"], record);
+    assert!(
+        state
+            .trusted_plugin_signers(&node.did(), &[])
+            .contains(&manifest.signer)
+    );
+    // Untrust on the other node wins everywhere (the latest statement per signer).
+    let untrust = mesh::plugin::PluginTrust::sign(&node, manifest.signer, false, 7);
+    mesh.nodes[1].apply(&[Change::TrustPluginSigner(untrust)], 11);
+    mesh.settle();
+    mesh.assert_converged();
+    assert!(
+        mesh.nodes[0]
+            .doc
+            .state()
+            .trusted_plugin_signers(&node.did(), &[])
+            .is_empty()
+    );
+}

@@ -49,6 +49,8 @@ struct Subject {
     degraded_ttl: Option<Duration>,
     /// The parent meshgate token was itself degraded.
     parent_degraded: bool,
+    /// The verified claims of an upstream subject token, for `map_upstream_claims` plugins.
+    upstream: Option<Value>,
 }
 
 pub(super) async fn exchange(state: &AppState, client: &Client, form: &Form, now: u64) -> Result<Response, OAuthError> {
@@ -97,6 +99,16 @@ pub(super) async fn exchange(state: &AppState, client: &Client, form: &Form, now
         .map(|scopes| scopes.iter().map(String::as_str).collect());
     let scopes = granted_scopes(client, form.single("scope")?, ceiling.as_deref())?;
     let aud = audiences(state, client, form)?;
+    let (scopes, plugin) = super::plugins::shape(
+        state,
+        client_id,
+        crate::node::TOKEN_EXCHANGE,
+        &subject.sub,
+        scopes,
+        &aud,
+        now,
+        subject.upstream.as_ref(),
+    )?;
 
     let mut act = Map::new();
     act.insert("sub".into(), Value::String(acting.to_owned()));
@@ -138,6 +150,7 @@ pub(super) async fn exchange(state: &AppState, client: &Client, form: &Form, now
         degraded,
         issued_token_type: Some(ACCESS_TOKEN_TYPE),
         metric: GRANT_TOKEN_EXCHANGE,
+        plugin,
     };
     let view = state.view();
     Ok(issue(state, &view, client, grant, now))
@@ -185,6 +198,7 @@ async fn resolve(state: &AppState, client_id: &str, token: &str, now: u64) -> Re
                 may_act: None,
                 degraded_ttl: None,
                 parent_degraded: parent.degraded,
+                upstream: None,
             }),
             Err(reason) => {
                 tracing::debug!(?reason, client_id, "token exchange: subject token refused");
@@ -249,6 +263,7 @@ async fn resolve(state: &AppState, client_id: &str, token: &str, now: u64) -> Re
         ceiling,
         degraded_ttl,
         parent_degraded: false,
+        upstream: Some(Value::Object(claims.claims.clone())),
     })
 }
 

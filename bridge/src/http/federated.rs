@@ -275,6 +275,7 @@ impl Request<'_> {
             degraded: false,
             issued_token_type: None,
             metric: 0,
+            plugin: None,
         };
         let view = self.state.view();
         Ok(issue(self.state, &view, &client, grant, self.now))
@@ -548,6 +549,7 @@ impl Request<'_> {
             degraded: true,
             issued_token_type: None,
             metric: 0,
+            plugin: None,
         };
         let view = self.state.view();
         Ok(issue(self.state, &view, &client, grant, self.now))

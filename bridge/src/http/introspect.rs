@@ -19,6 +19,9 @@ struct Introspection {
     claims: Option<AccessClaims>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_type: Option<&'static str>,
+    /// Claims added by `on_introspect` plugins.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    plugin_claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub(super) async fn introspect(
@@ -28,14 +31,21 @@ pub(super) async fn introspect(
 ) -> Result<Response, OAuthError> {
     let now = state.now();
     let view = state.view();
-    state.authenticate(&view, &headers, &form, &state.0.introspection_endpoint, now)?;
+    let client = state.authenticate(&view, &headers, &form, &state.0.introspection_endpoint, now)?;
     let token = form.required("token")?;
     form.single("token_type_hint")?;
-    let body = match state.validate(&view, token, now) {
-        Ok(claims) => Introspection {
+    let validated = state.validate(&view, token, now).and_then(|claims| {
+        match super::plugins::introspect(&state, &client.record.client_id, &claims, now) {
+            Ok(plugin_claims) => Ok((claims, plugin_claims)),
+            Err(crate::plugin_host::Denied) => Err(crate::token::Inactive::DeniedByPlugin),
+        }
+    });
+    let body = match validated {
+        Ok((claims, plugin_claims)) => Introspection {
             active: true,
             claims: Some(claims),
             token_type: Some("Bearer"),
+            plugin_claims,
         },
         Err(_) if let Some(legacy) = crate::legacy::validate(&view, token, now) => {
             return Ok(no_store(axum::Json(legacy).into_response()));
@@ -50,6 +60,7 @@ pub(super) async fn introspect(
                 active: false,
                 claims: None,
                 token_type: None,
+                plugin_claims: None,
             }
         }
     };

@@ -11,6 +11,7 @@ mod federated;
 mod introspect;
 mod oidc;
 mod pages;
+pub mod plugins;
 pub mod refresh;
 mod register;
 mod token;
@@ -100,6 +101,8 @@ struct Shared {
     registry: std::sync::OnceLock<Arc<crate::registration::Registry>>,
     hardening: std::sync::OnceLock<crate::ratelimit::Hardening>,
     authz: authorize::Authz,
+    plugins: std::sync::OnceLock<Arc<crate::plugin_host::PluginHost>>,
+    data_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -126,6 +129,7 @@ impl AppState {
             .unwrap_or_default();
         let view = ArcSwap::from_pointee(node.view());
         let did = node.did().to_string();
+        let data_dir = node.data_dir().to_path_buf();
         let verified_tokens = VerifiedTokens::new(settings.verified_token_cache);
         Self(Arc::new(Shared {
             verified_tokens,
@@ -147,6 +151,8 @@ impl AppState {
             registry: std::sync::OnceLock::new(),
             hardening: std::sync::OnceLock::new(),
             authz: authorize::Authz::default(),
+            plugins: std::sync::OnceLock::new(),
+            data_dir,
         }))
     }
 
@@ -272,6 +278,11 @@ impl AppState {
             self.0.view.store(Arc::new(view));
             if let Some(driver) = self.0.driver.get() {
                 driver.notify_changed();
+            }
+            if let Some(host) = self.0.plugins.get()
+                && changes.iter().any(plugins::touches_plugins)
+            {
+                host.wake.notify_one();
             }
         }
         Ok(answer)
@@ -459,7 +470,8 @@ pub fn app(state: AppState) -> Router {
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
         .route("/logout", get(authorize::logout_get).post(authorize::logout_post))
-        .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo));
+        .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo))
+        .route("/mesh/plugins/{sha256}", get(plugins::module));
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes

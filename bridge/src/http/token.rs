@@ -66,10 +66,13 @@ pub(super) async fn token(
 
     let scopes = granted_scopes(&client, form.single("scope")?, None)?;
     let aud = audiences(&state, &client, &form)?;
+    let client_id = client.record.client_id.as_str();
+    let (scopes, plugin) = super::plugins::shape(&state, client_id, grant_type, client_id, scopes, &aud, now, None)?;
     let grant = Grant {
         sub: client.record.client_id.clone(),
         scopes,
         aud,
+        plugin,
         exp: now + s.settings.token_ttl,
         act: None,
         degraded: false,
@@ -97,6 +100,8 @@ pub(super) struct Grant {
     pub(super) issued_token_type: Option<&'static str>,
     /// Index in [`crate::metrics::GRANTS`].
     pub(super) metric: usize,
+    /// Claims and capabilities added by plugins.
+    pub(super) plugin: Option<crate::plugin_host::Shaped>,
 }
 
 /// Mints the token of `grant` for `client` and answers it (RFC 6749 §5.1).
@@ -108,10 +113,17 @@ pub(super) fn issue(state: &AppState, view: &View, client: &Client, grant: Grant
     };
     let scope_list: Vec<&str> = grant.scopes.iter().map(String::as_str).collect();
     let scope = scope_list.join(" ");
+    let mut cap = capabilities(&grant.aud, &scope_list);
+    if let Some(plugin) = &grant.plugin {
+        cap.extend(plugin.cap.iter().map(|c| crate::token::Capability {
+            with: c.with.clone(),
+            can: c.can.clone(),
+        }));
+    }
     let claims = AccessClaims {
         iss: s.settings.issuer.clone(),
         sub: grant.sub,
-        cap: capabilities(&grant.aud, &scope_list),
+        cap,
         aud: Audience::from_list(grant.aud),
         client_id: client.record.client_id.clone(),
         scope: scope.clone(),
@@ -123,7 +135,11 @@ pub(super) fn issue(state: &AppState, view: &View, client: &Client, grant: Grant
         act: grant.act,
         degraded: grant.degraded,
     };
-    let access_token = match mint(&claims, key) {
+    let minted = match &grant.plugin {
+        Some(plugin) if !plugin.claims.is_empty() => crate::token::mint_with(&claims, &plugin.claims, key),
+        _ => mint(&claims, key),
+    };
+    let access_token = match minted {
         Ok(t) => t,
         Err(e) => return server_error(e),
     };

@@ -15,7 +15,7 @@ use super::support::{self, basic, form, introspect, jwks, kids, post_form};
 /// Everything a mesh test waits for gets this long before it fails.
 const CONVERGE: Duration = Duration::from_secs(60);
 
-struct Mesh {
+pub(super) struct Mesh {
     dir: tempfile::TempDir,
     /// The OAuth port of every node (on 127.0.0.N).
     port: u16,
@@ -35,7 +35,7 @@ fn free_port() -> u16 {
 
 impl Mesh {
     /// Creates `n` identities and one config per node, each trusting all and gossiping to all.
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         let dir = support::temp_dir();
         let (port, sync_port) = (free_port(), free_port());
         let dids = (1..=n)
@@ -60,7 +60,7 @@ impl Mesh {
         mesh
     }
 
-    fn data(&self, i: usize) -> PathBuf {
+    pub(super) fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}"))
     }
 
@@ -82,13 +82,13 @@ impl Mesh {
         std::fs::write(self.config_path(i), config).unwrap();
     }
 
-    fn start(&self, i: usize) -> Meshgate {
+    pub(super) fn start(&self, i: usize) -> Meshgate {
         Meshgate::spawn_with_config(&self.data(i), &self.config_path(i), &[])
     }
 }
 
 /// Polls `probe` every 200 ms until it returns true or [`CONVERGE`] passes.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
+pub(super) async fn eventually<F, Fut>(what: &str, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

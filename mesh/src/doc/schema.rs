@@ -12,6 +12,7 @@ use super::{GENESIS_ACTOR, SCHEMA_MAJOR};
 use crate::Error;
 use crate::kel::KeyEvent;
 use crate::legacy::{LEGACY_KEY_PREFIX, LegacyKey};
+use crate::plugin::{PluginRecord, PluginTrust};
 use crate::state::{Admission, AuditRecord, Change, ClientRecord, KeyRecord, NodeInfo, Removal, State};
 
 /// The message of the genesis change. Part of the genesis hash: never change it within a major.
@@ -26,6 +27,11 @@ pub(super) const KEY_EVENT_PREFIX: &str = "key-event|";
 /// Audit records (schema minor 2) live in the `nodes` map under this prefix followed by
 /// [`AuditRecord::id`], for the same reasons as key events.
 pub(super) const AUDIT_PREFIX: &str = "audit|";
+/// Plugin trust records live in the `nodes` map under this prefix followed by the signer's DID,
+/// for the same reason as key events; builds without plugins skip them as malformed.
+pub(super) const PLUGIN_TRUST_PREFIX: &str = "plugin-trust|";
+/// Plugin records live in the `nodes` map under this prefix followed by the plugin's name.
+pub(super) const PLUGIN_PREFIX: &str = "plugin|";
 /// Root key of the schema version map.
 pub(super) const SCHEMA_KEY: &str = "schema";
 /// Keys of the schema version map.
@@ -197,6 +203,14 @@ pub(super) fn write(change: &Change) -> Result<Write, Error> {
             (key, Some(text)) => Write::Put(Field::Clients, key, ScalarValue::Str(text.into())),
             (key, None) => Write::Delete(Field::Clients, key),
         },
+        Change::TrustPluginSigner(trust) => Write::Put(
+            Field::Nodes,
+            format!("{PLUGIN_TRUST_PREFIX}{}", trust.key()),
+            json(trust)?,
+        ),
+        Change::PutPlugin(record) => {
+            Write::Put(Field::Nodes, format!("{PLUGIN_PREFIX}{}", record.key()), json(record)?)
+        }
     })
 }
 
@@ -262,13 +276,19 @@ pub(super) fn decode(field: Field, key: &str, value: Stored<'_>) -> Option<Chang
             None => Change::PutKey(record(text, key, |k: &KeyRecord| k.kid.clone())?),
         },
         Field::Admissions => Change::Admit(record(text, key, Admission::key)?),
-        Field::Nodes => match key.strip_prefix(KEY_EVENT_PREFIX) {
-            Some(key) => Change::PutKeyEvent(record(text, key, KeyEvent::key)?),
-            None => match key.strip_prefix(AUDIT_PREFIX) {
-                Some(key) => Change::PutAudit(record(text, key, |a: &AuditRecord| a.id.clone())?),
-                None => Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?),
-            },
-        },
+        Field::Nodes => {
+            if let Some(key) = key.strip_prefix(KEY_EVENT_PREFIX) {
+                Change::PutKeyEvent(record(text, key, KeyEvent::key)?)
+            } else if let Some(key) = key.strip_prefix(AUDIT_PREFIX) {
+                Change::PutAudit(record(text, key, |a: &AuditRecord| a.id.clone())?)
+            } else if let Some(key) = key.strip_prefix(PLUGIN_TRUST_PREFIX) {
+                Change::TrustPluginSigner(record(text, key, PluginTrust::key)?)
+            } else if let Some(key) = key.strip_prefix(PLUGIN_PREFIX) {
+                Change::PutPlugin(record(text, key, PluginRecord::key)?)
+            } else {
+                Change::PutNode(record(text, key, |n: &NodeInfo| n.did.to_string())?)
+            }
+        }
         Field::Removals => Change::RemoveNode(record(text, key, Removal::key)?),
         Field::Revocations => return None,
     };
@@ -314,6 +334,12 @@ pub(super) fn insert(state: &mut State, change: Change) {
         }
         Change::PutAudit(a) => {
             state.audit.insert(a.id.clone(), a);
+        }
+        Change::TrustPluginSigner(t) => {
+            state.plugin_signers.insert(t.key(), t);
+        }
+        Change::PutPlugin(p) => {
+            state.plugins.insert(p.key(), p);
         }
         other => state.apply(&other),
     }

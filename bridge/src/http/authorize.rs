@@ -391,12 +391,14 @@ fn decide(
             );
         }
         let scopes = request.scopes.clone();
+        let resources = request.aud.clone();
         let id = state.0.authz.add_pending(request, key, now);
         return pages::consent(
             &endpoint(state, "/consent"),
             &client.record.name,
             &username,
             &scopes,
+            &resources,
             &id,
             &session.csrf,
         );

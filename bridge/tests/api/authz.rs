@@ -971,6 +971,19 @@ async fn a_metadata_document_client_id_runs_the_code_flow() {
     };
     // The MCP case: the resource is the MCP server the client is about to call.
     let path = authorize_path(&url, &[("resource", "https://mcp.example/mcp")]);
+    let page = browser.get(&s.h, &path).await;
+    let body = form(&[
+        ("csrf_token", &field(&page.text, "csrf_token")),
+        ("request", &field(&page.text, "request")),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ]);
+    let consent = browser.post(&s.h, "/login", &body).await;
+    assert!(
+        consent.text.contains("<code>https://mcp.example/mcp</code>"),
+        "the consent page names the resource: {}",
+        consent.text
+    );
     let back = login_and_consent(&s, &mut browser, &path).await;
     assert_eq!(param(&back, "iss").as_deref(), Some(ISSUER));
     let answer = redeem(&s, &param(&back, "code").unwrap(), VERIFIER).await;

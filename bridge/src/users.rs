@@ -370,6 +370,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stored_pbkdf2_and_argon2_hashes_verify() {
+        let salt = "c2FsdC1zYWx0LXNhbHQ=";
+        // PBKDF2-HMAC-SHA256, 1000 iterations, 32 bytes, computed here with aws-lc-rs.
+        let mut key = [0u8; 32];
+        let raw_salt = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, salt).unwrap();
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(1000).unwrap(),
+            &raw_salt,
+            b"old password",
+            &mut key,
+        );
+        let hash = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        let stored = format!("$pbkdf2-sha256$i=1000${salt}${hash}");
+        assert!(verify_password(&stored, "old password"));
+        assert!(!verify_password(&stored, "old passwore"));
+        assert!(!verify_password(&stored, ""));
+        let phc = hash_password("new password").unwrap();
+        assert!(verify_password(&phc, "new password"));
+        assert!(!verify_password(&phc, "old password"));
+        assert!(!verify_password("$pbkdf2-sha256$i=0$x$y", "old password"));
+    }
+
+    #[test]
     fn redirect_uris_are_checked() {
         for ok in [
             "https://app.example/cb",

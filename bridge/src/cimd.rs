@@ -1,8 +1,9 @@
 //! Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document, as the MCP
 //! authorization spec uses them): a `client_id` that is an `https` URL names a JSON document of
-//! client metadata served at that URL. [`resolve_client`] is the one lookup `/authorize` and
-//! `/token` use for any `client_id`: a registered client from the replicated registry, or a
-//! metadata document, fetched and cached.
+//! client metadata served at that URL. [`resolve_client`] looks up any `client_id`: a registered
+//! client from the replicated registry, or a metadata document, fetched and cached. `/authorize`
+//! and `/token` fetch a document through [`Resolver::resolve`] before handling the request, then
+//! handle the client as [`client_record`] describes it, from [`Resolver::cached`].
 //!
 //! Limits (documented in the README): the document is at most [`MAX_DOCUMENT_BYTES`]; the fetch
 //! connects within 2 s and completes within [`FETCH_TIMEOUT`]; redirects are never followed; a
@@ -151,6 +152,15 @@ impl Resolver {
         result.map_err(OAuthError::invalid_client)
     }
 
+    /// A document resolved successfully before and still cached (possibly past its refresh time:
+    /// an authorization request validated with it may finish with it), without fetching.
+    pub fn cached(&self, url: &str) -> Option<Arc<ResolvedClient>> {
+        if !self.config.enabled {
+            return None;
+        }
+        self.lock().get(url).and_then(|(_, r)| r.as_ref().ok().cloned())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -204,6 +214,29 @@ impl Resolver {
         let document: Value =
             serde_json::from_slice(response.body()).map_err(|_| "the document is not JSON".to_owned())?;
         parse_document(url, document)
+    }
+}
+
+/// The (never replicated) client record a metadata-document client is handled with at
+/// `/authorize` and `/token`: public, its redirection URIs, grant types and scopes.
+pub fn client_record(resolved: &ResolvedClient, token_alg: &str, now: u64) -> mesh::state::ClientRecord {
+    mesh::state::ClientRecord {
+        client_id: resolved.client_id.clone(),
+        name: resolved.name.clone(),
+        secrets: Vec::new(),
+        grant_types: resolved.grant_types.clone(),
+        scopes: resolved.scopes.clone(),
+        audiences: Vec::new(),
+        token_alg: token_alg.to_owned(),
+        jwks: None,
+        created_at: now,
+        degradation: None,
+        dynamic_registration: None,
+        redirect_uris: resolved.redirect_uris.clone(),
+        post_logout_redirect_uris: Vec::new(),
+        token_endpoint_auth_method: Some("none".into()),
+        id_token_signed_response_alg: None,
+        federation: None,
     }
 }
 

@@ -956,7 +956,9 @@ fn import(
         .iter()
         .filter(|r| imported.contains(&r.client_id))
         .collect();
-    let users = import::import_users_into_user_store(&parsed.users);
+    let users = import::import_users_into_user_store(&parsed.users, options.dry_run, |request| {
+        admin_call(config, data_dir, &AdminRequest::User(request))
+    })?;
     answer["source"] = json!(parsed.source);
     answer["skipped"] = Value::Array(skipped);
     answer["rotated"] = json!(rotated);

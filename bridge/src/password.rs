@@ -180,9 +180,71 @@ impl PasswordHash {
     }
 }
 
+impl PasswordHash {
+    /// The string a user record stores: the argon2 PHC string as it is, or for PBKDF2 a PHC-style
+    /// `$pbkdf2-sha256$i=27500$SALT$HASH` (salt and hash in padded standard base64, as Keycloak
+    /// keeps them).
+    pub fn to_stored(&self) -> String {
+        match self {
+            Self::Argon2 { phc } => phc.clone(),
+            Self::Pbkdf2 {
+                prf,
+                iterations,
+                salt,
+                hash,
+            } => {
+                let prf = match prf {
+                    Pbkdf2Prf::Sha1 => "pbkdf2-sha1",
+                    Pbkdf2Prf::Sha256 => "pbkdf2-sha256",
+                    Pbkdf2Prf::Sha512 => "pbkdf2-sha512",
+                };
+                format!("${prf}$i={iterations}${salt}${hash}")
+            }
+        }
+    }
+
+    /// Reads [`PasswordHash::to_stored`]'s string; anything not PBKDF2 is taken as an argon2 PHC
+    /// string (checked when verified).
+    pub fn from_stored(stored: &str) -> Self {
+        let pbkdf2 = || {
+            let mut parts = stored.strip_prefix('$')?.split('$');
+            let prf = match parts.next()? {
+                "pbkdf2-sha1" => Pbkdf2Prf::Sha1,
+                "pbkdf2-sha256" => Pbkdf2Prf::Sha256,
+                "pbkdf2-sha512" => Pbkdf2Prf::Sha512,
+                _ => return None,
+            };
+            let iterations = parts.next()?.strip_prefix("i=")?.parse().ok()?;
+            let salt = parts.next()?.to_owned();
+            let hash = parts.next()?.to_owned();
+            parts.next().is_none().then_some(Self::Pbkdf2 {
+                prf,
+                iterations,
+                salt,
+                hash,
+            })
+        };
+        pbkdf2().unwrap_or_else(|| Self::Argon2 { phc: stored.to_owned() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_strings_round_trip() {
+        let hash = keycloak("pbkdf2-sha256", 27_500, SHA256_VECTOR);
+        let stored = hash.to_stored();
+        assert!(stored.starts_with("$pbkdf2-sha256$i=27500$"), "{stored}");
+        let back = PasswordHash::from_stored(&stored);
+        assert_eq!(back, hash);
+        assert!(back.verify("correct horse"));
+        let argon = PasswordHash::argon2("pw").unwrap();
+        assert_eq!(PasswordHash::from_stored(&argon.to_stored()), argon);
+        assert!(!PasswordHash::from_stored("$pbkdf2-sha256$i=x$a$b").verify("pw"));
+        assert!(!PasswordHash::from_stored("").verify(""));
+    }
 
     /// A vector computed independently with Python:
     /// `base64.b64encode(hashlib.pbkdf2_hmac('sha256', b'correct horse', b'keycloak-salt-16', 27500, 64))`,

@@ -2,7 +2,8 @@
 //! and clients of the authorization code flow (`meshgate client add --redirect-uri`).
 //!
 //! Users replicate through the mesh (see [`mesh::login`]), so a user added on one node logs in on
-//! every node. Passwords are stored as argon2 PHC strings only.
+//! every node. Passwords are stored as argon2 PHC strings; users imported from Keycloak keep their
+//! PBKDF2 hashes as they were ([`crate::password::PasswordHash::to_stored`]).
 
 use argon2::{PasswordHasher, PasswordVerifier};
 use mesh::login::{ConsentRecord, LoginChange, UserRecord};
@@ -85,6 +86,30 @@ pub enum UserRequest {
         #[serde(default)]
         id_token_alg: Option<Alg>,
     },
+    /// Imports users with password hashes from another identity provider (`meshgate import`),
+    /// the hashes kept as they are; existing usernames are skipped.
+    Import {
+        /// The users.
+        users: Vec<ImportUser>,
+        /// Report only.
+        #[serde(default)]
+        dry_run: bool,
+    },
+}
+
+/// A user of [`UserRequest::Import`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportUser {
+    /// Login name.
+    pub username: String,
+    /// The stored hash ([`crate::password::PasswordHash::to_stored`]).
+    pub password: String,
+    /// Full name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// E-mail address.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// Executes `request` on `node`; returns the answer and the changes to apply.
@@ -118,6 +143,40 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
             };
             let answer = json!({"username": username, "sub": record.sub});
             (answer, vec![Change::Login(LoginChange::PutUser(record))])
+        }
+        UserRequest::Import { users, dry_run } => {
+            let mut imported = Vec::new();
+            let mut skipped = Vec::new();
+            let mut changes = Vec::new();
+            for user in users {
+                let checked = (|| {
+                    checked_username(&user.username)?;
+                    if state.users.contains_key(&user.username) || imported.contains(&user.username) {
+                        return Err(Error::Admin("a user with this name exists".into()));
+                    }
+                    if user.password.is_empty() || user.password.len() > 2048 {
+                        return Err(Error::Admin("no usable password hash".into()));
+                    }
+                    Ok(UserRecord {
+                        sub: crate::node::random_id(),
+                        username: user.username.clone(),
+                        password: user.password,
+                        name: checked_optional(user.name, "name")?,
+                        email: checked_optional(user.email, "email")?,
+                        created_at: now,
+                        updated_at: now,
+                    })
+                })();
+                match checked {
+                    Ok(record) => {
+                        imported.push(user.username);
+                        changes.push(Change::Login(LoginChange::PutUser(record)));
+                    }
+                    Err(e) => skipped.push(json!({"username": user.username, "reason": e.to_string()})),
+                }
+            }
+            let answer = json!({"imported": imported, "skipped": skipped, "dry_run": dry_run});
+            (answer, if dry_run { vec![] } else { changes })
         }
         UserRequest::List => {
             let list = state.users.values().map(user_summary).collect();
@@ -256,10 +315,14 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
         .map_err(|e| Error::Admin(format!("argon2: {e}")))
 }
 
-/// Whether `password` matches the PHC string `phc`.
+/// Whether `password` matches the stored hash `phc`: an argon2 PHC string, or a PBKDF2 hash
+/// imported from Keycloak ([`crate::password::PasswordHash::to_stored`]), kept as it was.
 pub fn verify_password(phc: &str, password: &str) -> bool {
     if password.len() > 1024 {
         return false;
+    }
+    if let hash @ crate::password::PasswordHash::Pbkdf2 { .. } = crate::password::PasswordHash::from_stored(phc) {
+        return hash.verify(password);
     }
     let Ok(hash) = argon2::PasswordHash::new(phc) else {
         return false;
@@ -305,6 +368,30 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_pbkdf2_and_argon2_hashes_verify() {
+        let salt = "c2FsdC1zYWx0LXNhbHQ=";
+        // PBKDF2-HMAC-SHA256, 1000 iterations, 32 bytes, computed here with aws-lc-rs.
+        let mut key = [0u8; 32];
+        let raw_salt = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, salt).unwrap();
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(1000).unwrap(),
+            &raw_salt,
+            b"old password",
+            &mut key,
+        );
+        let hash = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        let stored = format!("$pbkdf2-sha256$i=1000${salt}${hash}");
+        assert!(verify_password(&stored, "old password"));
+        assert!(!verify_password(&stored, "old passwore"));
+        assert!(!verify_password(&stored, ""));
+        let phc = hash_password("new password").unwrap();
+        assert!(verify_password(&phc, "new password"));
+        assert!(!verify_password(&phc, "old password"));
+        assert!(!verify_password("$pbkdf2-sha256$i=0$x$y", "old password"));
+    }
 
     #[test]
     fn redirect_uris_are_checked() {

@@ -218,6 +218,8 @@ pub struct Client {
     /// When this node last authenticated the client (Unix seconds; 0 = not since the record
     /// changed); dynamically registered clients that go unused expire, see [`crate::registration`].
     pub last_used: std::sync::atomic::AtomicU64,
+    /// Described by a Client ID Metadata Document ([`crate::cimd`]), not in the replicated registry.
+    pub metadata_document: bool,
 }
 
 enum Secret {
@@ -271,6 +273,16 @@ impl Client {
             secrets,
             assertion_keys,
             last_used: std::sync::atomic::AtomicU64::new(0),
+            metadata_document: false,
+        }
+    }
+
+    /// A client described by a Client ID Metadata Document: `record` is built from the document
+    /// ([`crate::cimd::client_record`]) and never replicated.
+    pub fn from_metadata_document(record: ClientRecord) -> Self {
+        Self {
+            metadata_document: true,
+            ..Self::new(record)
         }
     }
 

@@ -153,6 +153,9 @@ const commands = {
       token: await sign(issuer, '1h'),
       other_issuer_token: await sign('https://not-the-old-gateway.example', '1h'),
       expired_token: await sign(issuer, Math.floor(Date.now() / 1000) - 120),
+    }
+  },
+
   // The authorization code flow with PKCE through openid-client (OIDC discovery), logging in
   // without a browser: fetch the login page, post the form with the session cookie and its CSRF
   // token, allow on the consent page, hand the redirect to openid-client; then ID token

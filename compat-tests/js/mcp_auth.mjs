@@ -1,5 +1,5 @@
-// THE FULL MCP AUTHORIZATION FLOW with the MCP SDK's auth(), for after the authorization-code
-// branch (/authorize, login and consent pages) is merged — NOT YET WIRED INTO A TEST.
+// THE FULL MCP AUTHORIZATION FLOW with the MCP SDK's auth(), run by compat-tests/tests/compat/mcp_sdk.rs
+// (`mcp_sdk_full_authorization_flow_through_protect`).
 //
 // What it does, as an MCP client (Claude Code, Cursor, MCP Inspector) would:
 //   1. an unauthenticated MCP request → 401 with WWW-Authenticate resource_metadata (meshgate protect);
@@ -15,8 +15,8 @@
 //
 // Usage: node mcp_auth.mjs   (stdin: {"mcp_url", "issuer", "username", "password"} or
 //        {"mcp_url", "issuer", "session_cookie"}; prints one JSON object)
-// The login/consent form field names (`username`, `password`, `csrf_token`, `approve`) are
-// assumptions about the other branch's pages: adjust `browse()` to them when wiring this in.
+// The login and consent forms are those of bridge/src/http/pages.rs (`username`, `password`,
+// `csrf_token`, `request`, `decision=allow`).
 import { auth, extractWWWAuthenticateParams } from '@modelcontextprotocol/sdk/client/auth.js'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
@@ -105,7 +105,7 @@ async function browse (start) {
       form.set('username', input.username)
       form.set('password', input.password)
     } else {
-      form.set('approve', 'yes')
+      form.set('decision', 'allow')
     }
     url = formAction(html, url)
     init = { method: 'POST', body: form.toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' } }

@@ -1,5 +1,5 @@
-// The MCP SDK's client against an MCP server behind `meshgate protect`, for the parts that work
-// without /authorize: RFC 9728 protected-resource discovery → RFC 8414 authorization-server
+// The MCP SDK's client against an MCP server behind `meshgate protect`, for the parts that need
+// no user: RFC 9728 protected-resource discovery → RFC 8414 authorization-server
 // discovery → RFC 7591 dynamic registration (through the SDK's own auth() and registerClient()),
 // then an authorized MCP call with the SDK's client_credentials provider.
 // (The full interactive auth() flow — redirect, login, code, finishAuth — is mcp_auth.mjs.)
@@ -50,18 +50,10 @@ out.unauthenticated = {
 const prm = await discoverOAuthProtectedResourceMetadata(mcpUrl, { resourceMetadataUrl: challenge.resourceMetadataUrl })
 out.protected_resource = prm
 const asUrl = prm.authorization_servers[0]
-// The SDK's metadata schema requires `authorization_endpoint`, which this node gains with the
-// authorization-code flow (/authorize, another branch). Until then the SDK's discovery throws and
-// the document is fetched directly; the SDK gets it below as its cached discovery state.
-let asMetadata
-try {
-  asMetadata = await discoverAuthorizationServerMetadata(asUrl)
-  out.sdk_discovery_error = null
-} catch (error) {
-  out.sdk_discovery_error = String(error?.message ?? error)
-  const response = await fetch(new URL('/.well-known/oauth-authorization-server', asUrl))
-  asMetadata = await response.json()
-}
+// The SDK's own RFC 8414 discovery (its schema requires `authorization_endpoint`, which the node
+// serves); the SDK gets the result below as its cached discovery state.
+const asMetadata = await discoverAuthorizationServerMetadata(asUrl)
+if (!asMetadata) throw new Error(`the SDK found no authorization-server metadata at ${asUrl}`)
 out.authorization_server = asMetadata
 const discovery = {
   authorizationServerUrl: asUrl,

@@ -35,7 +35,7 @@ pub struct UserRecord {
     pub username: String,
     /// The stable subject identifier tokens carry (`sub`).
     pub sub: String,
-    /// The argon2 PHC string of the password.
+    /// The password hash: an argon2 PHC string, or an imported PBKDF2 hash (`$pbkdf2-sha256$i=N$SALT$HASH`).
     pub password: String,
     /// Full name (`name` claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -266,14 +266,55 @@ pub(super) async fn authorize_get(
         return pages::error(StatusCode::URI_TOO_LONG, "The request is too large.");
     }
     match Form::parse(query.as_bytes()) {
-        Ok(form) => authorize(&state, &headers, &form),
+        Ok(form) => authorize_with_document(&state, &headers, &form).await,
         Err(_) => pages::error(StatusCode::BAD_REQUEST, "The request is malformed."),
     }
 }
 
 /// `POST /authorize` (form-encoded parameters).
 pub(super) async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
-    authorize(&state, &headers, &form)
+    authorize_with_document(&state, &headers, &form).await
+}
+
+/// Fetches the Client ID Metadata Document a URL `client_id` names first, then authorizes.
+async fn authorize_with_document(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
+    if let Err(why) = prefetch_document(state, form).await {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            &format!("The application's client metadata document cannot be used: {why}"),
+        );
+    }
+    authorize(state, headers, form)
+}
+
+/// For a `client_id` that is not a registered client but a metadata-document URL
+/// ([`crate::cimd`]): fetches (or finds cached) its document, so that [`find_client`] finds it;
+/// the reason when it cannot be used. Other client ids are left to the lookup.
+pub(super) async fn prefetch_document(state: &AppState, form: &Form) -> Result<(), String> {
+    let Ok(Some(client_id)) = form.single("client_id") else {
+        return Ok(());
+    };
+    let documents = &state.registry().documents;
+    if state.view().clients.contains_key(client_id) || !documents.accepts(client_id) {
+        return Ok(());
+    }
+    documents
+        .resolve(client_id, state.now())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The client `client_id` names: a registered client, or one described by a metadata document
+/// fetched before ([`prefetch_document`]).
+fn find_client(state: &AppState, view: &View, client_id: &str) -> Option<Arc<Client>> {
+    if let Some(client) = view.clients.get(client_id) {
+        return Some(client.clone());
+    }
+    let resolved = state.registry().documents.cached(client_id)?;
+    let alg = state.0.settings.default_alg.to_string();
+    let record = crate::cimd::client_record(&resolved, &alg, state.now());
+    Some(Arc::new(Client::from_metadata_document(record)))
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
@@ -307,7 +348,7 @@ fn decide(
     now: u64,
     just_logged_in: bool,
 ) -> Response {
-    let Some(client) = view.clients.get(&request.client_id).cloned() else {
+    let Some(client) = find_client(state, view, &request.client_id) else {
         return pages::error(StatusCode::BAD_REQUEST, "The application is not registered.");
     };
     let user = session.user.clone().filter(|(name, auth_time)| {
@@ -350,12 +391,14 @@ fn decide(
             );
         }
         let scopes = request.scopes.clone();
+        let resources = request.aud.clone();
         let id = state.0.authz.add_pending(request, key, now);
         return pages::consent(
             &endpoint(state, "/consent"),
             &client.record.name,
             &username,
             &scopes,
+            &resources,
             &id,
             &session.csrf,
         );
@@ -435,11 +478,7 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
         .single("client_id")
         .map_err(|_| page("client_id is repeated."))?
         .ok_or_else(|| page("The request names no application (client_id is missing)."))?;
-    let client = view
-        .clients
-        .get(client_id)
-        .cloned()
-        .ok_or_else(|| page("The application is not registered."))?;
+    let client = find_client(state, view, client_id).ok_or_else(|| page("The application is not registered."))?;
     let given = form
         .single("redirect_uri")
         .map_err(|_| page("redirect_uri is repeated."))?;
@@ -665,9 +704,7 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let view = state.view();
     if !checked {
         tracing::info!("login failed");
-        let client_name = view
-            .clients
-            .get(&request.client_id)
+        let client_name = find_client(&state, &view, &request.client_id)
             .map(|c| c.record.name.clone())
             .unwrap_or_default();
         let id = authz.add_pending(request, &key, now);
@@ -988,6 +1025,7 @@ async fn revoke_issued(state: &AppState, jti: String, exp: u64, family: Option<S
 /// A public client (`token_endpoint_auth_method: none`) identified by `client_id` alone, for the
 /// grants it may use without authenticating; `None` when the request authenticates otherwise.
 pub(super) fn public_client(
+    state: &AppState,
     view: &View,
     headers: &HeaderMap,
     form: &Form,
@@ -1005,11 +1043,7 @@ pub(super) fn public_client(
     let Some(client_id) = form.single("client_id")? else {
         return Ok(None);
     };
-    Ok(view
-        .clients
-        .get(client_id)
-        .filter(|c| c.record.token_endpoint_auth_method.as_deref() == Some("none"))
-        .cloned())
+    Ok(find_client(state, view, client_id).filter(|c| c.record.token_endpoint_auth_method.as_deref() == Some("none")))
 }
 
 impl AppState {

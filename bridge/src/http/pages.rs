@@ -105,9 +105,14 @@ pub(crate) fn consent(
     client_name: &str,
     username: &str,
     scopes: &[String],
+    resources: &[String],
     request_id: &str,
     csrf: &str,
 ) -> Response {
+    let resources: String = resources
+        .iter()
+        .map(|r| format!("<li><code>{}</code></li>", escape(r)))
+        .collect();
     let items: String = if scopes.is_empty() {
         "<li>no particular permissions</li>".to_owned()
     } else {
@@ -119,6 +124,7 @@ pub(crate) fn consent(
     let body = format!(
         "<p>Signed in as <strong>{user}</strong>.</p>\n\
 <p><strong>{client}</strong> asks for:</p>\n<ul>{items}</ul>\n\
+<p>to use at:</p>\n<ul>{resources}</ul>\n\
 <form method=\"post\" action=\"{action}\">\n\
 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\n\
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\

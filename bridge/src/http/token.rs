@@ -35,8 +35,13 @@ pub(super) async fn token(
     if let Some(response) = super::federated::token(&state, &headers, &form, grant_type, now).await? {
         return Ok(response);
     }
+    if grant_type == "authorization_code" || grant_type == "refresh_token" {
+        super::authorize::prefetch_document(&state, &form)
+            .await
+            .map_err(OAuthError::invalid_client)?;
+    }
     let view = state.view();
-    let client = match super::authorize::public_client(&view, &headers, &form, grant_type)? {
+    let client = match super::authorize::public_client(&state, &view, &headers, &form, grant_type)? {
         Some(client) => client,
         None => state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?,
     };
@@ -200,8 +205,17 @@ pub(super) fn granted_scopes(
 /// client), or the client's registered audiences, or the default resource.
 pub(super) fn audiences(state: &AppState, client: &Client, form: &Form) -> Result<Vec<String>, OAuthError> {
     let s = &state.0;
+    // A public, dynamically registered client (an MCP client) has no configured audiences: it may
+    // name any http(s) resource (the MCP server it is about to call), which the user consents to
+    // at /authorize; it cannot use client_credentials, so no token reaches a resource without a user.
+    let any_resource = client.record.audiences.is_empty()
+        && (client.record.dynamic_registration.is_some() || client.metadata_document)
+        && client.record.token_endpoint_auth_method.as_deref() == Some("none");
     let allowed = |target: &str| {
-        if client.record.audiences.is_empty() {
+        if any_resource {
+            target == s.settings.resource
+                || url::Url::parse(target).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        } else if client.record.audiences.is_empty() {
             target == s.settings.resource
         } else {
             client.record.audiences.iter().any(|a| a == target)

@@ -452,31 +452,66 @@ pub fn apply(
     Ok((answer, if dry_run { vec![] } else { changes }))
 }
 
-/// What happened to the users a source held. The user store arrives with the login pages
-/// (`meshgate user add`); until it is wired in here the users are parsed (their hashes verified
-/// to be well formed) and reported, not stored.
+/// What happened to the users a source held.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsersOutcome {
     /// Users read.
     pub parsed: usize,
-    /// Users stored.
+    /// Users stored (or, in a dry run, that would be).
     pub imported: usize,
+    /// Users not stored, with the reason (`{"username", "reason"}`).
+    pub skipped: Vec<Value>,
     /// Why not all were stored.
     pub note: Option<String>,
 }
 
-/// Imports `users` into the user store.
-///
-/// Integration point: this build has no user store, so nothing is stored and the outcome says
-/// so. Once the user store lands, this is the one function to wire (store each user with its
-/// [`ImportedUser::password`] hash as it is — [`PasswordHash::verify`] checks Keycloak's PBKDF2
-/// and argon2 hashes unchanged).
-pub fn import_users_into_user_store(users: &[ImportedUser]) -> UsersOutcome {
-    UsersOutcome {
-        parsed: users.len(),
-        imported: 0,
-        note: (!users.is_empty()).then(|| "not yet importable: this meshgate build has no user store".to_owned()),
+/// Imports `users` into the user store through `store` (the admin request
+/// [`crate::users::UserRequest::Import`]): each keeps its [`ImportedUser::password`] hash as it
+/// is (Keycloak's PBKDF2 or argon2, verified unchanged at login), so it signs in with its old
+/// password. Disabled users and users without a password are skipped; so are existing usernames.
+pub fn import_users_into_user_store(
+    users: &[ImportedUser],
+    dry_run: bool,
+    store: impl FnOnce(crate::users::UserRequest) -> Result<Value, Error>,
+) -> Result<UsersOutcome, Error> {
+    let mut skipped = Vec::new();
+    let mut request = Vec::new();
+    for user in users {
+        let reason = match &user.password {
+            _ if !user.enabled => "the account is disabled",
+            None => "the user has no password",
+            Some(hash) => {
+                let name = match (&user.given_name, &user.family_name) {
+                    (Some(g), Some(f)) => Some(format!("{g} {f}")),
+                    (Some(n), None) | (None, Some(n)) => Some(n.clone()),
+                    (None, None) => None,
+                };
+                request.push(crate::users::ImportUser {
+                    username: user.username.clone(),
+                    password: hash.to_stored(),
+                    name,
+                    email: user.email.clone(),
+                });
+                continue;
+            }
+        };
+        skipped.push(json!({"username": user.username, "reason": reason}));
     }
+    let mut imported = 0;
+    if !request.is_empty() {
+        let answer = store(crate::users::UserRequest::Import {
+            users: request,
+            dry_run,
+        })?;
+        imported = answer["imported"].as_array().map_or(0, Vec::len);
+        skipped.extend(answer["skipped"].as_array().cloned().unwrap_or_default());
+    }
+    Ok(UsersOutcome {
+        parsed: users.len(),
+        imported,
+        note: (!skipped.is_empty()).then(|| format!("{} user(s) not imported", skipped.len())),
+        skipped,
+    })
 }
 
 /// The report of an import, for people.
@@ -551,6 +586,13 @@ pub fn report_text(report: &Value) -> String {
             users["imported"],
             users["note"].as_str().map(|n| format!(" ({n})")).unwrap_or_default()
         ));
+        for skip in list(&users["skipped"]) {
+            out.push_str(&format!(
+                "  - user {}: {}\n",
+                skip["username"].as_str().unwrap_or("-"),
+                skip["reason"].as_str().unwrap_or("-")
+            ));
+        }
     }
     out.trim_end().to_owned()
 }

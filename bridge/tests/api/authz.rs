@@ -923,3 +923,101 @@ async fn users_consents_and_refresh_families_survive_a_restart() {
         "invalid_grant"
     );
 }
+
+/// Serves a Client ID Metadata Document for a code-flow client on loopback; its URL.
+async fn metadata_document_client() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agent/client.json", listener.local_addr().unwrap());
+    let document = serde_json::json!({
+        "client_id": url,
+        "client_name": "Test <App>",
+        "redirect_uris": [REDIRECT],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "scope": "openid profile email read",
+        "token_endpoint_auth_method": "none",
+    })
+    .to_string();
+    let app = axum::Router::new().route(
+        "/agent/client.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn a_metadata_document_client_id_runs_the_code_flow() {
+    let url = metadata_document_client().await;
+    // Without the danger_ flag an http (loopback) document URL is no client: an error page.
+    let strict = Harness::new();
+    let mut browser = Browser::default();
+    let page = browser.get(&strict, &authorize_path(&url, &[])).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.text);
+    assert!(page.text.contains("not registered"), "{}", page.text);
+
+    let h = Harness::new();
+    assert!(h.state.set_registration(bridge::registration::RegistrationConfig {
+        danger_allow_http_loopback_metadata_documents: true,
+        ..Default::default()
+    }));
+    user(&h, "alice", "wonderland");
+    let s = Setup {
+        h,
+        client_id: url.clone(),
+    };
+    // The MCP case: the resource is the MCP server the client is about to call.
+    let path = authorize_path(&url, &[("resource", "https://mcp.example/mcp")]);
+    let page = browser.get(&s.h, &path).await;
+    let body = form(&[
+        ("csrf_token", &field(&page.text, "csrf_token")),
+        ("request", &field(&page.text, "request")),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ]);
+    let consent = browser.post(&s.h, "/login", &body).await;
+    assert!(
+        consent.text.contains("<code>https://mcp.example/mcp</code>"),
+        "the consent page names the resource: {}",
+        consent.text
+    );
+    let back = login_and_consent(&s, &mut browser, &path).await;
+    assert_eq!(param(&back, "iss").as_deref(), Some(ISSUER));
+    let answer = redeem(&s, &param(&back, "code").unwrap(), VERIFIER).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    let access = claims(answer.json["access_token"].as_str().unwrap());
+    assert_eq!(access["client_id"], url.as_str());
+    assert_eq!(access["aud"], "https://mcp.example/mcp");
+    let users = s.h.admin(AdminRequest::User(UserRequest::List)).unwrap();
+    assert_eq!(access["sub"], users[0]["sub"]);
+    assert_eq!(claims(answer.json["id_token"].as_str().unwrap())["aud"], url.as_str());
+    // The consent is remembered for the URL client; the refresh token rotates for it.
+    let answer = refresh(&s, answer.json["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(
+        claims(answer.json["access_token"].as_str().unwrap())["aud"],
+        "https://mcp.example/mcp"
+    );
+    // A metadata-document client is not in the replicated registry.
+    assert!(!s.h.state.view().clients.contains_key(&url));
+    // A document that cannot be fetched: an error page saying why.
+    let missing = format!("{url}.missing");
+    let page = browser.get(&s.h, &authorize_path(&missing, &[])).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.text);
+    assert!(
+        page.text.contains("client metadata document cannot be used"),
+        "{}",
+        page.text
+    );
+    // Its redirect URIs are exact.
+    let page = browser
+        .get(
+            &s.h,
+            &authorize_path(&url, &[("redirect_uri", "http://127.0.0.1/other")]),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.text);
+}

@@ -91,8 +91,21 @@ async fn keycloak_clients_keep_ids_and_secrets_and_the_rest_is_reported() {
         );
     }
     assert_eq!(report["users"]["parsed"], 2, "{report:#}");
-    assert_eq!(report["users"]["imported"], 0, "{report:#}");
-    assert!(report["users"]["note"].as_str().unwrap().contains("not yet importable"));
+    assert_eq!(report["users"]["imported"], 2, "{report:#}");
+    assert_eq!(dry["users"]["imported"], 2, "{dry:#}");
+    let users: Value = serde_json::from_str(&cli(dir.path(), &["user", "list", "--json"])).unwrap();
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["username"].as_str())
+        .collect();
+    assert_eq!(names, ["alice", "bob"], "{users:#}");
+    assert_eq!(users[0]["email"], "alice@corp.example");
+    assert_eq!(users[0]["name"], "Alice Liddell");
+    // A second import skips the users that exist.
+    let again = import(dir.path(), &["keycloak", realm, "--dry-run"]);
+    assert_eq!(again["users"]["imported"], 0, "{again:#}");
     assert!(
         report["methods"]["report-signer"] == json!(["client_secret_jwt"]),
         "{report:#}"
@@ -104,7 +117,18 @@ async fn keycloak_clients_keep_ids_and_secrets_and_the_rest_is_reported() {
     let shown: Value = serde_json::from_str(&cli(dir.path(), &["client", "show", "web-portal", "--json"])).unwrap();
     assert_eq!(shown["name"], "Web portal");
 
+    let app = super::login::add_public_client(dir.path(), "openid profile");
     let server = Meshgate::spawn(dir.path());
+    // The imported users sign in with their Keycloak passwords (PBKDF2-SHA256 and -SHA512 hashes
+    // kept as they were).
+    for (index, (username, password)) in [("alice", "wonderland-27500"), ("bob", "builder-210000")]
+        .into_iter()
+        .enumerate()
+    {
+        let tokens = super::login::log_in(server.issuer(), &app, username, password, "openid profile").await;
+        let jwt = Jwt::parse(tokens["access_token"].as_str().unwrap());
+        assert_eq!(jwt.payload["sub"], users[index]["sub"], "{username}");
+    }
     // The Keycloak secret works unchanged; the audience mapper became the token's audience.
     let billing = registered("billing-agent", BILLING_SECRET);
     let token = support::access_token(&server, &billing, &[("scope", "invoices:read")]).await;

@@ -1,8 +1,9 @@
 //! The MCP SDK (`@modelcontextprotocol/sdk`) client against a small MCP server behind
 //! `meshgate protect` and a real `meshgate serve`: protected-resource metadata → authorization-
 //! server metadata → dynamic registration (the SDK's `registerClient` and `auth()`), and an
-//! authorized MCP call with the SDK's client_credentials provider. The interactive flow
-//! (`js/mcp_auth.mjs`) needs `/authorize` and is wired in once that lands.
+//! authorized MCP call with the SDK's client_credentials provider; and the full interactive flow
+//! (`js/mcp_auth.mjs`): the SDK's `auth()` through `/authorize` (login and consent forms), PKCE
+//! and RFC 8707 `resource`, then an authorized MCP call as the signed-in user.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -166,6 +167,75 @@ async fn mcp_sdk_discovers_registers_and_calls_through_protect() {
     let whoami = &result["whoami"];
     assert_eq!(whoami["subject"], agent.client_id.as_str(), "{result:#}");
     assert_eq!(whoami["client"], agent.client_id.as_str());
+    assert_eq!(whoami["scope"], "mcp:tools");
+    assert_eq!(whoami["authorization"], Value::Null);
+}
+
+/// The full MCP authorization flow (`js/mcp_auth.mjs`): the SDK's `auth()` discovers the
+/// protected resource and the authorization server, registers a public client, sends the user
+/// through `/authorize` (login form with CSRF, consent) with PKCE S256 and RFC 8707 `resource` =
+/// the MCP server, exchanges the code, and calls the MCP server through `meshgate protect` as the
+/// user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sdk_full_authorization_flow_through_protect() {
+    let dir = support::temp_dir();
+    let server = Meshgate::spawn(dir.path());
+    super::login::add_user(dir.path(), "mcp-user", "correct horse battery staple");
+    let mcp = McpServer::spawn();
+    let gate = server.client_add("protect", "introspect");
+    let protect = Protected::spawn(
+        "/mcp",
+        &format!("http://127.0.0.1:{}", mcp.port),
+        server.issuer(),
+        "mcp:tools",
+        &["--client-id", &gate.client_id],
+        &[("MESHGATE_PROTECT_CLIENT_SECRET", &gate.client_secret)],
+    );
+    let input = json!({
+        "mcp_url": protect.resource,
+        "issuer": server.issuer(),
+        "username": "mcp-user",
+        "password": "correct horse battery staple",
+    });
+    let result = tokio::task::spawn_blocking(move || node_script("mcp_auth.mjs", &input))
+        .await
+        .unwrap();
+
+    assert_eq!(result["probe_status"], 401, "{result:#}");
+    assert_eq!(result["first"], "REDIRECT", "{result:#}");
+    let params = &result["authorization_params"];
+    assert_eq!(params["code_challenge_method"], "S256", "{result:#}");
+    assert_eq!(params["resource"], protect.resource.as_str(), "{result:#}");
+    assert_eq!(params["client_id"], result["client_id"]);
+    // The "browser" went through the login page and the consent page.
+    let visited: Vec<&str> = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["url"].as_str())
+        .collect();
+    assert!(visited.iter().any(|u| u.ends_with("/login")), "{result:#}");
+    assert!(visited.iter().any(|u| u.ends_with("/consent")), "{result:#}");
+    assert_eq!(result["callback_params"]["iss"], server.issuer(), "{result:#}");
+    assert_eq!(result["second"], "AUTHORIZED", "{result:#}");
+    assert_eq!(
+        result["token_type"].as_str().map(str::to_ascii_lowercase).as_deref(),
+        Some("bearer")
+    );
+    assert_eq!(result["has_refresh_token"], true, "{result:#}");
+    // The authorized call is the user's, through the dynamically registered client.
+    assert_eq!(result["tools"], json!(["whoami"]));
+    let whoami = &result["whoami"];
+    let users: Value = serde_json::from_str(server.cli(&["user", "list", "--json"]).trim()).unwrap();
+    let sub = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "mcp-user")
+        .map(|u| u["sub"].clone())
+        .unwrap_or_else(|| panic!("mcp-user is not listed: {users:#}"));
+    assert_eq!(whoami["subject"], sub, "{result:#}");
+    assert_eq!(whoami["client"], result["client_id"]);
     assert_eq!(whoami["scope"], "mcp:tools");
     assert_eq!(whoami["authorization"], Value::Null);
 }

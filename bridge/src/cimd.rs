@@ -298,7 +298,7 @@ pub async fn resolve_client(state: &AppState, client_id: &str) -> Result<Resolve
         return Ok(ResolvedClient {
             client_id: record.client_id.clone(),
             name: record.name.clone(),
-            redirect_uris: dynamic.map(|d| d.redirect_uris.clone()).unwrap_or_default(),
+            redirect_uris: record.redirect_uris.clone(),
             public: !client.has_secrets() && client.assertion_keys.is_empty(),
             grant_types: record.grant_types.clone(),
             scopes: record.scopes.clone(),

@@ -174,8 +174,6 @@ pub fn new_client(metadata: Metadata, token_alg: &str, now: u64) -> NewClient {
         (Some(secret), vec![mesh::state::SecretRecord { hash, expires_at: None }])
     };
     let dynamic = DynamicRegistration {
-        redirect_uris: Vec::new(),
-        token_endpoint_auth_method: String::new(),
         response_types: Vec::new(),
         metadata: Map::new(),
         registration_token_hash: URL_SAFE_NO_PAD.encode(sha256(&registration_access_token)),
@@ -215,13 +213,9 @@ pub fn update(record: &mut ClientRecord, metadata: Metadata) {
         .unwrap_or_else(|| "dynamically registered client".into());
     record.grant_types = metadata.grant_types;
     record.scopes = metadata.scopes;
-    // The authorization code flow reads the common fields; the registration keeps its own copy
-    // for RFC 7592 reads.
-    record.redirect_uris = metadata.redirect_uris.clone();
+    record.redirect_uris = metadata.redirect_uris;
     record.token_endpoint_auth_method = Some(metadata.auth_method.as_str().into());
     if let Some(dynamic) = record.dynamic_registration.as_mut() {
-        dynamic.redirect_uris = metadata.redirect_uris;
-        dynamic.token_endpoint_auth_method = metadata.auth_method.as_str().into();
         dynamic.response_types = metadata.response_types;
         dynamic.metadata = metadata.extra;
     }
@@ -240,13 +234,11 @@ pub fn describe(record: &ClientRecord, registration_client_uri: &str) -> Value {
     }
     body.insert("registration_client_uri".into(), json!(registration_client_uri));
     if let Some(dynamic) = &record.dynamic_registration {
-        body.insert("redirect_uris".into(), json!(dynamic.redirect_uris));
-        body.insert(
-            "token_endpoint_auth_method".into(),
-            json!(dynamic.token_endpoint_auth_method),
-        );
+        let method = record.token_endpoint_auth_method.as_deref().unwrap_or_default();
+        body.insert("redirect_uris".into(), json!(record.redirect_uris));
+        body.insert("token_endpoint_auth_method".into(), json!(method));
         body.insert("response_types".into(), json!(dynamic.response_types));
-        if dynamic.token_endpoint_auth_method != "none" {
+        if method != "none" {
             body.insert("client_secret_expires_at".into(), json!(0));
         }
         for (k, v) in &dynamic.metadata {

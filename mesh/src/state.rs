@@ -567,14 +567,10 @@ pub struct ClientRecord {
     pub federation: Option<Box<ClientFederation>>,
 }
 
-/// What a dynamically registered client (RFC 7591) carries besides the common fields.
+/// What a dynamically registered client (RFC 7591) carries besides the common fields (its
+/// redirect URIs and `token_endpoint_auth_method` are the [`ClientRecord`]'s own).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct DynamicRegistration {
-    /// Redirection URIs, exactly as registered.
-    #[serde(default)]
-    pub redirect_uris: Vec<String>,
-    /// `none` (a public client), `client_secret_basic` or `client_secret_post`.
-    pub token_endpoint_auth_method: String,
     /// `response_types`, as registered.
     #[serde(default)]
     pub response_types: Vec<String>,
@@ -593,8 +589,6 @@ pub struct DynamicRegistration {
 impl std::fmt::Debug for DynamicRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamicRegistration")
-            .field("redirect_uris", &self.redirect_uris)
-            .field("token_endpoint_auth_method", &self.token_endpoint_auth_method)
             .field("last_used", &self.last_used)
             .finish_non_exhaustive()
     }

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         .expect("a tokio runtime");
     let work = std::env::temp_dir().join(format!("meshgate-hybrid-fleet-{}", std::process::id()));
     let result = runtime.block_on(demo(&options, &work));
-    let keep = options.keep || !matches!(result, Ok(Ended::Passed));
+    let keep = options.keep || matches!(result, Ok(Ended::Failed) | Err(_));
     if keep {
         println!("work directory (configurations, logs): {}", work.display());
     } else {

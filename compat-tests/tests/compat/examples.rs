@@ -234,7 +234,10 @@ fn meshgate_token_script_answers_the_exec_protocol_and_refuses_loose_secrets() {
         let output = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(!stdout.contains(secret) && !stderr.contains(secret), "the secret was printed");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "the secret was printed"
+        );
         (output.status.success(), stdout, stderr)
     };
     let request = r#"{"protocolVersion":1,"provider":"meshgate","ids":["a/token","b"]}"#;
@@ -252,7 +255,11 @@ fn meshgate_token_script_answers_the_exec_protocol_and_refuses_loose_secrets() {
     let (ok, stdout, stderr) = run(&agent.client_secret, 0o600, "");
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert_eq!(stdout.trim().split('.').count(), 3, "plain mode prints the JWT: {stdout}");
+    assert_eq!(
+        stdout.trim().split('.').count(),
+        3,
+        "plain mode prints the JWT: {stdout}"
+    );
 
     let (ok, stdout, stderr) = run("not-the-secret-0123456789", 0o600, request);
     assert!(!ok, "a wrong secret must fail");

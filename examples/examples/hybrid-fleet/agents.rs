@@ -82,7 +82,7 @@ pub struct Counts {
     pub tokens: u64,
     /// Tokens carrying `degraded: true`.
     pub degraded: u64,
-    /// Refusals by policy (`fail_closed` while the upstream is down): expected, not failures.
+    /// Refusals by policy (`fail_closed` while the upstream is unavailable): expected, not failures.
     pub refused: u64,
     /// Requests that got neither a token nor a policy refusal.
     pub failures: u64,
@@ -226,7 +226,9 @@ pub async fn run(
                     }
                     served = true;
                 }
-                Outcome::Refused if agent.policy == Policy::FailClosed && upstream_down => {
+                // The policy at work: the upstream is down (or did not answer within its
+                // token deadline) and this client must not get a local token.
+                Outcome::Refused if agent.policy == Policy::FailClosed => {
                     node_counts[node].refused += 1;
                     mine.counts.refused += 1;
                     served = true;

@@ -244,7 +244,7 @@ upstreams:
     issuer: {issuer}
     audience: meshgate
     algorithms: [RS256]
-    timeouts: {{ connect: 200ms, total: 2s, token_deadline: 300ms }}
+    timeouts: {{ connect: 200ms, total: 2s, token_deadline: 1s }}
     breaker: {{ failure_threshold: 1, open_for: 2s, max_open_for: 10s }}
     jwks: {{ refresh_interval: 2s, min_refresh_interval: 1s }}
 federation:

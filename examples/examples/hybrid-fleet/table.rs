@@ -195,9 +195,9 @@ pub fn summary(duration: u64, timeline: Timeline, agents: &[Agent], counts: &[Ag
                 ),
             ),
             Policy::FailClosed => verdict(
-                c.counts.failures == 0 && c.counts.refused > 0 && c.counts.degraded == 0,
+                c.counts.failures == 0 && c.counts.refused > 0 && c.counts.tokens > 0 && c.counts.degraded == 0,
                 format!(
-                    "{what}: refused by policy after the upstream died ({} × 503 temporarily_unavailable, as configured), {} tokens while it was up, {} degraded; {} failures{}",
+                    "{what}: refused by policy while the upstream was unavailable ({} × 503 temporarily_unavailable, as configured), {} tokens while it was up, {} degraded; {} failures{}",
                     c.counts.refused,
                     c.counts.tokens,
                     c.counts.degraded,

@@ -14,6 +14,9 @@ command -v npm >/dev/null || { echo "error: npm is required by the compatibility
 step "installing the compatibility suite's npm packages (openid-client, jose)"
 (cd compat-tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
+step "installing the openclaw-mcp example's npm packages (MCP SDK)"
+(cd examples/openclaw-mcp && npm ci --no-audit --no-fund --loglevel=error)
+
 step "installing the compatibility suite's Python client (authlib) into compat-tests/python/.venv"
 command -v python3 >/dev/null || { echo "error: python3 is required by the compatibility tests (authlib)" >&2; exit 1; }
 python3 -c 'import venv, ensurepip' 2>/dev/null || { echo "error: python3 venv/ensurepip is missing (Debian: apt-get install python3-venv)" >&2; exit 1; }

@@ -79,6 +79,41 @@ pub struct UpstreamConfig {
     /// carries a scope that no upstream scope of the subject maps to.
     #[serde(default)]
     pub scope_map: std::collections::BTreeMap<String, Vec<String>>,
+    /// Login federation: a "Sign in with …" button on meshgate's login page that signs people in
+    /// at this upstream (see [`crate::login`]). Default: none (no button). Needs `client_id` and
+    /// `client_secret`: meshgate's confidential client at the upstream, with
+    /// `{meshgate issuer}/login/upstream/callback` registered as its redirect URI.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// `login:` of an upstream: how people sign in at it through meshgate's login page.
+///
+/// ```yaml
+/// login: { display_name: "Corp SSO", scopes: [profile, email] }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct LoginConfig {
+    /// The button reads "Sign in with DISPLAY_NAME". Default: the upstream's `name`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Scopes asked for besides `openid` (their claims fill the user's name and e-mail).
+    /// Default: `profile`, `email`.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            display_name: None,
+            scopes: default_login_scopes(),
+        }
+    }
+}
+
+fn default_login_scopes() -> Vec<String> {
+    vec!["profile".to_owned(), "email".to_owned()]
 }
 
 impl UpstreamConfig {
@@ -99,6 +134,7 @@ impl UpstreamConfig {
             jwks: JwksConfig::default(),
             extra_root_ca_pem: None,
             scope_map: std::collections::BTreeMap::new(),
+            login: None,
         }
     }
 

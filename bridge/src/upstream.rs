@@ -151,6 +151,11 @@ impl Upstreams {
             .map(|entry| &entry.config)
     }
 
+    /// The configuration of every upstream, in configuration order.
+    pub fn configs(&self) -> Vec<&UpstreamConfig> {
+        self.0.entries.iter().map(|entry| &entry.config).collect()
+    }
+
     /// The first upstream with `federate_unknown_clients: true`, which unknown client ids are
     /// forwarded to.
     pub fn federating_unknown_clients(&self) -> Option<&Upstream> {

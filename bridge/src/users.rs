@@ -332,6 +332,15 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the stored hash `phc` should be replaced by an argon2 one at the next successful
+/// login: it is an imported PBKDF2 hash ([`crate::password::PasswordHash::to_stored`]).
+pub fn needs_rehash(phc: &str) -> bool {
+    matches!(
+        crate::password::PasswordHash::from_stored(phc),
+        crate::password::PasswordHash::Pbkdf2 { .. }
+    )
+}
+
 /// Checks a redirect URI for registration: absolute, no fragment, no userinfo; `https`, `http` on
 /// a loopback host (`127.0.0.1`, `[::1]`, `localhost`), or a private-use scheme with a dot (RFC
 /// 8252 §7.1, e.g. `com.example.app:/cb`). Never `javascript:`, `data:`, `file:` and the like.
@@ -391,6 +400,8 @@ mod tests {
         assert!(verify_password(&phc, "new password"));
         assert!(!verify_password(&phc, "old password"));
         assert!(!verify_password("$pbkdf2-sha256$i=0$x$y", "old password"));
+        assert!(needs_rehash(&stored));
+        assert!(!needs_rehash(&phc));
     }
 
     #[test]

@@ -101,6 +101,24 @@ pub struct LoginConfig {
     /// Default: `profile`, `email`.
     #[serde(default = "default_login_scopes")]
     pub scopes: Vec<String>,
+    /// Who may sign in: `create` (default) — every identity the upstream vouches for, its
+    /// meshgate user created at the first login; `existing` — only identities an operator
+    /// linked beforehand (`meshgate user link --upstream NAME --subject SUB`).
+    #[serde(default)]
+    pub users: LoginUsers,
+}
+
+/// [`LoginConfig::users`]: which upstream identities may sign in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoginUsers {
+    /// Any identity the upstream vouches for; the first login creates its meshgate user (as Dex
+    /// and Keycloak's default first-broker-login flow do).
+    #[default]
+    Create,
+    /// Only identities whose meshgate user exists already (linked by an operator).
+    Existing,
 }
 
 impl Default for LoginConfig {
@@ -108,6 +126,7 @@ impl Default for LoginConfig {
         Self {
             display_name: None,
             scopes: default_login_scopes(),
+            users: LoginUsers::default(),
         }
     }
 }

@@ -352,6 +352,11 @@ pub fn check(configs: &[UpstreamConfig]) -> Vec<String> {
         if configs[..index].iter().any(|other| other.name == *name) {
             problems.push(format!("upstreams[{index}].name: `{name}` is configured twice"));
         }
+        if config.login.is_some() && (config.client_id.is_none() || config.client_secret.is_none()) {
+            problems.push(format!(
+                "upstreams[{index}].login: needs `client_id` and `client_secret` (meshgate's client at the upstream)"
+            ));
+        }
         if configs[..index].iter().any(|other| other.issuer == config.issuer) {
             problems.push(format!(
                 "upstreams[{index}].issuer: `{}` is configured twice",

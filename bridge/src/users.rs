@@ -86,6 +86,21 @@ pub enum UserRequest {
         #[serde(default)]
         id_token_alg: Option<Alg>,
     },
+    /// Links an upstream identity to a new meshgate user `upstream:<upstream>:<subject>` without a
+    /// password, so that it may sign in through "Sign in with …" when the upstream's login is
+    /// configured with `users: existing` (see [`crate::http::upstream_login`]).
+    Link {
+        /// The upstream's configured `name`.
+        upstream: String,
+        /// The identity's `sub` at the upstream.
+        subject: String,
+        /// Full name.
+        #[serde(default)]
+        name: Option<String>,
+        /// E-mail address.
+        #[serde(default)]
+        email: Option<String>,
+    },
     /// Imports users with password hashes from another identity provider (`meshgate import`),
     /// the hashes kept as they are; existing usernames are skipped.
     Import {
@@ -136,6 +151,40 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                 sub: crate::node::random_id(),
                 username: username.clone(),
                 password: hash_password(&password)?,
+                name: checked_optional(name, "--name")?,
+                email: checked_optional(email, "--email")?,
+                created_at: now,
+                updated_at: now,
+            };
+            let answer = json!({"username": username, "sub": record.sub});
+            (answer, vec![Change::Login(LoginChange::PutUser(record))])
+        }
+        UserRequest::Link {
+            upstream,
+            subject,
+            name,
+            email,
+        } => {
+            let valid = !upstream.is_empty()
+                && upstream.len() <= 64
+                && upstream
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid || subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
+                return Err(Error::Admin(
+                    "--upstream is an upstream's configured name and --subject its user's `sub`".into(),
+                ));
+            }
+            let username = crate::http::upstream_login::username(&upstream, &subject);
+            if state.users.contains_key(&username) {
+                return Err(Error::Admin(format!(
+                    "`{upstream}` identity `{subject}` is linked already"
+                )));
+            }
+            let record = UserRecord {
+                sub: crate::http::upstream_login::subject(&upstream, &subject),
+                username: username.clone(),
+                password: String::new(),
                 name: checked_optional(name, "--name")?,
                 email: checked_optional(email, "--email")?,
                 created_at: now,

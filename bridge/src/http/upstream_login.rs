@@ -18,11 +18,13 @@
 //! `upstream:<name>:<sub>` — the way Keycloak's identity brokering and Dex key a federated
 //! identity by (provider, subject), never by a mutable e-mail address or login name. The first
 //! login creates the user (as Keycloak's default first-broker-login flow and Dex do); later logins
-//! refresh its `name` and `email` from the ID token. Its `sub` in meshgate's tokens is derived
-//! from the upstream issuer and subject (SHA-256), so two nodes creating the same user at once
-//! agree. The user has no password: it signs in only through its upstream (`user remove` takes
-//! it away; the next upstream login creates it again). A subject longer than 128 characters or
-//! with characters outside `A-Za-z0-9._@-` (e.g. `auth0|123`) is replaced by `~` and its hash.
+//! refresh its `name` and `email` from the ID token. With `login: { users: existing }` only
+//! identities linked beforehand sign in: `meshgate user link --upstream NAME --subject SUB`
+//! creates the user, and an unlinked identity gets a page saying to ask an administrator. Its
+//! `sub` in meshgate's tokens is derived from the upstream's name and subject (SHA-256), so two
+//! nodes creating the same user at once agree. The user has no password: it signs in only through
+//! its upstream (`user remove` takes it away). A subject longer than 128 characters or with
+//! characters outside `A-Za-z0-9._@-` (e.g. `auth0|123`) is replaced by `~` and its hash.
 //!
 //! **When the upstream is down**, the button leads back to the login page with a 503 saying so,
 //! and local accounts keep signing in — except for clients whose degradation policy
@@ -97,10 +99,10 @@ pub fn username(upstream: &str, subject: &str) -> String {
     }
 }
 
-/// The `sub` meshgate's tokens carry for the upstream identity `subject` of `issuer`: 128 bits of
-/// SHA-256 over both, base64url, the same on every node.
-pub fn subject(issuer: &str, subject: &str) -> String {
-    let digest = Sha256::digest(format!("upstream-login\n{issuer}\n{subject}").as_bytes());
+/// The `sub` meshgate's tokens carry for the upstream identity `subject` at the upstream named
+/// `upstream`: 128 bits of SHA-256 over both, base64url, the same on every node.
+pub fn subject(upstream: &str, subject: &str) -> String {
+    let digest = Sha256::digest(format!("upstream-login\n{upstream}\n{subject}").as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
@@ -420,7 +422,19 @@ pub(super) async fn callback(State(state): State<AppState>, headers: HeaderMap, 
         }
     };
     let username = match record_user(&state, &config, &identity, now).await {
-        Ok(username) => username,
+        Ok(Some(username)) => username,
+        Ok(None) => {
+            tracing::info!(upstream = %config.name, "upstream login of an identity that is not linked to a user");
+            return again(
+                &state,
+                started.request,
+                session_pair,
+                (
+                    StatusCode::FORBIDDEN,
+                    &format!("Your {name} account is not linked to a user here. Ask an administrator to link it."),
+                ),
+            );
+        }
         Err(()) => return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "The sign-in could not be saved."),
     };
     tracing::info!(upstream = %config.name, "signed in through the upstream");
@@ -433,13 +447,18 @@ pub(super) async fn callback(State(state): State<AppState>, headers: HeaderMap, 
     response
 }
 
-/// Creates (first login) or refreshes the user of an upstream identity; returns its username.
+/// Creates (first login, `users: create`) or refreshes the user of an upstream identity; returns
+/// its username, `None` when `users: existing` and it is not linked.
 async fn record_user(
     state: &AppState,
     config: &UpstreamConfig,
     identity: &LoginIdentity,
     now: u64,
-) -> Result<String, ()> {
+) -> Result<Option<String>, ()> {
+    let create = config
+        .login
+        .as_ref()
+        .is_none_or(|login| login.users == adapters::config::LoginUsers::Create);
     let username = username(&config.name, &identity.subject);
     let claim = |name: &str| {
         identity
@@ -450,7 +469,7 @@ async fn record_user(
             .map(str::to_owned)
     };
     let fresh = UserRecord {
-        sub: subject(config.issuer.as_str(), &identity.subject),
+        sub: subject(&config.name, &identity.subject),
         username: username.clone(),
         password: String::new(),
         name: claim("name"),
@@ -462,7 +481,8 @@ async fn record_user(
     let result = tokio::task::spawn_blocking(move || {
         writer.with_node(|node| {
             let record = match node.state().users.get(&fresh.username) {
-                Some(old) if old.name == fresh.name && old.email == fresh.email => return Ok(((), vec![])),
+                None if !create => return Ok((false, vec![])),
+                Some(old) if old.name == fresh.name && old.email == fresh.email => return Ok((true, vec![])),
                 Some(old) => UserRecord {
                     name: fresh.name,
                     email: fresh.email,
@@ -473,12 +493,13 @@ async fn record_user(
             };
             let changes = vec![Change::Login(LoginChange::PutUser(record))];
             node.apply(&changes)?;
-            Ok(((), changes))
+            Ok((true, changes))
         })
     })
     .await;
     match result {
-        Ok(Ok(())) => Ok(username),
+        Ok(Ok(true)) => Ok(Some(username)),
+        Ok(Ok(false)) => Ok(None),
         _ => {
             tracing::error!(upstream = %config.name, "could not record the user of an upstream login");
             Err(())
@@ -502,8 +523,9 @@ mod tests {
         assert_eq!(odd, username("corp", "auth0|123"));
         assert_ne!(odd, username("corp", "auth0|124"));
         assert!(username("corp", &"x".repeat(129)).starts_with("upstream:corp:~"));
-        assert_eq!(subject("https://idp", "alice"), subject("https://idp", "alice"));
-        assert_ne!(subject("https://idp", "alice"), subject("https://other", "alice"));
-        assert_eq!(subject("https://idp", "alice").len(), 22);
+        assert_eq!(subject("corp", "alice"), subject("corp", "alice"));
+        assert_ne!(subject("corp", "alice"), subject("other", "alice"));
+        assert_ne!(subject("corp", "alice"), subject("corp", "alicf"));
+        assert_eq!(subject("corp", "alice").len(), 22);
     }
 }

@@ -1094,3 +1094,54 @@ async fn an_imported_keycloak_hash_is_upgraded_to_argon2_at_login() {
     // Nothing changes at later logins.
     assert_eq!(stored(&s.h).password, after.password);
 }
+
+#[tokio::test]
+async fn an_upstream_identity_is_linked_to_a_password_less_user() {
+    let s = setup();
+    let link = |subject: &str| {
+        s.h.admin(AdminRequest::User(UserRequest::Link {
+            upstream: "corp".into(),
+            subject: subject.into(),
+            name: Some("Carol".into()),
+            email: None,
+        }))
+    };
+    let answer = link("carol-0001").unwrap();
+    assert_eq!(answer["username"], "upstream:corp:carol-0001");
+    assert_eq!(
+        answer["sub"],
+        bridge::http::upstream_login::subject("corp", "carol-0001").as_str()
+    );
+    assert!(link("carol-0001").is_err(), "linked twice");
+    assert!(
+        s.h.admin(AdminRequest::User(UserRequest::Link {
+            upstream: "no such|name".into(),
+            subject: "x".into(),
+            name: None,
+            email: None,
+        }))
+        .is_err()
+    );
+    // A subject that is not a plain name is hashed into the username.
+    let odd = link("auth0|42").unwrap();
+    assert!(
+        odd["username"].as_str().unwrap().starts_with("upstream:corp:~"),
+        "{odd}"
+    );
+    // The linked user has no password: the local form never signs it in.
+    let mut browser = Browser::default();
+    let mut page = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
+    // Without upstreams configured the login page shows no upstream button.
+    assert!(!page.text.contains("Sign in with"), "{}", page.text);
+    for password in ["", "anything"] {
+        let body = form(&[
+            ("csrf_token", &field(&page.text, "csrf_token")),
+            ("request", &field(&page.text, "request")),
+            ("username", "upstream:corp:carol-0001"),
+            ("password", password),
+        ]);
+        let answer = browser.post(&s.h, "/login", &body).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text);
+        page = answer;
+    }
+}

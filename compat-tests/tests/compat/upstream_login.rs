@@ -4,7 +4,8 @@
 //! redirect followed by hand — starts at meshgate's `/authorize`, presses "Sign in with Corp
 //! SSO", signs in and consents at the upstream's own pages, comes back to meshgate's callback,
 //! consents there and the client redeems the code. Then the upstream is killed: the button leads
-//! back to the login page with a 503 saying so, and a local account still signs in.
+//! back to the login page with a 503 saying so, and a local account still signs in — except at a
+//! client whose degradation policy is `fail_closed`.
 
 use std::time::{Duration, Instant};
 
@@ -101,19 +102,23 @@ async fn sign_in_with_the_upstream_and_local_accounts_through_an_outage() {
         ("UPSTREAM_LOGIN_NATIVE", "1"),
     ]);
     let dir = support::temp_dir();
+    let data = dir.path().join("data");
+    add_user(&data, "bob", "local-password-bob");
+    let client_id = add_public_client(&data, "openid profile email");
+    // A client whose degradation policy is fail_closed: no sign-in at all while the upstream is out.
+    let strict_id = add_public_client(&data, "openid profile email");
     let config = dir.path().join("meshgate.yaml");
     std::fs::write(
         &config,
         format!(
             "upstreams:\n  - name: corp\n    issuer: {issuer}\n    audience: meshgate\n    client_id: {LOGIN_CLIENT}\n    \
-client_secret: {LOGIN_SECRET}\n    timeouts: {{ token_deadline: 2s }}\n    login: {{ display_name: Corp SSO }}\n",
+client_secret: {LOGIN_SECRET}\n    timeouts: {{ token_deadline: 2s }}\n    \
+breaker: {{ failure_threshold: 1, open_for: 10m, max_open_for: 10m }}\n    login: {{ display_name: Corp SSO }}\n\
+federation:\n  clients:\n    {strict_id}: {{ on_upstream_unavailable: fail_closed }}\n",
             issuer = upstream.issuer
         ),
     )
     .unwrap();
-    let data = dir.path().join("data");
-    add_user(&data, "bob", "local-password-bob");
-    let client_id = add_public_client(&data, "openid profile email");
     let config_arg = config.to_string_lossy().into_owned();
     let server = Meshgate::spawn_args(
         &data,
@@ -252,6 +257,25 @@ client_secret: {LOGIN_SECRET}\n    timeouts: {{ token_deadline: 2s }}\n    login
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(down.contains("Corp SSO cannot be reached right now"), "{down}");
+    // The failed probe opened the breaker: the upstream counts as unavailable.
+    assert!(!upstream_available(&server));
+    // A fail_closed client's page offers no local form, and its local sign-in is refused.
+    let mut strict = Browser {
+        http: support::http(),
+        cookies: Default::default(),
+    };
+    let (status, _, page) = strict.send(strict.http.get(authorize_url(&server, &strict_id))).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(!page.contains("name=\"password\""), "{page}");
+    assert!(page.contains("does not allow signing in without it"), "{page}");
+    let fields = [
+        ("csrf_token", hidden(&page, "csrf_token")),
+        ("request", hidden(&page, "request")),
+        ("username", "bob".to_owned()),
+        ("password", "local-password-bob".to_owned()),
+    ];
+    let (status, _, refused) = strict.send(strict.http.post(server.url("/login")).form(&fields)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     // The page offers the local form again, for the same request.
     let fields = [
         ("csrf_token", hidden(&down, "csrf_token")),

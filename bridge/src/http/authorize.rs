@@ -683,7 +683,7 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let Some(request) = authz.take_pending(&request_id, &key, now) else {
         return expired();
     };
-    if let Err(refusal) = super::upstream_login::local_login_allowed(&state, &request.client_id, now) {
+    if let Some(refusal) = super::upstream_login::local_login_refused(&state, &request.client_id, now) {
         return refusal;
     }
     let username = form.single("username").ok().flatten().unwrap_or_default().to_owned();

@@ -83,7 +83,6 @@ pub(crate) struct LoginChoices<'a> {
 
 /// The login form, with a "Sign in with …" button per upstream. `problem` is shown as an alert,
 /// with its status; without one the page answers 200.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn login(
     action: &str,
     client_name: &str,

@@ -126,7 +126,7 @@ fn label(config: &UpstreamConfig) -> &str {
 }
 
 /// The login page for a pending request, with a button per upstream with `login:` and the local
-/// form unless the client's policy refuses local sign-in now ([`local_login_allowed`]).
+/// form unless the client's policy refuses local sign-in now ([`local_login_refused`]).
 pub(super) fn login_page(
     state: &AppState,
     client_id: &str,
@@ -165,13 +165,11 @@ pub(super) fn login_page(
     )
 }
 
-/// Whether a local account may sign in to `client_id` now: `Err` with the page to show when an
+/// The page refusing a local account's sign-in to `client_id` now, if it is refused: while an
 /// upstream with `login:` is unavailable and the client's degradation policy is `fail_closed`.
-pub(super) fn local_login_allowed(state: &AppState, client_id: &str, now: u64) -> Result<(), Response> {
-    match local_refusal(state, client_id, now) {
-        None => Ok(()),
-        Some(why) => Err(pages::error(StatusCode::SERVICE_UNAVAILABLE, &why)),
-    }
+pub(super) fn local_login_refused(state: &AppState, client_id: &str, now: u64) -> Option<Response> {
+    let why = local_refusal(state, client_id, now)?;
+    Some(pages::error(StatusCode::SERVICE_UNAVAILABLE, &why))
 }
 
 fn local_refusal(state: &AppState, client_id: &str, now: u64) -> Option<String> {

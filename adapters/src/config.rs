@@ -79,6 +79,60 @@ pub struct UpstreamConfig {
     /// carries a scope that no upstream scope of the subject maps to.
     #[serde(default)]
     pub scope_map: std::collections::BTreeMap<String, Vec<String>>,
+    /// Login federation: a "Sign in with …" button on meshgate's login page that signs people in
+    /// at this upstream (see [`crate::login`]). Default: none (no button). Needs `client_id` and
+    /// `client_secret`: meshgate's confidential client at the upstream, with
+    /// `{meshgate issuer}/login/upstream/callback` registered as its redirect URI.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// `login:` of an upstream: how people sign in at it through meshgate's login page.
+///
+/// ```yaml
+/// login: { display_name: "Corp SSO", scopes: [profile, email] }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct LoginConfig {
+    /// The button reads "Sign in with DISPLAY_NAME". Default: the upstream's `name`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Scopes asked for besides `openid` (their claims fill the user's name and e-mail).
+    /// Default: `profile`, `email`.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// Who may sign in: `create` (default) — every identity the upstream vouches for, its
+    /// meshgate user created at the first login; `existing` — only identities an operator
+    /// linked beforehand (`meshgate user link --upstream NAME --subject SUB`).
+    #[serde(default)]
+    pub users: LoginUsers,
+}
+
+/// [`LoginConfig::users`]: which upstream identities may sign in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoginUsers {
+    /// Any identity the upstream vouches for; the first login creates its meshgate user (as Dex
+    /// and Keycloak's default first-broker-login flow do).
+    #[default]
+    Create,
+    /// Only identities whose meshgate user exists already (linked by an operator).
+    Existing,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            display_name: None,
+            scopes: default_login_scopes(),
+            users: LoginUsers::default(),
+        }
+    }
+}
+
+fn default_login_scopes() -> Vec<String> {
+    vec!["profile".to_owned(), "email".to_owned()]
 }
 
 impl UpstreamConfig {
@@ -99,6 +153,7 @@ impl UpstreamConfig {
             jwks: JwksConfig::default(),
             extra_root_ca_pem: None,
             scope_map: std::collections::BTreeMap::new(),
+            login: None,
         }
     }
 

@@ -12,7 +12,11 @@
 //   UPSTREAM_LOGIN_CLIENT_ID, UPSTREAM_LOGIN_CLIENT_SECRET, UPSTREAM_LOGIN_REDIRECT
 //                                               an optional authorization-code client (login
 //                                               federation); turns on oidc-provider's development
-//                                               login pages (any login name, no password check)
+//                                               login pages (any login name, no password check);
+//                                               the account `NAME` has the ID token claims
+//                                               name "User NAME" and email NAME@upstream.test
+//   UPSTREAM_LOGIN_NATIVE=1                     registers that client as `application_type: native`,
+//                                               so its loopback redirect matches on any port (RFC 8252)
 //
 // Once serving, prints ONE JSON line on stdout: {"issuer":..., "token_endpoint":..., "pid":...}
 
@@ -69,12 +73,20 @@ if (login) {
     response_types: ['code'],
     redirect_uris: [process.env.UPSTREAM_LOGIN_REDIRECT],
     token_endpoint_auth_method: 'client_secret_basic',
+    ...(process.env.UPSTREAM_LOGIN_NATIVE === '1' ? { application_type: 'native' } : {}),
   });
 }
 
 const provider = new Provider(issuer, {
   clients,
-  scopes: ['openid', 'read', 'write'],
+  scopes: ['openid', 'read', 'write', 'profile', 'email'],
+  claims: { openid: ['sub'], profile: ['name'], email: ['email', 'email_verified'] },
+  // The profile claims go into the ID token, as Keycloak does by default.
+  conformIdTokenClaims: false,
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, name: `User ${id}`, email: `${id}@upstream.test`, email_verified: true }),
+  }),
   jwks: { keys: [{ ...rsa, alg: 'RS256', use: 'sig', kid: 'upstream-rs256' }] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   features: {

@@ -209,6 +209,22 @@ enum UserCommand {
         /// The client id.
         client_id: String,
     },
+    /// Link an upstream identity: creates the password-less user `upstream:NAME:SUB`, which may
+    /// then sign in with the upstream (needed when its `login.users` is `existing`).
+    Link {
+        /// The upstream's configured name.
+        #[arg(long)]
+        upstream: String,
+        /// The user's `sub` at the upstream.
+        #[arg(long)]
+        subject: String,
+        /// Full name (the `name` claim).
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address (the `email` claim).
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -716,6 +732,17 @@ fn user_request(command: UserCommand) -> Result<crate::users::UserRequest, Error
         },
         UserCommand::Consents { username } => UserRequest::Consents { username },
         UserCommand::RevokeConsent { username, client_id } => UserRequest::RevokeConsent { username, client_id },
+        UserCommand::Link {
+            upstream,
+            subject,
+            name,
+            email,
+        } => UserRequest::Link {
+            upstream,
+            subject,
+            name,
+            email,
+        },
     })
 }
 

@@ -710,4 +710,24 @@ federation:
         assert!(text.contains("upstreams[1].name"), "{text}");
         assert!(text.contains("upstreams[1].issuer"), "{text}");
     }
+
+    #[test]
+    fn upstream_login_loads_and_needs_credentials() {
+        let corp = "  - { name: corp, issuer: https://idp.corp, client_id: mg, client_secret: s, \
+login: { display_name: Corp SSO, users: existing } }\n";
+        let file = write(&format!(
+            "upstreams:\n{corp}  - {{ name: other, issuer: https://o.corp, login: {{}} }}\n"
+        ));
+        let Err(Error::Config(problems)) = check(file.path()) else {
+            panic!("accepted a login without credentials")
+        };
+        let text = problems.join("\n");
+        assert!(text.contains("upstreams[1].login: needs `client_id`"), "{text}");
+        assert!(!text.contains("upstreams[0]"), "{text}");
+        let config = check(write(&format!("upstreams:\n{corp}")).path()).unwrap();
+        let login = config.upstreams[0].login.clone().unwrap();
+        assert_eq!(login.display_name.as_deref(), Some("Corp SSO"));
+        assert_eq!(login.users, adapters::config::LoginUsers::Existing);
+        assert_eq!(login.scopes, ["profile", "email"]);
+    }
 }

@@ -151,6 +151,11 @@ impl Upstreams {
             .map(|entry| &entry.config)
     }
 
+    /// The configuration of every upstream, in configuration order.
+    pub fn configs(&self) -> Vec<&UpstreamConfig> {
+        self.0.entries.iter().map(|entry| &entry.config).collect()
+    }
+
     /// The first upstream with `federate_unknown_clients: true`, which unknown client ids are
     /// forwarded to.
     pub fn federating_unknown_clients(&self) -> Option<&Upstream> {
@@ -346,6 +351,11 @@ pub fn check(configs: &[UpstreamConfig]) -> Vec<String> {
         }
         if configs[..index].iter().any(|other| other.name == *name) {
             problems.push(format!("upstreams[{index}].name: `{name}` is configured twice"));
+        }
+        if config.login.is_some() && (config.client_id.is_none() || config.client_secret.is_none()) {
+            problems.push(format!(
+                "upstreams[{index}].login: needs `client_id` and `client_secret` (meshgate's client at the upstream)"
+            ));
         }
         if configs[..index].iter().any(|other| other.issuer == config.issuer) {
             problems.push(format!(

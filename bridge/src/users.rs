@@ -86,6 +86,21 @@ pub enum UserRequest {
         #[serde(default)]
         id_token_alg: Option<Alg>,
     },
+    /// Links an upstream identity to a new meshgate user `upstream:<upstream>:<subject>` without a
+    /// password, so that it may sign in through "Sign in with …" when the upstream's login is
+    /// configured with `users: existing` (see [`crate::http::upstream_login`]).
+    Link {
+        /// The upstream's configured `name`.
+        upstream: String,
+        /// The identity's `sub` at the upstream.
+        subject: String,
+        /// Full name.
+        #[serde(default)]
+        name: Option<String>,
+        /// E-mail address.
+        #[serde(default)]
+        email: Option<String>,
+    },
     /// Imports users with password hashes from another identity provider (`meshgate import`),
     /// the hashes kept as they are; existing usernames are skipped.
     Import {
@@ -136,6 +151,40 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                 sub: crate::node::random_id(),
                 username: username.clone(),
                 password: hash_password(&password)?,
+                name: checked_optional(name, "--name")?,
+                email: checked_optional(email, "--email")?,
+                created_at: now,
+                updated_at: now,
+            };
+            let answer = json!({"username": username, "sub": record.sub});
+            (answer, vec![Change::Login(LoginChange::PutUser(record))])
+        }
+        UserRequest::Link {
+            upstream,
+            subject,
+            name,
+            email,
+        } => {
+            let valid = !upstream.is_empty()
+                && upstream.len() <= 64
+                && upstream
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid || subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
+                return Err(Error::Admin(
+                    "--upstream is an upstream's configured name and --subject its user's `sub`".into(),
+                ));
+            }
+            let username = crate::http::upstream_login::username(&upstream, &subject);
+            if state.users.contains_key(&username) {
+                return Err(Error::Admin(format!(
+                    "`{upstream}` identity `{subject}` is linked already"
+                )));
+            }
+            let record = UserRecord {
+                sub: crate::http::upstream_login::subject(&upstream, &subject),
+                username: username.clone(),
+                password: String::new(),
                 name: checked_optional(name, "--name")?,
                 email: checked_optional(email, "--email")?,
                 created_at: now,
@@ -332,6 +381,15 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the stored hash `phc` should be replaced by an argon2 one at the next successful
+/// login: it is an imported PBKDF2 hash ([`crate::password::PasswordHash::to_stored`]).
+pub fn needs_rehash(phc: &str) -> bool {
+    matches!(
+        crate::password::PasswordHash::from_stored(phc),
+        crate::password::PasswordHash::Pbkdf2 { .. }
+    )
+}
+
 /// Checks a redirect URI for registration: absolute, no fragment, no userinfo; `https`, `http` on
 /// a loopback host (`127.0.0.1`, `[::1]`, `localhost`), or a private-use scheme with a dot (RFC
 /// 8252 §7.1, e.g. `com.example.app:/cb`). Never `javascript:`, `data:`, `file:` and the like.
@@ -391,6 +449,8 @@ mod tests {
         assert!(verify_password(&phc, "new password"));
         assert!(!verify_password(&phc, "old password"));
         assert!(!verify_password("$pbkdf2-sha256$i=0$x$y", "old password"));
+        assert!(needs_rehash(&stored));
+        assert!(!needs_rehash(&phc));
     }
 
     #[test]

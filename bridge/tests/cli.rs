@@ -397,4 +397,24 @@ fn users_and_code_flow_clients_from_the_command_line() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("javascript"), "{bad:?}");
     let removed = json(&run(&["user", "remove", "carol", "--data-dir", data_arg, "--json"]));
     assert_eq!(removed["removed"], "carol");
+    // An upstream identity linked ahead of its first sign-in (login.users: existing).
+    let link = [
+        "user",
+        "link",
+        "--upstream",
+        "corp",
+        "--subject",
+        "f3a9-77",
+        "--name",
+        "Frank",
+        "--data-dir",
+        data_arg,
+        "--json",
+    ];
+    let linked = json(&run(&link));
+    assert_eq!(linked["username"], "upstream:corp:f3a9-77");
+    assert!(!run(&link).status.success(), "linked twice");
+    let list = json(&run(&["user", "list", "--data-dir", data_arg, "--json"]));
+    assert_eq!(list[0]["username"], "upstream:corp:f3a9-77");
+    assert_eq!(list[0]["name"], "Frank");
 }

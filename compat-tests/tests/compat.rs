@@ -26,4 +26,5 @@ mod compat {
     mod secrets;
     mod tls;
     mod upstream;
+    mod upstream_login;
 }

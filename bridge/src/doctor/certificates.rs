@@ -1,5 +1,6 @@
 //! Certificates near expiry: every PEM certificate named under `bridge.tls` in the configuration
-//! file and every `.pem`/`.crt` in `DATA_DIR/tls`, read with a minimal DER walk to `notAfter`.
+//! file and every `.pem`/`.crt` in `DATA_DIR/tls`, parsed with `x509-parser` (already in the
+//! tree through `rcgen`) for `notAfter`.
 
 use std::path::{Path, PathBuf};
 
@@ -39,13 +40,13 @@ pub(super) fn findings(config_file: Option<&Path>, data_dir: &Path, now: u64) ->
             ));
             continue;
         };
-        for (i, der) in pem_certificates(&text).into_iter().enumerate() {
-            let Some(not_after) = not_after(&der) else {
+        for (i, block) in certificate_blocks(&text).into_iter().enumerate() {
+            let Some(not_after) = block.as_deref().and_then(not_after) else {
                 findings.push(finding(
                     "certificate",
                     Status::Warn,
                     format!("{} #{i}: not a parseable X.509 certificate", file.display()),
-                    "Its expiry could not be read.",
+                    "Its expiry could not be read: the PEM block or the certificate in it is malformed.",
                     "Check the file holds PEM certificates.",
                 ));
                 continue;
@@ -59,7 +60,11 @@ pub(super) fn findings(config_file: Option<&Path>, data_dir: &Path, now: u64) ->
             findings.push(finding(
                 "certificate",
                 status,
-                format!("{} #{i}: expires in {} day(s)", file.display(), left / 86_400),
+                if left <= 0 {
+                    format!("{} #{i}: expired {} day(s) ago", file.display(), -left / 86_400)
+                } else {
+                    format!("{} #{i}: expires in {} day(s)", file.display(), left / 86_400)
+                },
                 "Strict clients refuse an expired certificate: every token request fails with a TLS error.",
                 "Renew it (or `meshgate tls init` for the local CA) before it expires; meshgate reloads certificates on change.",
             ));
@@ -79,113 +84,92 @@ fn collect_paths(value: &serde_yaml::Value, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let body = &rest[start + 27..];
-        let Some(end) = body.find("-----END CERTIFICATE-----") else {
-            break;
-        };
-        let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(b64) {
-            out.push(der);
-        }
-        rest = &body[end..];
-    }
-    out
+/// Most PEM blocks read from one file.
+const MAX_BLOCKS: usize = 256;
+
+/// The `CERTIFICATE` blocks of a PEM text, in order, as DER; `None` for a block that is not
+/// valid PEM (bad base64, no end line). Other blocks (a private key beside the certificate) are
+/// skipped.
+fn certificate_blocks(text: &str) -> Vec<Option<Vec<u8>>> {
+    x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+        .take(MAX_BLOCKS)
+        .filter_map(|block| match block {
+            Ok(pem) if pem.label == "CERTIFICATE" => Some(Some(pem.contents)),
+            Ok(_) => None,
+            Err(_) => Some(None),
+        })
+        .collect()
 }
 
-/// One DER element: (tag, contents, rest).
-fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        rest = &rest[n..];
-        len
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The `notAfter` of a DER X.509 certificate (Unix seconds).
+/// The `notAfter` of a DER X.509 certificate (Unix seconds), parsed with `x509-parser`; `None`
+/// when it is not a well-formed certificate.
 pub fn not_after(certificate: &[u8]) -> Option<i64> {
-    let (0x30, cert, _) = der(certificate)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = der(cert)? else { return None };
-    let mut rest = tbs;
-    let (tag, _, after) = der(rest)?;
-    if tag == 0xa0 {
-        rest = after; // [0] version
-    }
-    for _ in 0..3 {
-        // serialNumber, signature, issuer
-        rest = der(rest)?.2;
-    }
-    let (0x30, validity, _) = der(rest)? else { return None };
-    let (_, _, after_not_before) = der(validity)?;
-    let (tag, time, _) = der(after_not_before)?;
-    let time = std::str::from_utf8(time).ok()?;
-    let full = match tag {
-        0x17 => {
-            // UTCTime YYMMDDHHMMSSZ: 50-99 → 19xx, else 20xx.
-            let year: u32 = time.get(..2)?.parse().ok()?;
-            format!("{}{time}", if year >= 50 { "19" } else { "20" })
-        }
-        0x18 => time.to_owned(),
-        _ => return None,
-    };
-    let rfc3339 = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        full.get(..4)?,
-        full.get(4..6)?,
-        full.get(6..8)?,
-        full.get(8..10)?,
-        full.get(10..12)?,
-        full.get(12..14)?
-    );
-    let at = humantime::parse_rfc3339_weak(&rfc3339).ok()?;
-    Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn certificate_expiry_is_read_from_der() {
-        // A minimal certificate-shaped DER: version, serial, algorithm, issuer, validity.
-        fn element(tag: u8, content: &[u8]) -> Vec<u8> {
-            let mut out = vec![tag, content.len() as u8];
-            out.extend_from_slice(content);
-            out
-        }
-        let validity = [element(0x17, b"250101000000Z"), element(0x18, b"20301231235959Z")].concat();
-        let tbs = [
-            element(0xa0, &element(0x02, &[2])),
-            element(0x02, &[1]),
-            element(0x30, &[]),
-            element(0x30, &[]),
-            element(0x30, &validity),
-        ]
-        .concat();
-        let cert = element(0x30, &element(0x30, &tbs));
-        // 2030-12-31T23:59:59Z
-        assert_eq!(not_after(&cert), Some(1_924_991_999));
-        assert_eq!(not_after(&[0x30, 0x05, 1]), None);
-    }
-
     /// A real certificate (openssl, P-256), valid until 2029-08-26T15:26:27Z.
     const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----\nMIIBkjCCATmgAwIBAgIUEg+YLTZPUXCajEHm6uOU4Nhcqf4wCgYIKoZIzj0EAwIw\nHzEdMBsGA1UEAwwUbWVzaGdhdGUtZG9jdG9yLXRlc3QwHhcNMjYxMTMwMTUyNjI3\nWhcNMjkwODI2MTUyNjI3WjAfMR0wGwYDVQQDDBRtZXNoZ2F0ZS1kb2N0b3ItdGVz\ndDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABG7i+C31HI/tGozw7/waVDmJXAcU\ncjFNjMLCKwGO/m6EuKtZcMJMLzAaSj8P/CTHzzhhpvaSWy/urFkMPFi6p6ujUzBR\nMB0GA1UdDgQWBBREKuvSBqiTUURB5XWM/r3RHHAXnjAfBgNVHSMEGDAWgBREKuvS\nBqiTUURB5XWM/r3RHHAXnjAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cA\nMEQCIH8iMxUD2+SCdLOTxVXlnykOThbhwjpsV4K9IeWsEFwyAiA+mffj2MkSm+UC\nqkoVj2LaWirxCZUrf9XrTDjJCePfnQ==\n-----END CERTIFICATE-----";
     const NOT_AFTER: u64 = 1882452387;
+
+    fn der(pem: &str) -> Vec<u8> {
+        certificate_blocks(pem).remove(0).expect("valid PEM")
+    }
+
+    #[test]
+    fn certificate_expiry_is_read_with_a_parser() {
+        assert_eq!(not_after(&der(CERTIFICATE)), Some(NOT_AFTER as i64));
+        assert_eq!(not_after(&[0x30, 0x05, 1]), None);
+        assert_eq!(not_after(b""), None);
+        // A certificate-shaped DER with empty algorithm and names is not a certificate.
+        assert_eq!(not_after(&[0x30, 0x02, 0x30, 0x00]), None);
+    }
+
+    #[test]
+    fn an_expired_certificate_fails_and_a_malformed_pem_warns() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["expired.test".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let expired = params.self_signed(&key).unwrap().pem();
+        assert_eq!(not_after(&der(&expired)), Some(1_609_459_200));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/old.pem"), &expired).unwrap();
+        // Bad base64 in one block, a truncated certificate in the next, and a private key (skipped).
+        let truncated = {
+            use base64::Engine;
+            let mut bytes = der(CERTIFICATE);
+            bytes.truncate(100);
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        let malformed = format!(
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n\
+-----BEGIN CERTIFICATE-----\n{truncated}\n-----END CERTIFICATE-----\n{}",
+            key.serialize_pem()
+        );
+        std::fs::write(dir.path().join("tls/broken.crt"), malformed).unwrap();
+        let mut found = findings(None, dir.path(), NOT_AFTER);
+        found.sort_by(|a, b| a.summary.cmp(&b.summary));
+        let seen: Vec<(Status, &str)> = found.iter().map(|f| (f.status, f.summary.as_str())).collect();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0].0, Status::Warn, "{seen:?}");
+        assert!(
+            seen[0].1.ends_with("broken.crt #0: not a parseable X.509 certificate"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[1].0, Status::Warn, "{seen:?}");
+        assert!(
+            seen[1].1.ends_with("broken.crt #1: not a parseable X.509 certificate"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[2].0, Status::Fail, "{seen:?}");
+        assert!(seen[2].1.contains("old.pem #0: expired "), "{seen:?}");
+    }
 
     #[test]
     fn certificates_in_the_tls_config_and_data_dir_are_judged_by_expiry() {

@@ -73,11 +73,13 @@ pub struct Authz {
     codes: Mutex<HashMap<String, Code>>,
     /// Refresh responses by spent token id, for the grace window.
     pub(super) grace: Mutex<HashMap<String, (u64, serde_json::Value)>>,
+    /// Logins under way at an upstream, by the digest of their `state`.
+    pub(super) upstream_logins: super::upstream_login::Started,
 }
 
 #[derive(Clone)]
-struct Session {
-    csrf: String,
+pub(super) struct Session {
+    pub(super) csrf: String,
     user: Option<(String, u64)>,
     expires: u64,
 }
@@ -85,7 +87,7 @@ struct Session {
 /// A validated authorization request.
 #[derive(Clone, Debug)]
 pub(super) struct AuthRequest {
-    client_id: String,
+    pub(super) client_id: String,
     redirect_uri: String,
     redirect_uri_given: bool,
     state: Option<String>,
@@ -134,7 +136,7 @@ impl Authz {
         Some((user, auth_time, session.csrf))
     }
 
-    fn session(&self, headers: &HeaderMap, now: u64) -> Option<(String, Session)> {
+    pub(super) fn session(&self, headers: &HeaderMap, now: u64) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
         let key = digest(id);
         let sessions = lock(&self.sessions);
@@ -143,7 +145,7 @@ impl Authz {
     }
 
     /// A new session; returns its key, the session and the cookie value.
-    fn new_session(&self, user: Option<(String, u64)>, now: u64) -> (String, Session, String) {
+    pub(super) fn new_session(&self, user: Option<(String, u64)>, now: u64) -> (String, Session, String) {
         let id = random();
         let ttl = if user.is_some() {
             self.settings().session_ttl_secs
@@ -162,11 +164,11 @@ impl Authz {
         (key, session, id)
     }
 
-    fn end_session(&self, key: &str) {
+    pub(super) fn end_session(&self, key: &str) {
         lock(&self.sessions).remove(key);
     }
 
-    fn add_pending(&self, request: AuthRequest, session: &str, now: u64) -> String {
+    pub(super) fn add_pending(&self, request: AuthRequest, session: &str, now: u64) -> String {
         let id = random();
         let mut pending = lock(&self.pending);
         prune(&mut pending, |p| p.expires > now);
@@ -181,7 +183,7 @@ impl Authz {
         id
     }
 
-    fn take_pending(&self, id: &str, session: &str, now: u64) -> Option<AuthRequest> {
+    pub(super) fn take_pending(&self, id: &str, session: &str, now: u64) -> Option<AuthRequest> {
         let mut pending = lock(&self.pending);
         let entry = pending.get(id)?;
         if entry.session != session || entry.expires <= now {
@@ -191,11 +193,11 @@ impl Authz {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn prune<V>(map: &mut HashMap<String, V>, keep: impl Fn(&V) -> bool) {
+pub(super) fn prune<V>(map: &mut HashMap<String, V>, keep: impl Fn(&V) -> bool) {
     if map.len() >= MAX_ENTRIES / 2 {
         map.retain(|_, v| keep(v));
     }
@@ -229,7 +231,7 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
-fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: u64) {
+pub(super) fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: u64) {
     let s = &state.0;
     let path = if s.path_prefix.is_empty() { "/" } else { &s.path_prefix };
     let secure = if s.settings.issuer.starts_with("https://") {
@@ -243,7 +245,7 @@ fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: u
     }
 }
 
-fn endpoint(state: &AppState, path: &str) -> String {
+pub(super) fn endpoint(state: &AppState, path: &str) -> String {
     format!("{}{path}", state.0.path_prefix)
 }
 
@@ -307,7 +309,7 @@ pub(super) async fn prefetch_document(state: &AppState, form: &Form) -> Result<(
 
 /// The client `client_id` names: a registered client, or one described by a metadata document
 /// fetched before ([`prefetch_document`]).
-fn find_client(state: &AppState, view: &View, client_id: &str) -> Option<Arc<Client>> {
+pub(super) fn find_client(state: &AppState, view: &View, client_id: &str) -> Option<Arc<Client>> {
     if let Some(client) = view.clients.get(client_id) {
         return Some(client.clone());
     }
@@ -339,7 +341,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, form: &Form) -> Response {
 }
 
 /// Shows the login page, the consent page, or issues the code.
-fn decide(
+pub(super) fn decide(
     state: &AppState,
     view: &View,
     key: &str,
@@ -363,15 +365,9 @@ fn decide(
                 Failure::Redirect(Box::new(request), "login_required", "the user is not signed in".into()),
             );
         }
+        let client_id = request.client_id.clone();
         let id = state.0.authz.add_pending(request, key, now);
-        return pages::login(
-            &endpoint(state, "/login"),
-            &client.record.name,
-            &id,
-            &session.csrf,
-            "",
-            None,
-        );
+        return super::upstream_login::login_page(state, &client_id, &client.record.name, &id, &session.csrf, "", None);
     };
     let consented = state.with_node_read(|node| {
         node.state()
@@ -447,7 +443,7 @@ fn with_query(uri: &str, params: &[(&str, String)]) -> String {
     }
 }
 
-fn redirect(target: &str) -> Response {
+pub(super) fn redirect(target: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(target) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -652,21 +648,21 @@ pub fn redirect_uri_matches(registered: &[String], given: &str) -> bool {
     })
 }
 
-fn csrf_ok(session: &Session, form: &Form) -> bool {
+pub(super) fn csrf_ok(session: &Session, form: &Form) -> bool {
     form.single("csrf_token")
         .ok()
         .flatten()
         .is_some_and(|t| bool::from(t.as_bytes().ct_eq(session.csrf.as_bytes())))
 }
 
-fn forbidden() -> Response {
+pub(super) fn forbidden() -> Response {
     pages::error(
         StatusCode::FORBIDDEN,
         "This form has expired or was not sent from this site's page. Go back to the application and sign in again.",
     )
 }
 
-fn expired() -> Response {
+pub(super) fn expired() -> Response {
     pages::error(
         StatusCode::BAD_REQUEST,
         "The sign-in request has expired. Go back to the application and start again.",
@@ -687,34 +683,49 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let Some(request) = authz.take_pending(&request_id, &key, now) else {
         return expired();
     };
+    if let Some(refusal) = super::upstream_login::local_login_refused(&state, &request.client_id, now) {
+        return refusal;
+    }
     let username = form.single("username").ok().flatten().unwrap_or_default().to_owned();
     let password = form.single("password").ok().flatten().unwrap_or_default().to_owned();
     let record = state.with_node_read(|node| node.state().users.get(&username).cloned());
     let phc = record.as_ref().map(|u| u.password.clone());
-    let checked = tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => crate::users::verify_password(&phc, &password),
+    let (checked, upgrade) = tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => {
+            let checked = crate::users::verify_password(&phc, &password);
+            // An imported (PBKDF2) hash is replaced by an argon2 one now that the password is known.
+            let upgrade = (checked && crate::users::needs_rehash(&phc))
+                .then(|| crate::users::hash_password(&password).ok().map(|new| (phc, new)))
+                .flatten();
+            (checked, upgrade)
+        }
         None => {
             // Spend the same time as a real check, so timing does not reveal which names exist.
             let _ = crate::users::verify_password(dummy_hash(), &password);
-            false
+            (false, None)
         }
     })
     .await
-    .unwrap_or(false);
+    .unwrap_or((false, None));
+    if let Some((old, new)) = upgrade {
+        upgrade_hash(&state, &username, old, new, now).await;
+    }
     let view = state.view();
     if !checked {
         tracing::info!("login failed");
         let client_name = find_client(&state, &view, &request.client_id)
             .map(|c| c.record.name.clone())
             .unwrap_or_default();
+        let client_id = request.client_id.clone();
         let id = authz.add_pending(request, &key, now);
-        return pages::login(
-            &endpoint(&state, "/login"),
+        return super::upstream_login::login_page(
+            &state,
+            &client_id,
             &client_name,
             &id,
             &session.csrf,
             &username,
-            Some("Wrong username or password."),
+            Some((StatusCode::UNAUTHORIZED, "Wrong username or password.")),
         );
     }
     authz.end_session(&key);
@@ -723,6 +734,35 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let mut response = decide(&state, &view, &key, &session, request, now, true);
     set_cookie(&state, &mut response, &id, ttl);
     response
+}
+
+/// Replaces `username`'s stored hash `old` by the argon2 hash `new` through the normal replicated
+/// user update, unless the record changed meanwhile (a concurrent `user passwd`). A failure is
+/// logged: the login itself has succeeded.
+async fn upgrade_hash(state: &AppState, username: &str, old: String, new: String, now: u64) {
+    let writer = state.clone();
+    let name = username.to_owned();
+    let result = tokio::task::spawn_blocking(move || {
+        writer.with_node(|node| {
+            let Some(mut record) = node.state().users.get(&name).cloned() else {
+                return Ok((false, vec![]));
+            };
+            if record.password != old {
+                return Ok((false, vec![]));
+            }
+            record.password = new;
+            record.updated_at = now;
+            let changes = vec![Change::Login(LoginChange::PutUser(record))];
+            node.apply(&changes)?;
+            Ok((true, changes))
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => tracing::info!(user = %username, "upgraded an imported password hash to argon2"),
+        Ok(Ok(false)) => {}
+        _ => tracing::warn!(user = %username, "could not upgrade an imported password hash to argon2"),
+    }
 }
 
 fn dummy_hash() -> &'static str {

@@ -16,6 +16,7 @@ pub mod refresh;
 mod register;
 mod token;
 mod upstream_introspect;
+pub mod upstream_login;
 
 use std::sync::{Arc, Mutex};
 
@@ -470,6 +471,8 @@ pub fn app(state: AppState) -> Router {
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
         .route("/logout", get(authorize::logout_get).post(authorize::logout_post))
+        .route(upstream_login::START_PATH, post(upstream_login::start))
+        .route(upstream_login::CALLBACK_PATH, get(upstream_login::callback))
         .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo))
         .route("/mesh/plugins/{sha256}", get(plugins::module));
     let prefix = state.0.path_prefix.clone();

@@ -62,21 +62,42 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     page(status, "Sign-in error", &body)
 }
 
-/// The login form.
+/// A "Sign in with …" button of the login page: the upstream's configured name and its label.
+pub(crate) struct UpstreamButton<'a> {
+    /// The upstream's `name` (the form value).
+    pub(crate) name: &'a str,
+    /// What follows "Sign in with".
+    pub(crate) label: &'a str,
+}
+
+/// What the login page offers besides its request: the upstream buttons (posted to
+/// `upstream_action`), and whether the local username and password form is shown.
+pub(crate) struct LoginChoices<'a> {
+    /// Where the buttons post.
+    pub(crate) upstream_action: &'a str,
+    /// The buttons, in configuration order.
+    pub(crate) upstreams: &'a [UpstreamButton<'a>],
+    /// Whether local accounts may sign in (else a note says why not).
+    pub(crate) local: Result<(), &'a str>,
+}
+
+/// The login form, with a "Sign in with …" button per upstream. `problem` is shown as an alert,
+/// with its status; without one the page answers 200.
 pub(crate) fn login(
     action: &str,
     client_name: &str,
     request_id: &str,
     csrf: &str,
     username: &str,
-    problem: Option<&str>,
+    problem: Option<(StatusCode, &str)>,
+    choices: &LoginChoices<'_>,
 ) -> Response {
     let alert = problem
-        .map(|p| format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)))
+        .map(|(_, p)| format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)))
         .unwrap_or_default();
-    let body = format!(
-        "<p>Sign in to continue to <strong>{client}</strong>.</p>\n{alert}\
-<form method=\"post\" action=\"{action}\">\n\
+    let local = match choices.local {
+        Ok(()) => format!(
+            "<form method=\"post\" action=\"{action}\">\n\
 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\n\
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\
 <label for=\"username\">Username</label>\n\
@@ -85,17 +106,42 @@ autocapitalize=\"none\" required autofocus>\n\
 <label for=\"password\">Password</label>\n\
 <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\n\
 <button type=\"submit\">Sign in</button>\n</form>",
-        client = escape(client_name),
-        action = escape(action),
-        csrf = escape(csrf),
-        request = escape(request_id),
-        username = escape(username),
-    );
-    let status = if problem.is_some() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
+            action = escape(action),
+            csrf = escape(csrf),
+            request = escape(request_id),
+            username = escape(username),
+        ),
+        Err(why) => format!("<p id=\"local-unavailable\">{}</p>", escape(why)),
     };
+    let upstreams = if choices.upstreams.is_empty() {
+        String::new()
+    } else {
+        let buttons: String = choices
+            .upstreams
+            .iter()
+            .map(|b| {
+                format!(
+                    "<button type=\"submit\" name=\"upstream\" value=\"{}\">Sign in with {}</button>\n",
+                    escape(b.name),
+                    escape(b.label)
+                )
+            })
+            .collect();
+        format!(
+            "\n<p>Or use your organisation's account:</p>\n\
+<form method=\"post\" action=\"{action}\">\n\
+<input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\n\
+<input type=\"hidden\" name=\"request\" value=\"{request}\">\n{buttons}</form>",
+            action = escape(choices.upstream_action),
+            csrf = escape(csrf),
+            request = escape(request_id),
+        )
+    };
+    let body = format!(
+        "<p>Sign in to continue to <strong>{client}</strong>.</p>\n{alert}{local}{upstreams}",
+        client = escape(client_name),
+    );
+    let status = problem.map_or(StatusCode::OK, |(status, _)| status);
     page(status, "Sign in", &body)
 }
 

@@ -1021,3 +1021,127 @@ async fn a_metadata_document_client_id_runs_the_code_flow() {
         .await;
     assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.text);
 }
+
+#[tokio::test]
+async fn an_imported_keycloak_hash_is_upgraded_to_argon2_at_login() {
+    use base64::Engine;
+    let h = Harness::new();
+    // Keycloak's PBKDF2-SHA256 credential (27500 iterations) for `wonderland`, as a realm export
+    // holds it.
+    let salt = b"keycloak-salt-16";
+    let mut key = [0u8; 64];
+    aws_lc_rs::pbkdf2::derive(
+        aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(27_500).unwrap(),
+        salt,
+        b"wonderland",
+        &mut key,
+    );
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let secret_data = serde_json::json!({"value": b64(&key), "salt": b64(salt), "additionalParameters": {}});
+    let credential_data =
+        serde_json::json!({"hashIterations": 27_500, "algorithm": "pbkdf2-sha256", "additionalParameters": {}});
+    let imported =
+        bridge::password::PasswordHash::from_keycloak(&secret_data.to_string(), &credential_data.to_string())
+            .unwrap()
+            .to_stored();
+    assert!(imported.starts_with("$pbkdf2-sha256$i=27500$"), "{imported}");
+    h.admin(AdminRequest::User(UserRequest::Import {
+        users: vec![bridge::users::ImportUser {
+            username: "alice".into(),
+            password: imported.clone(),
+            name: Some("Alice Liddell".into()),
+            email: None,
+        }],
+        dry_run: false,
+    }))
+    .unwrap();
+    let stored = |h: &Harness| h.state.read_state(|state| state.users["alice"].clone());
+    let before = stored(&h);
+    assert_eq!(before.password, imported);
+    let (client_id, _) = code_client(&h, true, &[]);
+    let s = Setup { h, client_id };
+
+    // The first login verifies the PBKDF2 hash as it is, then stores an argon2 hash instead.
+    let first = tokens(&s).await;
+    assert!(first["access_token"].is_string(), "{first}");
+    let after = stored(&s.h);
+    assert!(after.password.starts_with("$argon2id$"), "{}", after.password);
+    assert_eq!(after.sub, before.sub);
+    assert_eq!(after.name, before.name);
+    assert!(bridge::users::verify_password(&after.password, "wonderland"));
+
+    // The password still works (now against argon2); a wrong one still does not.
+    let mut browser = Browser::default();
+    let page = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
+    let attempt = |password: &'static str, page: &Answer| {
+        form(&[
+            ("csrf_token", &field(&page.text, "csrf_token")),
+            ("request", &field(&page.text, "request")),
+            ("username", "alice"),
+            ("password", password),
+        ])
+    };
+    let wrong = browser.post(&s.h, "/login", &attempt("wonderlanD", &page)).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.text);
+    let back = location(&browser.post(&s.h, "/login", &attempt("wonderland", &wrong)).await);
+    let answer = redeem(&s, &param(&back, "code").unwrap(), VERIFIER).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(
+        claims(answer.json["access_token"].as_str().unwrap())["sub"],
+        before.sub.as_str()
+    );
+    // Nothing changes at later logins.
+    assert_eq!(stored(&s.h).password, after.password);
+}
+
+#[tokio::test]
+async fn an_upstream_identity_is_linked_to_a_password_less_user() {
+    let s = setup();
+    let link = |subject: &str| {
+        s.h.admin(AdminRequest::User(UserRequest::Link {
+            upstream: "corp".into(),
+            subject: subject.into(),
+            name: Some("Carol".into()),
+            email: None,
+        }))
+    };
+    let answer = link("carol-0001").unwrap();
+    assert_eq!(answer["username"], "upstream:corp:carol-0001");
+    assert_eq!(
+        answer["sub"],
+        bridge::http::upstream_login::subject("corp", "carol-0001").as_str()
+    );
+    assert!(link("carol-0001").is_err(), "linked twice");
+    assert!(
+        s.h.admin(AdminRequest::User(UserRequest::Link {
+            upstream: "no such|name".into(),
+            subject: "x".into(),
+            name: None,
+            email: None,
+        }))
+        .is_err()
+    );
+    // A subject that is not a plain name is hashed into the username.
+    let odd = link("auth0|42").unwrap();
+    assert!(
+        odd["username"].as_str().unwrap().starts_with("upstream:corp:~"),
+        "{odd}"
+    );
+    // The linked user has no password: the local form never signs it in.
+    let mut browser = Browser::default();
+    let mut page = browser.get(&s.h, &authorize_path(&s.client_id, &[])).await;
+    // Without upstreams configured the login page shows no upstream button.
+    assert!(!page.text.contains("Sign in with"), "{}", page.text);
+    for password in ["", "anything"] {
+        let body = form(&[
+            ("csrf_token", &field(&page.text, "csrf_token")),
+            ("request", &field(&page.text, "request")),
+            ("username", "upstream:corp:carol-0001"),
+            ("password", password),
+        ]);
+        let answer = browser.post(&s.h, "/login", &body).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text);
+        page = answer;
+    }
+}

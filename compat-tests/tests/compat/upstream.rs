@@ -23,9 +23,9 @@ const UPSTREAM_SECRET: &str = "upstream-agent-secret-4f1c9d2e7b";
 
 /// `node bench/oidc/upstream.mjs`, continued (SIGCONT) and killed when dropped, so a failing test
 /// never leaves a stopped process behind.
-struct Upstream {
+pub(super) struct Upstream {
     child: Child,
-    issuer: String,
+    pub(super) issuer: String,
 }
 
 impl Upstream {
@@ -34,7 +34,7 @@ impl Upstream {
     }
 
     /// [`Upstream::start`] with extra environment variables (e.g. a second client).
-    fn start_with(env: &[(&str, &str)]) -> Self {
+    pub(super) fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = workspace_root().join("bench/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -68,7 +68,7 @@ impl Upstream {
     }
 
     /// SIGKILL: connections are refused from now on. A stopped process is continued first.
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         // Only while it has not been reaped: its pid may belong to another process afterwards.
         if let Ok(None) = self.child.try_wait() {
             let _ = self.signal("CONT");
@@ -743,13 +743,13 @@ const LOGIN_REDIRECT: &str = "https://meshgate.example/callback";
 /// A browser without JavaScript: follows nothing by itself, keeps every cookie it is given and
 /// sends them all back (oidc-provider scopes its interaction cookies by path; sending extra
 /// ones is harmless).
-struct Browser {
-    http: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
+pub(super) struct Browser {
+    pub(super) http: reqwest::Client,
+    pub(super) cookies: std::collections::BTreeMap<String, String>,
 }
 
 impl Browser {
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, String) {
+    pub(super) async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, String) {
         let cookie = self
             .cookies
             .iter()
@@ -777,7 +777,7 @@ impl Browser {
     }
 
     /// GETs `url` (relative to `base` when it is a path), expecting a redirect; returns where to.
-    async fn redirected(&mut self, base: &str, url: &str) -> String {
+    pub(super) async fn redirected(&mut self, base: &str, url: &str) -> String {
         let url = if url.starts_with('/') {
             format!("{base}{url}")
         } else {
@@ -790,7 +790,7 @@ impl Browser {
 
     /// GETs the interaction page at `url`, then submits its form with `fields`; returns the
     /// redirect that follows.
-    async fn submit(&mut self, base: &str, url: &str, fields: &[(&str, &str)]) -> String {
+    pub(super) async fn submit(&mut self, base: &str, url: &str, fields: &[(&str, &str)]) -> String {
         let url = if url.starts_with('/') {
             format!("{base}{url}")
         } else {

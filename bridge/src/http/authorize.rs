@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::form_post::{self, ResponseMode};
 use super::pages;
 use super::refresh::{self, RefreshLink, UserGrant};
 use super::token::{audiences, granted_scopes};
@@ -98,6 +99,7 @@ pub(super) struct AuthRequest {
     prompt_none: bool,
     max_age: Option<u64>,
     acr: bool,
+    response_mode: ResponseMode,
 }
 
 struct Pending {
@@ -413,7 +415,7 @@ fn issue_code(state: &AppState, request: AuthRequest, username: String, auth_tim
         params.push(("state", s.clone()));
     }
     params.push(("iss", state.0.settings.issuer.clone()));
-    let target = with_query(&request.redirect_uri, &params);
+    let target = respond(&request, &params);
     {
         let mut codes = lock(&state.0.authz.codes);
         prune(&mut codes, |c| c.expires + PENDING_TTL > now);
@@ -429,7 +431,16 @@ fn issue_code(state: &AppState, request: AuthRequest, username: String, auth_tim
             },
         );
     }
-    redirect(&target)
+    target
+}
+
+/// The authorization response carrying `params` to the request's redirect URI, in its
+/// `response_mode`.
+fn respond(request: &AuthRequest, params: &[(&str, String)]) -> Response {
+    match request.response_mode {
+        ResponseMode::Query => redirect(&with_query(&request.redirect_uri, params)),
+        ResponseMode::FormPost => form_post::response(&request.redirect_uri, params),
+    }
 }
 
 fn with_query(uri: &str, params: &[(&str, String)]) -> String {
@@ -465,7 +476,7 @@ fn fail(state: &AppState, failure: Failure) -> Response {
                 params.push(("state", s.clone()));
             }
             params.push(("iss", state.0.settings.issuer.clone()));
-            redirect(&with_query(&request.redirect_uri, &params))
+            respond(&request, &params)
         }
     }
 }
@@ -506,6 +517,7 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
         prompt_none: false,
         max_age: None,
         acr: false,
+        response_mode: ResponseMode::Query,
     };
     // `state` first, so later errors carry it back.
     match form.single("state") {
@@ -515,6 +527,17 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
                 Box::new(request),
                 "invalid_request",
                 "state is repeated".into(),
+            ));
+        }
+    }
+    // Then `response_mode`, so later errors travel the way the client asked.
+    match form.single("response_mode").ok().map(ResponseMode::parse) {
+        Some(Some(mode)) => request.response_mode = mode,
+        _ => {
+            return Err(Failure::Redirect(
+                Box::new(request),
+                "invalid_request",
+                "response_mode must be query or form_post".into(),
             ));
         }
     }
@@ -547,10 +570,6 @@ fn rest(
             "unauthorized_client",
             "the client is not registered for the authorization code flow".into(),
         ));
-    }
-    match form.single("response_mode").map_err(invalid)? {
-        None | Some("query") => {}
-        Some(_) => return Err(("invalid_request", "only response_mode=query is supported".into())),
     }
     if form.single("request").map_err(invalid)?.is_some() {
         return Err(("request_not_supported", "request objects are not supported".into()));
@@ -674,7 +693,12 @@ fn expired() -> Response {
 }
 
 /// `POST /login`: checks the CSRF token and the password, replaces the session, continues.
-pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
+pub(super) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    form: Form,
+) -> Response {
     let now = state.now();
     let authz = &state.0.authz;
     let Some((key, session)) = authz.session(&headers, now) else {
@@ -689,6 +713,27 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     };
     let username = form.single("username").ok().flatten().unwrap_or_default().to_owned();
     let password = form.single("password").ok().flatten().unwrap_or_default().to_owned();
+    let source = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let throttle = state.rate_limits().map(|limits| (limits, limits.login()));
+    if let Some((limits, throttle)) = throttle
+        && let Err((scope, retry)) = throttle.check(source, &username)
+    {
+        limits.count_refusal(scope);
+        let client_name = find_client(&state, &state.view(), &request.client_id)
+            .map(|c| c.record.name.clone())
+            .unwrap_or_default();
+        let id = authz.add_pending(request, &key, now);
+        return pages::login_throttled(
+            &endpoint(&state, "/login"),
+            &client_name,
+            &id,
+            &session.csrf,
+            &username,
+            retry,
+        );
+    }
     let record = state.with_node_read(|node| node.state().users.get(&username).cloned());
     let phc = record.as_ref().map(|u| u.password.clone());
     let checked = tokio::task::spawn_blocking(move || match phc {
@@ -704,6 +749,9 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let view = state.view();
     if !checked {
         tracing::info!("login failed");
+        if let Some((_, throttle)) = throttle {
+            throttle.failed(source, &username);
+        }
         let client_name = find_client(&state, &view, &request.client_id)
             .map(|c| c.record.name.clone())
             .unwrap_or_default();

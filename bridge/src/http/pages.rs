@@ -99,6 +99,27 @@ autocapitalize=\"none\" required autofocus>\n\
     page(status, "Sign in", &body)
 }
 
+/// The login form again, answered 429 with `Retry-After`: too many failed logins from this
+/// source or for this username ([`crate::login_throttle`]).
+pub(crate) fn login_throttled(
+    action: &str,
+    client_name: &str,
+    request_id: &str,
+    csrf: &str,
+    username: &str,
+    retry: std::time::Duration,
+) -> Response {
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    let unit = if secs == 1 { "second" } else { "seconds" };
+    let problem = format!("Too many failed sign-in attempts. Wait {secs} {unit}, then try again.");
+    let mut response = login(action, client_name, request_id, csrf, username, Some(&problem));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
+}
+
 /// The consent form.
 pub(crate) fn consent(
     action: &str,

@@ -34,6 +34,8 @@ const JOURNEYS = {
       await j.expectHeading(page, 'Sign in')
       const alert = await page.getByRole('alert').textContent()
       if (!/wrong username or password/i.test(alert)) throw new Error(`no wrong-password alert: ${alert}`)
+      // The username stays filled in and the focus moves to the password.
+      await j.expectFocus(page, '#password')
       await j.shot(page, 'login-wrong-password')
       await page.getByLabel('Password').fill(input.password)
       await j.navigation(page, () => page.getByRole('button', { name: 'Sign in' }).click())
@@ -170,6 +172,28 @@ const JOURNEYS = {
     },
   },
 
+  // Password guessing: wrong passwords until the login page answers 429 with Retry-After. It
+  // spends the budget of the browser's address (127.0.0.1): keep it last.
+  throttled: {
+    context: 'fresh',
+    async run(j) {
+      const page = await j.open(j.authorize())
+      for (let attempt = 1; attempt <= 30; attempt++) {
+        await page.getByLabel('Username').fill('mallory')
+        await page.getByLabel('Password').fill(`guess ${attempt}`)
+        await j.navigation(page, () => page.getByRole('button', { name: 'Sign in' }).click())
+        if (j.result.status === 429) {
+          j.result.attempts = attempt
+          j.result.alert = await page.getByRole('alert').textContent()
+          await j.expectHeading(page, 'Sign in')
+          await j.shot(page, 'too-many')
+          return
+        }
+      }
+      throw new Error('30 wrong passwords and no 429')
+    },
+  },
+
   // DEVICE FLOW: the device verification journey goes here once `/device` lands (issue 5, device
   // authorization grant): open `/device` (or `verification_uri_complete`), fill the input named
   // `user_code`, sign in, approve, and check the polling client gets its tokens. Add its name to
@@ -242,6 +266,7 @@ class Journey {
     const page = this.page
     await page.waitForLoadState('load')
     this.result.status = response === null ? null : response.status()
+    this.result.retry_after = response === null ? null : (response.headers()['retry-after'] ?? null)
     this.result.url = page.url()
     if (page.url().startsWith(input.callback)) return
     const heading = await page.locator('h1').first().textContent()

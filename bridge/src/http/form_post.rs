@@ -57,9 +57,8 @@ pub(super) fn response(redirect_uri: &str, params: &[(&str, String)]) -> Respons
         action = escape(redirect_uri),
     );
     let mut response = pages::page(StatusCode::OK, "Continue to the application", &body);
-    let policy = format!(
-        "default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; frame-ancestors 'none'"
-    );
+    let policy =
+        format!("default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; frame-ancestors 'none'");
     if let Ok(value) = HeaderValue::from_str(&policy) {
         response.headers_mut().insert("content-security-policy", value);
     }
@@ -76,7 +75,10 @@ mod tests {
             "https://app.example/cb?a=1&b=\"2\"",
             &[("code", "<c>".to_owned()), ("state", "s\"'".to_owned())],
         );
-        let policy = response.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        let policy = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let nonce = policy
             .split("'nonce-")
             .nth(1)

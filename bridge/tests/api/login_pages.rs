@@ -60,9 +60,7 @@ impl Browser {
     async fn send(&mut self, h: &Harness, mut request: Request<Body>) -> Answer {
         request.extensions_mut().insert(ConnectInfo(self.source));
         if let Some(c) = &self.cookie {
-            request
-                .headers_mut()
-                .insert(header::COOKIE, c.parse().unwrap());
+            request.headers_mut().insert(header::COOKIE, c.parse().unwrap());
         }
         let answer = h.send(request).await;
         if let Some(set) = answer.headers.get(header::SET_COOKIE) {
@@ -210,8 +208,14 @@ async fn without_rate_limits_logins_are_not_throttled() {
 fn posted(answer: &Answer) -> Vec<(String, String)> {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let html = &answer.text;
-    assert!(html.contains(&format!("<form method=\"post\" action=\"{REDIRECT}\">")), "{html}");
-    assert!(html.contains("<noscript>") && html.contains("<button type=\"submit\">"), "{html}");
+    assert!(
+        html.contains(&format!("<form method=\"post\" action=\"{REDIRECT}\">")),
+        "{html}"
+    );
+    assert!(
+        html.contains("<noscript>") && html.contains("<button type=\"submit\">"),
+        "{html}"
+    );
     assert!(html.contains("<html lang=\"en\">"), "{html}");
     let policy = answer.headers["content-security-policy"].to_str().unwrap();
     let nonce = policy.split("'nonce-").nth(1).unwrap().split('\'').next().unwrap();
@@ -265,10 +269,7 @@ async fn form_post_delivers_codes_and_errors_by_a_self_submitting_form() {
     assert!(value(&fields, "code").is_some(), "{fields:?}");
 
     // Errors after the redirect URI is trusted travel the same way.
-    let no_pkce = authorize_path(
-        &client_id,
-        &[("response_mode", "form_post"), ("code_challenge", "")],
-    );
+    let no_pkce = authorize_path(&client_id, &[("response_mode", "form_post"), ("code_challenge", "")]);
     let fields = posted(&browser.get(&h, &no_pkce).await);
     assert_eq!(value(&fields, "error"), Some("invalid_request"));
     assert_eq!(value(&fields, "state"), Some("st4te"));
@@ -314,7 +315,10 @@ async fn form_post_delivers_codes_and_errors_by_a_self_submitting_form() {
             &h,
             &authorize_path(
                 &client_id,
-                &[("response_mode", "form_post"), ("redirect_uri", "https://evil.example/")],
+                &[
+                    ("response_mode", "form_post"),
+                    ("redirect_uri", "https://evil.example/"),
+                ],
             ),
         )
         .await;

@@ -37,6 +37,9 @@ enum Outcome {
     ErrorPage(u16),
     /// Back at the post-logout redirect URI with `state`.
     LoggedOut,
+    /// The login page answered 429 with `Retry-After` within this many attempts (wrong passwords
+    /// of earlier journeys from the same address count too; the budget does not refill).
+    Throttled { within: u64 },
 }
 
 /// One page journey of `js/browser_journeys.mjs`.
@@ -48,7 +51,8 @@ struct Journey {
 }
 
 /// The journeys, in the order they run (later ones rely on the first one's remembered consent,
-/// and `logout` ends the session the others share).
+/// `logout` ends the session the others share, and `throttled` spends the login budget of the
+/// browser's address, so it stays last).
 ///
 /// DEVICE FLOW: the device verification page (`/device`, input `user_code`) gets its journey
 /// here after merge — a row like `Journey { name: "device", screenshots: &["user-code", ...],
@@ -105,7 +109,19 @@ const JOURNEYS: &[Journey] = &[
         screenshots: &["confirm", "signed-out"],
         outcome: Outcome::LoggedOut,
     },
+    Journey {
+        name: "throttled",
+        screenshots: &["too-many"],
+        outcome: Outcome::Throttled {
+            within: LOGIN_FAILURES_PER_SOURCE,
+        },
+    },
 ];
+
+/// `bridge.rate_limits.login_failures_per_source.burst` of the server under test (the
+/// `throttled` journey spends it; every other journey together fails fewer times). Its rate is
+/// set to one per 1000 s, so nothing refills during the test.
+const LOGIN_FAILURES_PER_SOURCE: u64 = 5;
 
 /// A request that reached the test's loopback client.
 #[derive(Debug, Clone)]
@@ -315,7 +331,14 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
     let redirect_uri = format!("{client_url}/callback");
     let post_logout = format!("{client_url}/bye");
     let dir = support::temp_dir();
-    let server = Meshgate::spawn(dir.path());
+    let burst = LOGIN_FAILURES_PER_SOURCE.to_string();
+    let server = Meshgate::spawn_with_env(
+        dir.path(),
+        &[
+            ("MESHGATE_BRIDGE__RATE_LIMITS__LOGIN_FAILURES_PER_SOURCE__BURST", &burst),
+            ("MESHGATE_BRIDGE__RATE_LIMITS__LOGIN_FAILURES_PER_SOURCE__RATE", "0.001"),
+        ],
+    );
     let password = "correct horse battery staple";
     add_user(dir.path(), "alice", password);
     let out = cli(
@@ -352,29 +375,35 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
         "chromium": CHROMIUM,
         "journeys": names,
     });
-    let result = tokio::task::spawn_blocking(move || run_journeys(&input))
-        .await
-        .unwrap();
+    let result = tokio::task::spawn_blocking(move || run_journeys(&input)).await.unwrap();
 
     let arrivals = arrivals.lock().unwrap().clone();
     for journey in JOURNEYS {
         let name = journey.name;
         let seen = &result["journeys"][name];
-        let state = seen["state"].as_str().unwrap_or_else(|| panic!("{name}: no result {result:#}"));
-        let at_client: Vec<&Arrival> = arrivals
-            .iter()
-            .filter(|a| a.param("state") == Some(state))
-            .collect();
+        let state = seen["state"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no result {result:#}"));
+        let at_client: Vec<&Arrival> = arrivals.iter().filter(|a| a.param("state") == Some(state)).collect();
         match journey.outcome {
             Outcome::Code { method } => {
                 assert_eq!(at_client.len(), 1, "{name}: {at_client:?}");
                 let arrival = at_client[0];
-                assert_eq!((arrival.method.as_str(), arrival.path.as_str()), (method, "/callback"), "{name}");
+                assert_eq!(
+                    (arrival.method.as_str(), arrival.path.as_str()),
+                    (method, "/callback"),
+                    "{name}"
+                );
                 assert_eq!(arrival.param("iss"), Some(server.issuer()), "{name}: RFC 9207 iss");
-                let code = arrival.param("code").unwrap_or_else(|| panic!("{name}: no code {arrival:?}"));
+                let code = arrival
+                    .param("code")
+                    .unwrap_or_else(|| panic!("{name}: no code {arrival:?}"));
                 let verifier = seen["verifier"].as_str().unwrap();
                 let tokens = redeem(&server, &client_id, &redirect_uri, code, verifier).await;
-                assert!(tokens["access_token"].is_string() && tokens["id_token"].is_string(), "{name}: {tokens}");
+                assert!(
+                    tokens["access_token"].is_string() && tokens["id_token"].is_string(),
+                    "{name}: {tokens}"
+                );
             }
             Outcome::Error(error) => {
                 assert_eq!(at_client.len(), 1, "{name}: {at_client:?}");
@@ -390,12 +419,25 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
                     seen["url"].as_str().unwrap().starts_with(server.issuer()),
                     "{name}: {seen:#}"
                 );
-                assert!(seen["alert"].as_str().is_some_and(|a| !a.is_empty()), "{name}: {seen:#}");
+                assert!(
+                    seen["alert"].as_str().is_some_and(|a| !a.is_empty()),
+                    "{name}: {seen:#}"
+                );
             }
             Outcome::LoggedOut => {
                 assert_eq!(at_client.len(), 1, "{name}: {at_client:?}");
                 assert_eq!(at_client[0].path, "/bye", "{name}");
                 assert_eq!(at_client[0].method, "GET", "{name}");
+            }
+            Outcome::Throttled { within } => {
+                assert!(at_client.is_empty(), "{name}: {at_client:?}");
+                assert_eq!(seen["status"], 429, "{name}: {seen:#}");
+                let attempts = seen["attempts"].as_u64().unwrap();
+                assert!((1..=within).contains(&attempts), "{name}: {seen:#}");
+                let retry: u64 = seen["retry_after"].as_str().unwrap().parse().unwrap();
+                assert!(retry >= 1, "{name}: {seen:#}");
+                let alert = seen["alert"].as_str().unwrap();
+                assert!(alert.contains("Too many failed sign-in attempts"), "{name}: {alert}");
             }
         }
         // Every page of the journey speaks its language, has one heading, labels every field.
@@ -404,7 +446,10 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
             assert_eq!(audit["h1"], 1, "{name}: {audit}");
             assert_eq!(audit["unlabelled"], serde_json::json!([]), "{name}: {audit}");
             assert_eq!(audit["unnamed_buttons"], serde_json::json!([]), "{name}: {audit}");
-            assert!(audit["title"].as_str().is_some_and(|t| t.ends_with("meshgate")), "{name}: {audit}");
+            assert!(
+                audit["title"].as_str().is_some_and(|t| t.ends_with("meshgate")),
+                "{name}: {audit}"
+            );
         }
         for step in journey.screenshots {
             assert_png(&screenshots.join(format!("{name}-{step}.png")));

@@ -207,12 +207,16 @@ const contexts = {}
 const screenshots = []
 const results = {}
 
+// Generous bounds: the machine running the tests may be busy (argon2 in a debug build).
+const TIMEOUT_MS = 90_000
+
 async function context(kind) {
-  if (kind === 'main') {
-    contexts.main ??= await browser.newContext()
-    return contexts.main
-  }
-  return browser.newContext({ javaScriptEnabled: kind !== 'fresh-nojs' })
+  if (kind === 'main' && contexts.main !== undefined) return contexts.main
+  const ctx = await browser.newContext({ javaScriptEnabled: kind !== 'fresh-nojs' })
+  ctx.setDefaultTimeout(TIMEOUT_MS)
+  ctx.setDefaultNavigationTimeout(TIMEOUT_MS)
+  if (kind === 'main') contexts.main = ctx
+  return ctx
 }
 
 function pkce() {
@@ -308,7 +312,7 @@ class Journey {
   }
 
   async atCallback(page) {
-    await page.waitForURL((url) => url.href.startsWith(input.callback), { timeout: 30_000 })
+    await page.waitForURL((url) => url.href.startsWith(input.callback))
     this.result.url = page.url()
   }
 

@@ -45,6 +45,9 @@ enum Outcome {
 /// One page journey of `js/browser_journeys.mjs`.
 struct Journey {
     name: &'static str,
+    /// The headings of the pages it sees on the issuer, in order, repeats in a row counted once
+    /// (pages that submit themselves are not seen).
+    pages: &'static [&'static str],
     /// The screenshots it takes, `target/screenshots/{name}-{step}.png`.
     screenshots: &'static [&'static str],
     outcome: Outcome,
@@ -55,62 +58,74 @@ struct Journey {
 /// browser's address, so it stays last).
 ///
 /// DEVICE FLOW: the device verification page (`/device`, input `user_code`) gets its journey
-/// here after merge — a row like `Journey { name: "device", screenshots: &["user-code", ...],
-/// outcome: ... }` (an `Outcome` for "the polling client got tokens" may be needed) and the
-/// matching entry in `JOURNEYS` of compat-tests/js/browser_journeys.mjs.
+/// here after merge, before `throttled` — a row like `Journey { name: "device", pages: ...,
+/// screenshots: &["user-code", ...], outcome: ... }` (an `Outcome` for "the polling client got
+/// tokens" may be needed) and the matching entry in `JOURNEYS` of
+/// compat-tests/js/browser_journeys.mjs.
 const JOURNEYS: &[Journey] = &[
     Journey {
         name: "login_and_consent",
+        pages: &["Sign in", "Allow access?"],
         screenshots: &["login", "login-wrong-password", "consent", "callback"],
         outcome: Outcome::Code { method: "GET" },
     },
     Journey {
         name: "remembered_consent",
+        pages: &["Sign in"],
         screenshots: &["callback"],
         outcome: Outcome::Code { method: "GET" },
     },
     Journey {
         name: "deny",
+        pages: &["Allow access?"],
         screenshots: &["consent", "callback"],
         outcome: Outcome::Error("access_denied"),
     },
     Journey {
         name: "error_unknown_client",
+        pages: &["Sign-in error"],
         screenshots: &["error"],
         outcome: Outcome::ErrorPage(400),
     },
     Journey {
         name: "error_bad_redirect_uri",
+        pages: &["Sign-in error"],
         screenshots: &["error"],
         outcome: Outcome::ErrorPage(400),
     },
     Journey {
         name: "keyboard_only",
+        pages: &["Sign in", "Allow access?"],
         screenshots: &["login", "consent"],
         outcome: Outcome::Code { method: "GET" },
     },
     Journey {
         name: "no_javascript",
+        pages: &["Sign in", "Allow access?"],
         screenshots: &["consent"],
         outcome: Outcome::Code { method: "GET" },
     },
     Journey {
         name: "form_post",
+        pages: &["Sign in"],
         screenshots: &["callback"],
         outcome: Outcome::Code { method: "POST" },
     },
     Journey {
         name: "form_post_no_javascript",
+        pages: &["Sign in", "Continue to the application"],
         screenshots: &["continue"],
         outcome: Outcome::Code { method: "POST" },
     },
     Journey {
         name: "logout",
+        pages: &["Sign out", "Sign in"],
         screenshots: &["confirm", "signed-out"],
         outcome: Outcome::LoggedOut,
     },
     Journey {
         name: "throttled",
+        pages: &["Sign in"],
         screenshots: &["too-many"],
         outcome: Outcome::Throttled {
             within: LOGIN_FAILURES_PER_SOURCE,
@@ -440,6 +455,14 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
                 assert!(alert.contains("Too many failed sign-in attempts"), "{name}: {alert}");
             }
         }
+        let mut headings: Vec<&str> = seen["headings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        headings.dedup();
+        assert_eq!(headings, journey.pages, "{name}: the pages seen");
         // Every page of the journey speaks its language, has one heading, labels every field.
         for audit in seen["audits"].as_array().unwrap() {
             assert_eq!(audit["lang"], "en", "{name}: {audit}");

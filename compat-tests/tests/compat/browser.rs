@@ -378,6 +378,10 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
     let client_id = client["client_id"].as_str().unwrap().to_owned();
 
     let screenshots: PathBuf = workspace_root().join("target/screenshots");
+    // Only this run's pictures: a stale one must not stand in for a step that did not happen.
+    if screenshots.exists() {
+        std::fs::remove_dir_all(&screenshots).unwrap();
+    }
     let names: Vec<&str> = JOURNEYS.iter().map(|j| j.name).collect();
     let input = serde_json::json!({
         "issuer": server.issuer(),
@@ -475,7 +479,16 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
             );
         }
         for step in journey.screenshots {
-            assert_png(&screenshots.join(format!("{name}-{step}.png")));
+            let file = screenshots.join(format!("{name}-{step}.png"));
+            assert!(
+                result["screenshots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|taken| taken.as_str() == file.to_str()),
+                "{name}: no {step} screenshot this run"
+            );
+            assert_png(&file);
         }
     }
     // Nothing the journeys did was refused or crashed the server, and no password was logged.

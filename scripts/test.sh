@@ -11,11 +11,24 @@ start=$(date +%s)
 command -v node >/dev/null || { echo "error: node (Node.js >= 20) is required by the compatibility tests" >&2; exit 1; }
 command -v npm >/dev/null || { echo "error: npm is required by the compatibility tests" >&2; exit 1; }
 
-step "installing the compatibility suite's npm packages (openid-client, jose)"
+step "installing the compatibility suite's npm packages (openid-client, jose, playwright-core)"
 (cd compat-tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
 step "installing the openclaw-mcp example's npm packages (MCP SDK)"
 (cd examples/openclaw-mcp && npm ci --no-audit --no-fund --loglevel=error)
+
+step "installing Debian's chromium and chromium-driver for the browser tests (when missing)"
+if [ ! -x /usr/bin/chromium ]; then
+  as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else echo "error: /usr/bin/chromium is missing and neither root nor sudo is available to apt-get install chromium chromium-driver" >&2; exit 1
+    fi
+  }
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+  [ -x /usr/bin/chromium ] || { echo "error: apt-get installed chromium but /usr/bin/chromium is missing" >&2; exit 1; }
+fi
 
 step "installing the compatibility suite's Python client (authlib) into compat-tests/python/.venv"
 command -v python3 >/dev/null || { echo "error: python3 is required by the compatibility tests (authlib)" >&2; exit 1; }

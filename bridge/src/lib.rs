@@ -36,6 +36,7 @@ pub mod import;
 pub mod keys;
 pub mod legacy;
 pub mod listener;
+pub mod login_throttle;
 pub mod metrics;
 pub mod node;
 pub mod observability;

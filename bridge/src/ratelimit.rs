@@ -68,6 +68,11 @@ pub struct RateLimitConfig {
     pub auth_failures_per_client: Bucket,
     /// Registrations per source address (for `/register`).
     pub registrations_per_source: Bucket,
+    /// Failed password logins per source address (the login page; see [`crate::login_throttle`]).
+    pub login_failures_per_source: Bucket,
+    /// Failed password logins per username: slows guessing, never locks out a source without
+    /// recent failures (see [`crate::login_throttle`]).
+    pub login_failures_per_user: Bucket,
     /// Most keys each limiter remembers.
     pub max_keys: usize,
 }
@@ -81,6 +86,8 @@ impl Default for RateLimitConfig {
             auth_failures_per_source: Bucket::new(0.5, 20),
             auth_failures_per_client: Bucket::new(0.5, 10),
             registrations_per_source: Bucket::new(0.2, 20),
+            login_failures_per_source: Bucket::new(0.1, 10),
+            login_failures_per_user: Bucket::new(0.05, 5),
             max_keys: 65_536,
         }
     }
@@ -95,6 +102,8 @@ impl RateLimitConfig {
             ("auth_failures_per_source", self.auth_failures_per_source),
             ("auth_failures_per_client", self.auth_failures_per_client),
             ("registrations_per_source", self.registrations_per_source),
+            ("login_failures_per_source", self.login_failures_per_source),
+            ("login_failures_per_user", self.login_failures_per_user),
         ];
         let mut problems: Vec<String> = buckets
             .iter()
@@ -122,16 +131,22 @@ pub enum Scope {
     AuthFailuresClient,
     /// Registrations per source address.
     Registration,
+    /// Failed password logins per source address.
+    LoginFailuresSource,
+    /// Failed password logins per username.
+    LoginFailuresUser,
 }
 
 impl Scope {
     /// Every scope, in label order.
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Source,
         Scope::Client,
         Scope::AuthFailuresSource,
         Scope::AuthFailuresClient,
         Scope::Registration,
+        Scope::LoginFailuresSource,
+        Scope::LoginFailuresUser,
     ];
 
     /// The metric label.
@@ -142,6 +157,8 @@ impl Scope {
             Scope::AuthFailuresSource => "auth_failures_source",
             Scope::AuthFailuresClient => "auth_failures_client",
             Scope::Registration => "registration",
+            Scope::LoginFailuresSource => "login_failures_source",
+            Scope::LoginFailuresUser => "login_failures_user",
         }
     }
 }
@@ -194,6 +211,15 @@ impl Limiter {
     /// Whether `key` has a token left at `now_ns`, without spending it.
     pub fn peek(&self, key: &[u8], now_ns: u64) -> Result<(), Duration> {
         self.spend(key, now_ns, false)
+    }
+
+    /// Whether `key`'s bucket is full at `now_ns` (nothing spent that has not refilled).
+    pub fn is_full(&self, key: &[u8], now_ns: u64) -> bool {
+        let hash = self.hash(key);
+        let map = self.shards[(hash as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(&hash).is_none_or(|tat| *tat <= now_ns)
     }
 
     fn spend(&self, key: &[u8], now_ns: u64, spend: bool) -> Result<(), Duration> {
@@ -254,6 +280,7 @@ pub struct RateLimits {
     failures_source: Limiter,
     failures_client: Limiter,
     registrations: Limiter,
+    login: crate::login_throttle::LoginThrottle,
     metrics: Arc<Metrics>,
 }
 
@@ -268,6 +295,7 @@ impl RateLimits {
             failures_source: Limiter::new(config.auth_failures_per_source, n),
             failures_client: Limiter::new(config.auth_failures_per_client, n),
             registrations: Limiter::new(config.registrations_per_source, n),
+            login: crate::login_throttle::LoginThrottle::new(config),
             metrics,
         }
     }
@@ -321,6 +349,17 @@ impl RateLimits {
         }
     }
 
+    /// The login page's throttle of failed password logins.
+    pub fn login(&self) -> &crate::login_throttle::LoginThrottle {
+        &self.login
+    }
+
+    /// Counts a request refused by `scope` (for limits applied outside this module).
+    pub fn count_refusal(&self, scope: Scope) {
+        self.metrics.rate_limited(scope);
+        tracing::debug!(scope = scope.label(), "rate limited");
+    }
+
     /// Charges one registration from `source` (one line in a registration handler).
     pub fn check_registration(&self, source: Option<IpAddr>) -> Result<(), OAuthError> {
         let Some(ip) = source else { return Ok(()) };
@@ -331,7 +370,7 @@ impl RateLimits {
 }
 
 /// The key of a source address: IPv4 whole, IPv6 by its /64 (one host usually holds a whole /64).
-fn ip_key(ip: IpAddr) -> Vec<u8> {
+pub(crate) fn ip_key(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

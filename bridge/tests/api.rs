@@ -7,6 +7,7 @@ mod api {
     mod fuzz_corpus;
     pub mod harness;
     mod introspection;
+    mod login_pages;
     mod registration;
     mod token;
 }

@@ -8,6 +8,7 @@ mod compat {
     pub mod support;
 
     mod bad_input;
+    mod browser;
     mod crash;
     mod examples;
     mod hardening;

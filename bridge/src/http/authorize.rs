@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::form_post::{self, ResponseMode};
 use super::pages;
 use super::refresh::{self, RefreshLink, UserGrant};
 use super::token::{audiences, granted_scopes};
@@ -100,6 +101,7 @@ pub(super) struct AuthRequest {
     prompt_none: bool,
     max_age: Option<u64>,
     acr: bool,
+    response_mode: ResponseMode,
 }
 
 struct Pending {
@@ -409,7 +411,7 @@ fn issue_code(state: &AppState, request: AuthRequest, username: String, auth_tim
         params.push(("state", s.clone()));
     }
     params.push(("iss", state.0.settings.issuer.clone()));
-    let target = with_query(&request.redirect_uri, &params);
+    let target = respond(&request, &params);
     {
         let mut codes = lock(&state.0.authz.codes);
         prune(&mut codes, |c| c.expires + PENDING_TTL > now);
@@ -425,7 +427,16 @@ fn issue_code(state: &AppState, request: AuthRequest, username: String, auth_tim
             },
         );
     }
-    redirect(&target)
+    target
+}
+
+/// The authorization response carrying `params` to the request's redirect URI, in its
+/// `response_mode`.
+fn respond(request: &AuthRequest, params: &[(&str, String)]) -> Response {
+    match request.response_mode {
+        ResponseMode::Query => redirect(&with_query(&request.redirect_uri, params)),
+        ResponseMode::FormPost => form_post::response(&request.redirect_uri, params),
+    }
 }
 
 fn with_query(uri: &str, params: &[(&str, String)]) -> String {
@@ -461,7 +472,7 @@ fn fail(state: &AppState, failure: Failure) -> Response {
                 params.push(("state", s.clone()));
             }
             params.push(("iss", state.0.settings.issuer.clone()));
-            redirect(&with_query(&request.redirect_uri, &params))
+            respond(&request, &params)
         }
     }
 }
@@ -502,6 +513,7 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
         prompt_none: false,
         max_age: None,
         acr: false,
+        response_mode: ResponseMode::Query,
     };
     // `state` first, so later errors carry it back.
     match form.single("state") {
@@ -511,6 +523,17 @@ fn validate(state: &AppState, view: &View, form: &Form) -> Result<AuthRequest, F
                 Box::new(request),
                 "invalid_request",
                 "state is repeated".into(),
+            ));
+        }
+    }
+    // Then `response_mode`, so later errors travel the way the client asked.
+    match form.single("response_mode").ok().map(ResponseMode::parse) {
+        Some(Some(mode)) => request.response_mode = mode,
+        _ => {
+            return Err(Failure::Redirect(
+                Box::new(request),
+                "invalid_request",
+                "response_mode must be query or form_post".into(),
             ));
         }
     }
@@ -543,10 +566,6 @@ fn rest(
             "unauthorized_client",
             "the client is not registered for the authorization code flow".into(),
         ));
-    }
-    match form.single("response_mode").map_err(invalid)? {
-        None | Some("query") => {}
-        Some(_) => return Err(("invalid_request", "only response_mode=query is supported".into())),
     }
     if form.single("request").map_err(invalid)?.is_some() {
         return Err(("request_not_supported", "request objects are not supported".into()));
@@ -670,7 +689,12 @@ pub(super) fn expired() -> Response {
 }
 
 /// `POST /login`: checks the CSRF token and the password, replaces the session, continues.
-pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
+pub(super) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    form: Form,
+) -> Response {
     let now = state.now();
     let authz = &state.0.authz;
     let Some((key, session)) = authz.session(&headers, now) else {
@@ -688,6 +712,34 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     }
     let username = form.single("username").ok().flatten().unwrap_or_default().to_owned();
     let password = form.single("password").ok().flatten().unwrap_or_default().to_owned();
+    let source = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let throttle = state.rate_limits().map(|limits| (limits, limits.login()));
+    if let Some((limits, throttle)) = throttle
+        && let Err((scope, retry)) = throttle.check(source, &username)
+    {
+        limits.count_refusal(scope);
+        let client_name = find_client(&state, &state.view(), &request.client_id)
+            .map(|c| c.record.name.clone())
+            .unwrap_or_default();
+        let request_client_id = request.client_id.clone();
+        let id = authz.add_pending(request, &key, now);
+        let (problem, secs) = pages::login_throttled(retry);
+        let mut response = super::upstream_login::login_page(
+            &state,
+            &request_client_id,
+            &client_name,
+            &id,
+            &session.csrf,
+            &username,
+            Some((StatusCode::TOO_MANY_REQUESTS, &problem)),
+        );
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        return response;
+    }
     let record = state.with_node_read(|node| node.state().users.get(&username).cloned());
     let phc = record.as_ref().map(|u| u.password.clone());
     let (checked, upgrade) = tokio::task::spawn_blocking(move || match phc {
@@ -713,6 +765,9 @@ pub(super) async fn login(State(state): State<AppState>, headers: HeaderMap, for
     let view = state.view();
     if !checked {
         tracing::info!("login failed");
+        if let Some((_, throttle)) = throttle {
+            throttle.failed(source, &username);
+        }
         let client_name = find_client(&state, &view, &request.client_id)
             .map(|c| c.record.name.clone())
             .unwrap_or_default();

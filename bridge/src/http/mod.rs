@@ -8,6 +8,7 @@ mod cors;
 mod discovery;
 mod exchange;
 mod federated;
+mod form_post;
 mod introspect;
 mod oidc;
 mod pages;

@@ -185,7 +185,7 @@ pub(super) fn metadata_fields(state: &AppState, body: &mut Value) {
         "userinfo_endpoint": format!("{issuer}/userinfo"),
         "end_session_endpoint": format!("{issuer}/logout"),
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": super::form_post::SUPPORTED,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
         "subject_types_supported": ["public"],

@@ -24,7 +24,8 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margi
 line-height:1.5;color:#1a1a1a}label{display:block;margin-top:1rem;font-weight:600}\
 input[type=text],input[type=password]{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}\
 button{margin-top:1.25rem;margin-right:.5rem;padding:.5rem 1.25rem;font-size:1rem}\
-.error{color:#a40000;border-left:4px solid #a40000;padding-left:.5rem}ul{padding-left:1.25rem}";
+.error{color:#a40000;border-left:4px solid #a40000;padding-left:.5rem}ul{padding-left:1.25rem}\
+:focus-visible{outline:3px solid #1a4fbf;outline-offset:2px}";
 
 /// A whole page with the given status.
 pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -95,6 +96,18 @@ pub(crate) fn login(
     let alert = problem
         .map(|(_, p)| format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)))
         .unwrap_or_default();
+    // After a failed attempt the username is filled in: focus goes to the password, and both
+    // fields point at the alert for screen readers.
+    let (username_focus, password_focus) = if username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
+    let described = if problem.is_some() {
+        " aria-describedby=\"problem\""
+    } else {
+        ""
+    };
     let local = match choices.local {
         Ok(()) => format!(
             "<form method=\"post\" action=\"{action}\">\n\
@@ -102,9 +115,10 @@ pub(crate) fn login(
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\n\
 <label for=\"username\">Username</label>\n\
 <input type=\"text\" id=\"username\" name=\"username\" value=\"{username}\" autocomplete=\"username\" \
-autocapitalize=\"none\" required autofocus>\n\
+autocapitalize=\"none\" required{username_focus}{described}>\n\
 <label for=\"password\">Password</label>\n\
-<input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\n\
+<input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" \
+required{password_focus}{described}>\n\
 <button type=\"submit\">Sign in</button>\n</form>",
             action = escape(action),
             csrf = escape(csrf),
@@ -143,6 +157,17 @@ autocapitalize=\"none\" required autofocus>\n\
     );
     let status = problem.map_or(StatusCode::OK, |(status, _)| status);
     page(status, "Sign in", &body)
+}
+
+/// The alert of a login page answered 429 (too many failed logins from this source or for this
+/// username, [`crate::login_throttle`]) and the `Retry-After` seconds that go with it.
+pub(crate) fn login_throttled(retry: std::time::Duration) -> (String, u64) {
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    let unit = if secs == 1 { "second" } else { "seconds" };
+    (
+        format!("Too many failed sign-in attempts. Wait {secs} {unit}, then try again."),
+        secs.max(1),
+    )
 }
 
 /// The consent form.

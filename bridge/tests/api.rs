@@ -2,6 +2,7 @@
 
 mod api {
     mod authz;
+    mod device;
     mod exchange;
     mod federated;
     mod fuzz_corpus;

@@ -9,6 +9,7 @@ mod compat {
 
     mod bad_input;
     mod crash;
+    mod device;
     mod examples;
     mod hardening;
     mod hub_edge;

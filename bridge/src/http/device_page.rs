@@ -138,7 +138,7 @@ pub(super) async fn device_confirm(State(state): State<AppState>, headers: Heade
         Some("deny") => false,
         _ => return pages::error(StatusCode::BAD_REQUEST, "Choose Approve or Deny."),
     };
-    let decision = approved.then(|| (username, auth_time));
+    let decision = approved.then_some((username, auth_time));
     if !state.0.devices.decide(user_code, decision, now) {
         return code_page(
             &state,

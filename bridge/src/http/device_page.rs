@@ -36,7 +36,7 @@ pub(super) async fn device_get(
     let now = state.now();
     let authz = state.authz();
     match authz.session(&headers, now) {
-        Some((_, session)) if session.user.is_some() => code_page(&state, &session, &entered, None),
+        Some((_, session)) if signed_in(&state, &session).is_some() => code_page(&state, &session, &entered, None),
         Some((_, session)) => login_page(&state, &session.csrf, &entered, "", None),
         None => {
             let (_, session, id) = authz.new_session(None, now);
@@ -88,7 +88,7 @@ pub(super) async fn device_post(State(state): State<AppState>, headers: HeaderMa
         return forbidden();
     }
     let entered = form.single("user_code").ok().flatten().unwrap_or_default();
-    let Some((username, _)) = session.user.clone() else {
+    let Some((username, _)) = signed_in(&state, &session) else {
         return login_page(&state, &session.csrf, &prefill(entered), "", None);
     };
     match state.0.devices.lookup(&username, entered, now) {
@@ -129,7 +129,7 @@ pub(super) async fn device_confirm(State(state): State<AppState>, headers: Heade
     if !csrf_ok(&session, &form) {
         return forbidden();
     }
-    let Some((username, auth_time)) = session.user.clone() else {
+    let Some((username, auth_time)) = signed_in(&state, &session) else {
         return forbidden();
     };
     let user_code = form.single("user_code").ok().flatten().unwrap_or_default();
@@ -165,6 +165,13 @@ pub(super) async fn device_confirm(State(state): State<AppState>, headers: Heade
             "<p id=\"result\">You denied the request. The device gets no access.</p>",
         )
     }
+}
+
+/// The session's user (username, auth_time), if signed in and still a user.
+fn signed_in(state: &AppState, session: &Session) -> Option<(String, u64)> {
+    let (username, auth_time) = session.user.clone()?;
+    let exists = state.read_state(|s| s.users.contains_key(&username));
+    exists.then_some((username, auth_time))
 }
 
 /// The value the code field is prefilled with: a well-formed code as `XXXX-XXXX`, else nothing.

@@ -524,12 +524,18 @@ async fn removing_a_user_revokes_their_refresh_tokens() {
     let access = rotated.json["access_token"].as_str().unwrap();
     let (id, secret) = s.h.client("read", &[], None);
     assert_eq!(s.h.introspect(&id, &secret, access).await["active"], true);
+    let pending = authorize_device(&s, "read").await;
+    let mut browser = Browser::default();
+    let page = browser.sign_in(&s.h, "/device").await;
 
     s.h.admin(AdminRequest::User(UserRequest::Remove {
         username: "alice".into(),
     }))
     .unwrap();
     assert_eq!(s.h.introspect(&id, &secret, access).await["active"], false);
+    // Their browser session no longer approves anything: the page asks to sign in.
+    let again = browser.enter(&s.h, &page, pending["user_code"].as_str().unwrap()).await;
+    assert!(again.text.contains("id=\"username\""), "{}", again.text);
     // A new user of the same name does not inherit the old grants.
     add_user(&s.h, "alice", "other");
     let answer = refresh(&s.h, &s.client_id, rotated.json["refresh_token"].as_str().unwrap()).await;

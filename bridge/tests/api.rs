@@ -10,4 +10,5 @@ mod api {
     mod introspection;
     mod registration;
     mod token;
+    mod user_grants;
 }

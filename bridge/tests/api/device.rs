@@ -1,23 +1,21 @@
 //! The device authorization grant (RFC 8628): `/device_authorization`, the verification page and
-//! every polling answer; and two properties of user grants: a code replay racing its redemption
-//! revokes the tokens, and removing a user revokes their refresh-token families.
+//! every polling answer. The helpers here also serve `user_grants.rs`.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bridge::node::AdminRequest;
 use bridge::users::UserRequest;
 use serde_json::Value;
-use sha2::Digest;
 
 use super::harness::*;
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-fn claims(token: &str) -> Value {
+pub(super) fn claims(token: &str) -> Value {
     serde_json::from_slice(&unb64(token.split('.').nth(1).unwrap())).unwrap()
 }
 
-fn add_user(h: &Harness, name: &str, password: &str) {
+pub(super) fn add_user(h: &Harness, name: &str, password: &str) {
     h.admin(AdminRequest::User(UserRequest::Add {
         username: name.into(),
         password: password.into(),
@@ -28,7 +26,7 @@ fn add_user(h: &Harness, name: &str, password: &str) {
 }
 
 /// A device-flow client (public or confidential); returns (id, secret).
-fn device_client(h: &Harness, public: bool, redirect_uris: &[&str]) -> (String, Option<String>) {
+pub(super) fn device_client(h: &Harness, public: bool, redirect_uris: &[&str]) -> (String, Option<String>) {
     let answer = h
         .admin(AdminRequest::User(UserRequest::AddDeviceClient {
             name: "TV <App>".into(),
@@ -47,12 +45,12 @@ fn device_client(h: &Harness, public: bool, redirect_uris: &[&str]) -> (String, 
     )
 }
 
-struct Setup {
-    h: Harness,
-    client_id: String,
+pub(super) struct Setup {
+    pub(super) h: Harness,
+    pub(super) client_id: String,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     let h = Harness::new();
     add_user(&h, "alice", "wonderland");
     let (client_id, _) = device_client(&h, true, &[]);
@@ -61,12 +59,12 @@ fn setup() -> Setup {
 
 /// A browser: remembers the session cookie.
 #[derive(Default)]
-struct Browser {
+pub(super) struct Browser {
     cookie: Option<String>,
 }
 
 impl Browser {
-    async fn get(&mut self, h: &Harness, path: &str) -> Answer {
+    pub(super) async fn get(&mut self, h: &Harness, path: &str) -> Answer {
         let mut request = Request::get(path);
         if let Some(c) = &self.cookie {
             request = request.header(header::COOKIE, c.as_str());
@@ -76,7 +74,7 @@ impl Browser {
         answer
     }
 
-    async fn post(&mut self, h: &Harness, path: &str, pairs: &[(&str, &str)]) -> Answer {
+    pub(super) async fn post(&mut self, h: &Harness, path: &str, pairs: &[(&str, &str)]) -> Answer {
         let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(c) = &self.cookie {
             request = request.header(header::COOKIE, c.as_str());
@@ -95,7 +93,7 @@ impl Browser {
     }
 
     /// Opens the verification page and signs in as alice; returns the code-entry page.
-    async fn sign_in(&mut self, h: &Harness, path: &str) -> Answer {
+    pub(super) async fn sign_in(&mut self, h: &Harness, path: &str) -> Answer {
         let login = self.get(h, path).await;
         assert_eq!(login.status, StatusCode::OK, "{}", login.text);
         assert!(login.text.contains("id=\"username\""), "{}", login.text);
@@ -117,7 +115,7 @@ impl Browser {
     }
 
     /// Enters `user_code` on the code page `page`; returns the answer.
-    async fn enter(&mut self, h: &Harness, page: &Answer, user_code: &str) -> Answer {
+    pub(super) async fn enter(&mut self, h: &Harness, page: &Answer, user_code: &str) -> Answer {
         self.post(
             h,
             "/device",
@@ -130,7 +128,7 @@ impl Browser {
     }
 
     /// Answers the confirmation page `page` with `decision` (`approve` or `deny`).
-    async fn decide(&mut self, h: &Harness, page: &Answer, decision: &str) -> Answer {
+    pub(super) async fn decide(&mut self, h: &Harness, page: &Answer, decision: &str) -> Answer {
         assert!(page.text.contains("id=\"approve\"") && page.text.contains("id=\"deny\""));
         self.post(
             h,
@@ -146,14 +144,14 @@ impl Browser {
 }
 
 /// The value of the input `name` of a page.
-fn field(html: &str, name: &str) -> String {
+pub(super) fn field(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
     let end = html[start..].find('"').unwrap() + start;
     html[start..end].to_owned()
 }
 
-async fn authorize_device(s: &Setup, scope: &str) -> Value {
+pub(super) async fn authorize_device(s: &Setup, scope: &str) -> Value {
     let body = form(&[("client_id", &s.client_id), ("scope", scope)]);
     let answer = s.h.post_form("/device_authorization", None, &body).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
@@ -161,7 +159,7 @@ async fn authorize_device(s: &Setup, scope: &str) -> Value {
     answer.json
 }
 
-async fn poll(h: &Harness, client_id: &str, device_code: &str) -> Answer {
+pub(super) async fn poll(h: &Harness, client_id: &str, device_code: &str) -> Answer {
     let body = form(&[
         ("grant_type", DEVICE_GRANT),
         ("device_code", device_code),
@@ -170,7 +168,7 @@ async fn poll(h: &Harness, client_id: &str, device_code: &str) -> Answer {
     h.post_form("/token", None, &body).await
 }
 
-async fn refresh(h: &Harness, client_id: &str, token: &str) -> Answer {
+pub(super) async fn refresh(h: &Harness, client_id: &str, token: &str) -> Answer {
     let body = form(&[
         ("grant_type", "refresh_token"),
         ("refresh_token", token),
@@ -180,7 +178,7 @@ async fn refresh(h: &Harness, client_id: &str, token: &str) -> Answer {
 }
 
 /// Runs the flow to approval through the pages; returns the device authorization response.
-async fn approved(s: &Setup) -> Value {
+pub(super) async fn approved(s: &Setup) -> Value {
     let started = authorize_device(s, "openid read").await;
     let mut browser = Browser::default();
     let page = browser
@@ -510,135 +508,4 @@ async fn device_page_forms_need_the_sessions_csrf_token() {
         "authorization_pending",
         "no forged approval went through"
     );
-}
-
-#[tokio::test]
-async fn removing_a_user_revokes_their_refresh_tokens() {
-    let s = setup();
-    let started = approved(&s).await;
-    let tokens = poll(&s.h, &s.client_id, started["device_code"].as_str().unwrap()).await;
-    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.json);
-    let refresh_token = tokens.json["refresh_token"].as_str().unwrap();
-    let rotated = refresh(&s.h, &s.client_id, refresh_token).await;
-    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.json);
-    let access = rotated.json["access_token"].as_str().unwrap();
-    let (id, secret) = s.h.client("read", &[], None);
-    assert_eq!(s.h.introspect(&id, &secret, access).await["active"], true);
-    let pending = authorize_device(&s, "read").await;
-    let mut browser = Browser::default();
-    let page = browser.sign_in(&s.h, "/device").await;
-
-    s.h.admin(AdminRequest::User(UserRequest::Remove {
-        username: "alice".into(),
-    }))
-    .unwrap();
-    assert_eq!(s.h.introspect(&id, &secret, access).await["active"], false);
-    // Their browser session no longer approves anything: the page asks to sign in.
-    let again = browser.enter(&s.h, &page, pending["user_code"].as_str().unwrap()).await;
-    assert!(again.text.contains("id=\"username\""), "{}", again.text);
-    // A new user of the same name does not inherit the old grants.
-    add_user(&s.h, "alice", "other");
-    let answer = refresh(&s.h, &s.client_id, rotated.json["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(answer.error(), "invalid_grant", "{}", answer.json);
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_code_replay_racing_its_redemption_revokes_the_tokens() {
-    let h = Harness::new();
-    add_user(&h, "alice", "wonderland");
-    let (client_id, _) = device_client(&h, true, &["http://127.0.0.1/callback"]);
-    let verifier = "dBjftJeZ4CK-P-0hXpq9k1M6RAxzW1T2XzY3kLmNoPq";
-    let challenge = b64(&sha2::Sha256::digest(verifier.as_bytes()));
-    let query = form(&[
-        ("response_type", "code"),
-        ("client_id", &client_id),
-        ("redirect_uri", "http://127.0.0.1/callback"),
-        ("scope", "openid read"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]);
-    let mut browser = Browser::default();
-    let login = browser.get(&h, &format!("/authorize?{query}")).await;
-    let consent = browser
-        .post(
-            &h,
-            "/login",
-            &[
-                ("csrf_token", &field(&login.text, "csrf_token")),
-                ("request", &field(&login.text, "request")),
-                ("username", "alice"),
-                ("password", "wonderland"),
-            ],
-        )
-        .await;
-    let back = browser
-        .post(
-            &h,
-            "/consent",
-            &[
-                ("csrf_token", &field(&consent.text, "csrf_token")),
-                ("request", &field(&consent.text, "request")),
-                ("decision", "allow"),
-            ],
-        )
-        .await;
-    let location = url::Url::parse(back.headers[header::LOCATION].to_str().unwrap()).unwrap();
-    let code = location
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
-    let body = form(&[
-        ("grant_type", "authorization_code"),
-        ("code", &code),
-        ("redirect_uri", "http://127.0.0.1/callback"),
-        ("client_id", &client_id),
-        ("code_verifier", verifier),
-    ]);
-
-    // Hold the node lock, so both redemptions pass the code check and wait to write.
-    let (release, wait) = std::sync::mpsc::channel::<()>();
-    let (held, is_held) = std::sync::mpsc::channel::<()>();
-    let state = h.state.clone();
-    let blocker = std::thread::spawn(move || {
-        state
-            .with_node(|_| {
-                held.send(()).unwrap();
-                wait.recv().unwrap();
-                Ok(((), vec![]))
-            })
-            .unwrap();
-    });
-    is_held.recv().unwrap();
-    let h = std::sync::Arc::new(h);
-    let first = tokio::spawn({
-        let (h, body) = (h.clone(), body.clone());
-        async move { h.post_form("/token", None, &body).await }
-    });
-    let second = tokio::spawn({
-        let (h, body) = (h.clone(), body.clone());
-        async move { h.post_form("/token", None, &body).await }
-    });
-    // On this single-threaded runtime, yielding runs both requests up to the locked node.
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!first.is_finished() && !second.is_finished(), "both wait for the node");
-    release.send(()).unwrap();
-    blocker.join().unwrap();
-    let answers = [first.await.unwrap(), second.await.unwrap()];
-    let issued: Vec<&Answer> = answers.iter().filter(|a| a.status == StatusCode::OK).collect();
-    assert_eq!(issued.len(), 1, "one redemption wins");
-    assert!(answers.iter().any(|a| a.error() == "invalid_grant"));
-    let tokens = &issued[0].json;
-    let (id, secret) = h.client("read", &[], None);
-    let access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(
-        h.introspect(&id, &secret, access).await["active"],
-        false,
-        "the racing replay revoked it"
-    );
-    let refreshed = refresh(&h, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(refreshed.error(), "invalid_grant", "{}", refreshed.json);
 }

@@ -270,7 +270,8 @@ enum ClientCommand {
         name: String,
         /// Grant type the client may use (repeatable): `client_credentials`,
         /// `urn:ietf:params:oauth:grant-type:token-exchange` (alias `token-exchange`); none =
-        /// introspection/revocation only.
+        /// introspection/revocation only. `device_code` (the RFC 8628 device flow, alone or with
+        /// --redirect-uri) registers a client acting for users, with refresh tokens.
         #[arg(long = "grant", value_name = "GRANT")]
         grants: Vec<String>,
         /// Allowed scopes, space-separated (repeatable).
@@ -298,8 +299,9 @@ enum ClientCommand {
         /// Where RP-initiated logout may return to (repeatable; exact match).
         #[arg(long = "post-logout-redirect-uri", value_name = "URI", requires = "redirect_uris")]
         post_logout_redirect_uris: Vec<String>,
-        /// A public client (no secret; PKCE only; token_endpoint_auth_method none).
-        #[arg(long, requires = "redirect_uris")]
+        /// A public client (no secret; PKCE only; token_endpoint_auth_method none); needs
+        /// --redirect-uri or --grant device_code.
+        #[arg(long)]
         public: bool,
         /// ID-token signing algorithm [default: RS256].
         #[arg(long, value_name = "RS256|ES256|EdDSA", requires = "redirect_uris")]
@@ -542,6 +544,51 @@ fn execute(cli: Cli) -> Result<(), Error> {
             client_id,
             grace_secs: grace.as_secs(),
         },
+        Command::Client(ClientCommand::Add {
+            name,
+            grants,
+            scopes,
+            audiences,
+            token_alg,
+            jwks_file,
+            secret_stdin,
+            policy,
+            redirect_uris,
+            post_logout_redirect_uris,
+            public,
+            id_token_alg,
+            ..
+        }) if grants.iter().any(|g| is_device_grant(g)) => {
+            if grants.iter().any(|g| !is_device_grant(g))
+                || jwks_file.is_some()
+                || secret_stdin
+                || policy.degradation().is_some()
+            {
+                return Err(Error::Admin(
+                    "a --grant device_code client takes no other --grant, --jwks-file, --secret-stdin or policy options"
+                        .into(),
+                ));
+            }
+            AdminRequest::User(crate::users::UserRequest::AddDeviceClient {
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                scopes,
+                audiences,
+                public,
+                token_alg,
+                id_token_alg,
+            })
+        }
+        Command::Client(ClientCommand::Add {
+            public: true,
+            ref redirect_uris,
+            ..
+        }) if redirect_uris.is_empty() => {
+            return Err(Error::Admin(
+                "--public needs --redirect-uri or --grant device_code".into(),
+            ));
+        }
         Command::Client(ClientCommand::Add {
             name,
             grants,
@@ -1110,4 +1157,9 @@ impl Cli {
     pub fn is_serve(&self) -> bool {
         matches!(self.command, Command::Serve(_) | Command::Protect(_))
     }
+}
+
+/// Whether `grant` names the device flow (RFC 8628): the grant type URI or `device_code`.
+fn is_device_grant(grant: &str) -> bool {
+    matches!(grant, "device_code" | "device-code" | crate::http::device::DEVICE_CODE)
 }

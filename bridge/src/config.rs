@@ -179,6 +179,12 @@ pub struct BridgeConfig {
     /// Lifetime of a signed-in browser session (humantime; default 12h).
     #[serde(deserialize_with = "positive_duration")]
     pub session_ttl: Duration,
+    /// Lifetime of a device code of the device flow (RFC 8628; humantime; default 10m, at most 1h).
+    #[serde(deserialize_with = "device_code_ttl")]
+    pub device_code_ttl: Duration,
+    /// The polling interval devices are told (RFC 8628 `interval`; humantime; default 5s, 1s to 1m).
+    #[serde(deserialize_with = "device_poll_interval")]
+    pub device_poll_interval: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -199,6 +205,8 @@ impl Default for BridgeConfig {
             refresh_grace: Duration::from_secs(3),
             refresh_token_ttl: Duration::from_secs(30 * 86_400),
             session_ttl: Duration::from_secs(12 * 3600),
+            device_code_ttl: Duration::from_secs(600),
+            device_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -267,6 +275,24 @@ fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Durat
     let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 86_400) {
         return Err(serde::de::Error::custom("must be between 1s and 366d"));
+    }
+    Ok(d)
+}
+
+fn device_code_ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d < Duration::from_secs(10) || d > Duration::from_secs(3600) {
+        return Err(serde::de::Error::custom("must be between 10s and 1h"));
+    }
+    Ok(d)
+}
+
+fn device_poll_interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    let d = humantime::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(60) {
+        return Err(serde::de::Error::custom("must be between 1s and 1m"));
     }
     Ok(d)
 }

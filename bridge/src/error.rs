@@ -75,6 +75,34 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, "access_denied", description)
     }
 
+    /// 400 `authorization_pending` (RFC 8628 §3.5): the user has not approved the device yet.
+    pub fn authorization_pending() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "authorization_pending",
+            "the user has not yet approved the request",
+        )
+    }
+
+    /// 400 `slow_down` (RFC 8628 §3.5): the device polls faster than its interval, which grows by
+    /// 5 s.
+    pub fn slow_down(interval: u64) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "slow_down",
+            format!("polling too fast; wait {interval} s between requests"),
+        )
+    }
+
+    /// 400 `expired_token` (RFC 8628 §3.5): the device code expired before the user approved it.
+    pub fn expired_token() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "expired_token",
+            "the device code has expired; start again",
+        )
+    }
+
     /// 400 `invalid_target` (RFC 8707 §2): a requested resource or audience is not allowed.
     pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_target", description)

@@ -168,6 +168,10 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         refresh_ttl_secs: bridge.refresh_token_ttl.as_secs(),
         session_ttl_secs: bridge.session_ttl.as_secs(),
     });
+    state.devices().configure(crate::http::device::DeviceSettings {
+        code_ttl_secs: bridge.device_code_ttl.as_secs(),
+        interval_secs: bridge.device_poll_interval.as_secs(),
+    });
     let execution = &config.node.execution;
     let limits = plugins::Limits {
         memory_bytes: usize::try_from(execution.max_skill_memory_mb.get().saturating_mul(1024 * 1024))

@@ -101,6 +101,32 @@ pub enum UserRequest {
         #[serde(default)]
         email: Option<String>,
     },
+    /// Registers a client of the device flow (RFC 8628): grants the device code and
+    /// refresh_token, and with redirect URIs the authorization code flow too.
+    AddDeviceClient {
+        /// Display name.
+        name: String,
+        /// Redirect URIs, if it also uses the code flow.
+        #[serde(default)]
+        redirect_uris: Vec<String>,
+        /// Where RP-initiated logout may return to.
+        #[serde(default)]
+        post_logout_redirect_uris: Vec<String>,
+        /// Allowed scopes.
+        scopes: Vec<String>,
+        /// Allowed audiences.
+        #[serde(default)]
+        audiences: Vec<String>,
+        /// A public client (`token_endpoint_auth_method: none`); else it gets a secret.
+        #[serde(default)]
+        public: bool,
+        /// Access-token algorithm.
+        #[serde(default)]
+        token_alg: Option<Alg>,
+        /// ID-token algorithm (default RS256).
+        #[serde(default)]
+        id_token_alg: Option<Alg>,
+    },
     /// Imports users with password hashes from another identity provider (`meshgate import`),
     /// the hashes kept as they are; existing usernames are skipped.
     Import {
@@ -241,7 +267,19 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                     .filter(|c| c.username == username)
                     .map(|c| Change::Login(LoginChange::RemoveConsent(c.key()))),
             );
-            (json!({"removed": username}), changes)
+            // Their refresh-token families stop refreshing (also for a later user of the same
+            // name) and the access tokens issued with them introspect inactive.
+            let families: std::collections::BTreeSet<&str> = state
+                .refresh
+                .tokens
+                .values()
+                .filter(|t| t.username == username && !state.refresh.revoked.contains_key(&t.family))
+                .map(|t| t.family.as_str())
+                .collect();
+            for family in &families {
+                changes.extend(crate::http::refresh::revoke_family(state, family, "user_removed", now));
+            }
+            (json!({"removed": username, "revoked_grants": families.len()}), changes)
         }
         UserRequest::Passwd { username, password } => {
             let mut record = user(&username)?.clone();
@@ -285,6 +323,72 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
             if redirect_uris.is_empty() {
                 return Err(Error::Admin("give at least one --redirect-uri".into()));
             }
+            let client = UserClient {
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                scopes,
+                audiences,
+                public,
+                token_alg,
+                id_token_alg,
+            };
+            client.add(false, now)?
+        }
+        UserRequest::AddDeviceClient {
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            scopes,
+            audiences,
+            public,
+            token_alg,
+            id_token_alg,
+        } => {
+            if redirect_uris.is_empty() && !post_logout_redirect_uris.is_empty() {
+                return Err(Error::Admin("--post-logout-redirect-uri needs --redirect-uri".into()));
+            }
+            let client = UserClient {
+                name,
+                redirect_uris,
+                post_logout_redirect_uris,
+                scopes,
+                audiences,
+                public,
+                token_alg,
+                id_token_alg,
+            };
+            client.add(true, now)?
+        }
+    })
+}
+
+/// A client acting for users (code flow, device flow, or both).
+struct UserClient {
+    name: String,
+    redirect_uris: Vec<String>,
+    post_logout_redirect_uris: Vec<String>,
+    scopes: Vec<String>,
+    audiences: Vec<String>,
+    public: bool,
+    token_alg: Option<Alg>,
+    id_token_alg: Option<Alg>,
+}
+
+impl UserClient {
+    /// Registers it (with the device grant when `device`).
+    fn add(self, device: bool, now: u64) -> Result<(Value, Vec<Change>), Error> {
+        let UserClient {
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            scopes,
+            audiences,
+            public,
+            token_alg,
+            id_token_alg,
+        } = self;
+        {
             for uri in redirect_uris.iter().chain(&post_logout_redirect_uris) {
                 checked_redirect_uri(uri).map_err(|e| Error::Admin(format!("redirect URI `{uri}`: {e}")))?;
             }
@@ -299,7 +403,15 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                 client_id: client_id.clone(),
                 name: crate::node::checked_name(name)?,
                 secrets,
-                grant_types: CODE_GRANTS.iter().map(|g| (*g).to_owned()).collect(),
+                grant_types: if !device {
+                    CODE_GRANTS.iter().map(|g| (*g).to_owned()).collect()
+                } else if redirect_uris.is_empty() {
+                    vec![crate::http::device::DEVICE_CODE.to_owned(), "refresh_token".to_owned()]
+                } else {
+                    let mut grants: Vec<String> = CODE_GRANTS.iter().map(|g| (*g).to_owned()).collect();
+                    grants.push(crate::http::device::DEVICE_CODE.to_owned());
+                    grants
+                },
                 scopes: crate::node::checked_scopes(scopes)?,
                 audiences: crate::node::checked_audiences(audiences)?,
                 token_alg: token_alg.unwrap_or(Alg::EdDSA).to_string(),
@@ -318,9 +430,9 @@ pub fn execute(node: &Node, request: UserRequest, now: u64) -> Result<(Value, Ve
                 Some(secret) => answer["client_secret"] = json!(secret),
                 None => answer["token_endpoint_auth_method"] = json!("none"),
             }
-            (answer, vec![Change::PutClient(record)])
+            Ok((answer, vec![Change::PutClient(record)]))
         }
-    })
+    }
 }
 
 fn user_summary(user: &UserRecord) -> Value {

@@ -2,6 +2,7 @@
 
 mod api {
     mod authz;
+    mod device;
     mod exchange;
     mod federated;
     mod fuzz_corpus;
@@ -10,4 +11,5 @@ mod api {
     mod login_pages;
     mod registration;
     mod token;
+    mod user_grants;
 }

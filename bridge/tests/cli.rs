@@ -418,3 +418,74 @@ fn users_and_code_flow_clients_from_the_command_line() {
     assert_eq!(list[0]["username"], "upstream:corp:f3a9-77");
     assert_eq!(list[0]["name"], "Frank");
 }
+
+#[test]
+fn device_flow_clients_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let show = |id: &str| json(&run(&["client", "show", id, "--data-dir", data, "--json"]));
+    let grants = |client: &Value| -> Vec<String> {
+        let grants = client["grant_types"].as_array().unwrap_or_else(|| panic!("{client}"));
+        grants.iter().map(|g| g.as_str().unwrap().to_owned()).collect()
+    };
+    let device = "urn:ietf:params:oauth:grant-type:device_code";
+    // A public device-only client.
+    let tv = json(&run(&[
+        "client",
+        "add",
+        "--name",
+        "tv",
+        "--grant",
+        "device_code",
+        "--public",
+        "--scope",
+        "openid",
+        "--data-dir",
+        data,
+        "--json",
+    ]));
+    assert_eq!(tv["token_endpoint_auth_method"], "none", "{tv}");
+    assert_eq!(
+        grants(&show(tv["client_id"].as_str().unwrap())),
+        [device, "refresh_token"]
+    );
+    // A confidential code-flow client that also takes the device flow (the full URI works too).
+    let both = json(&run(&[
+        "client",
+        "add",
+        "--name",
+        "both",
+        "--redirect-uri",
+        "http://127.0.0.1/cb",
+        "--grant",
+        device,
+        "--scope",
+        "openid",
+        "--data-dir",
+        data,
+        "--json",
+    ]));
+    assert!(both["client_secret"].is_string(), "{both}");
+    assert_eq!(
+        grants(&show(both["client_id"].as_str().unwrap())),
+        ["authorization_code", "refresh_token", device]
+    );
+    // --public needs a redirect URI or the device flow; device_code mixes with no other grant.
+    let public_alone = run(&["client", "add", "--name", "x", "--public", "--data-dir", data]);
+    assert!(!public_alone.status.success());
+    assert!(String::from_utf8_lossy(&public_alone.stderr).contains("--grant device_code"));
+    let mixed = run(&[
+        "client",
+        "add",
+        "--name",
+        "x",
+        "--grant",
+        "device_code",
+        "--grant",
+        "client_credentials",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!mixed.status.success());
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("no other --grant"));
+}

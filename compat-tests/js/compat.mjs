@@ -272,6 +272,96 @@ const commands = {
     }
   },
 
+  // The device authorization grant (RFC 8628) through openid-client: initiateDeviceAuthorization,
+  // then pollDeviceAuthorizationGrant while the user approves on the verification page (fetched
+  // without a browser: verification_uri_complete, sign in, confirm the code, approve, each form
+  // posted with the session cookie and its CSRF token); ID token, refresh; then a second device
+  // authorization the user denies.
+  async 'device-flow'({ issuer, client_id, username, password, scope }) {
+    const config = await client.discovery(new URL(issuer), client_id, undefined, client.None(), {
+      execute: [client.allowInsecureRequests],
+    })
+    const settle = (promise) =>
+      promise.then(
+        (value) => ({ ok: true, value }),
+        (error) => failure(error),
+      )
+    const pages = []
+    let cookie = null
+    const step = async (target, form) => {
+      const headers = {}
+      if (cookie) headers.cookie = cookie
+      const options = { redirect: 'manual', headers }
+      if (form) {
+        options.method = 'POST'
+        headers['content-type'] = 'application/x-www-form-urlencoded'
+        options.body = new URLSearchParams(form).toString()
+      }
+      const response = await fetch(target, options)
+      const set = response.headers.get('set-cookie')
+      if (set) cookie = set.split(';')[0]
+      const text = await response.text()
+      pages.push({ url: String(target), status: response.status, set_cookie: set })
+      if (response.status !== 200) throw new Error(`${target}: ${response.status} ${text}`)
+      return text
+    }
+    const hidden = (html, name) => {
+      const match = html.match(new RegExp(`name="${name}" value="([^"]*)"`))
+      if (!match) throw new Error(`no ${name} field in ${html}`)
+      return match[1]
+    }
+    const action = (html) => new URL(html.match(/<form method="post" action="([^"]+)"/)[1], issuer)
+
+    const started = await client.initiateDeviceAuthorization(config, { scope })
+    const polling = settle(client.pollDeviceAuthorizationGrant(config, started))
+    const login = await step(new URL(started.verification_uri_complete))
+    const entry = await step(action(login), {
+      csrf_token: hidden(login, 'csrf_token'),
+      user_code: hidden(login, 'user_code'),
+      username,
+      password,
+    })
+    const prefilled = hidden(entry, 'user_code')
+    const confirm = await step(action(entry), { csrf_token: hidden(entry, 'csrf_token'), user_code: prefilled })
+    const done = await step(action(confirm), {
+      csrf_token: hidden(confirm, 'csrf_token'),
+      user_code: hidden(confirm, 'user_code'),
+      decision: 'approve',
+    })
+    const polled = await polling
+    if (!polled.ok) throw new Error(`polling failed: ${JSON.stringify(polled)}`)
+    const tokens = polled.value
+    const claims = tokens.claims()
+    const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token)
+
+    // A second device, denied by the (still signed-in) user.
+    const second = await client.initiateDeviceAuthorization(config, { scope })
+    const deniedPolling = settle(client.pollDeviceAuthorizationGrant(config, second))
+    const entry2 = await step(new URL(second.verification_uri_complete))
+    const confirm2 = await step(action(entry2), {
+      csrf_token: hidden(entry2, 'csrf_token'),
+      user_code: hidden(entry2, 'user_code'),
+    })
+    await step(action(confirm2), {
+      csrf_token: hidden(confirm2, 'csrf_token'),
+      user_code: hidden(confirm2, 'user_code'),
+      decision: 'deny',
+    })
+    const denied = await deniedPolling
+    return {
+      metadata: config.serverMetadata(),
+      started,
+      prefilled,
+      confirm_page: confirm,
+      done_page: done,
+      pages,
+      tokens,
+      claims,
+      refreshed,
+      denied,
+    }
+  },
+
   // One client assertion built by hand, so a test can replay it.
   async assertion({ private_jwk, client_id, aud, jti, lifetime }) {
     const key = await jose.importJWK(private_jwk, private_jwk.alg)

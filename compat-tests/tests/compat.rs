@@ -10,6 +10,7 @@ mod compat {
     mod bad_input;
     mod browser;
     mod crash;
+    mod device;
     mod examples;
     mod hardening;
     mod hub_edge;

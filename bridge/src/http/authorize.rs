@@ -35,7 +35,7 @@ pub const CODE_TTL: u64 = 60;
 /// How long a pending authorization request (login or consent page shown) stays valid.
 const PENDING_TTL: u64 = 600;
 /// Lifetime of a session before its user logs in.
-const ANONYMOUS_TTL: u64 = 1800;
+pub(super) const ANONYMOUS_TTL: u64 = 1800;
 /// Bound on each in-memory map (sessions, pending requests, codes).
 const MAX_ENTRIES: usize = 100_000;
 /// The session cookie.
@@ -78,10 +78,13 @@ pub struct Authz {
     pub(super) upstream_logins: super::upstream_login::Started,
 }
 
+/// A browser session.
 #[derive(Clone)]
 pub(super) struct Session {
+    /// The CSRF token of its forms.
     pub(super) csrf: String,
-    user: Option<(String, u64)>,
+    /// The signed-in user (username, auth_time).
+    pub(super) user: Option<(String, u64)>,
     expires: u64,
 }
 
@@ -138,6 +141,7 @@ impl Authz {
         Some((user, auth_time, session.csrf))
     }
 
+    /// The session of the request's cookie: its key and the session.
     pub(super) fn session(&self, headers: &HeaderMap, now: u64) -> Option<(String, Session)> {
         let id = cookie(headers, COOKIE)?;
         let key = digest(id);
@@ -166,6 +170,7 @@ impl Authz {
         (key, session, id)
     }
 
+    /// Ends the session `key`.
     pub(super) fn end_session(&self, key: &str) {
         lock(&self.sessions).remove(key);
     }
@@ -233,6 +238,7 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
+/// Sets the session cookie.
 pub(super) fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: u64) {
     let s = &state.0;
     let path = if s.path_prefix.is_empty() { "/" } else { &s.path_prefix };
@@ -247,6 +253,7 @@ pub(super) fn set_cookie(state: &AppState, response: &mut Response, value: &str,
     }
 }
 
+/// The path of `path` under the issuer's path.
 pub(super) fn endpoint(state: &AppState, path: &str) -> String {
     format!("{}{path}", state.0.path_prefix)
 }
@@ -667,6 +674,7 @@ pub fn redirect_uri_matches(registered: &[String], given: &str) -> bool {
     })
 }
 
+/// Whether the form carries the session's CSRF token.
 pub(super) fn csrf_ok(session: &Session, form: &Form) -> bool {
     form.single("csrf_token")
         .ok()
@@ -674,6 +682,7 @@ pub(super) fn csrf_ok(session: &Session, form: &Form) -> bool {
         .is_some_and(|t| bool::from(t.as_bytes().ct_eq(session.csrf.as_bytes())))
 }
 
+/// The page answering a form without the session's CSRF token.
 pub(super) fn forbidden() -> Response {
     pages::error(
         StatusCode::FORBIDDEN,
@@ -740,28 +749,7 @@ pub(super) async fn login(
             .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         return response;
     }
-    let record = state.with_node_read(|node| node.state().users.get(&username).cloned());
-    let phc = record.as_ref().map(|u| u.password.clone());
-    let (checked, upgrade) = tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => {
-            let checked = crate::users::verify_password(&phc, &password);
-            // An imported (PBKDF2) hash is replaced by an argon2 one now that the password is known.
-            let upgrade = (checked && crate::users::needs_rehash(&phc))
-                .then(|| crate::users::hash_password(&password).ok().map(|new| (phc, new)))
-                .flatten();
-            (checked, upgrade)
-        }
-        None => {
-            // Spend the same time as a real check, so timing does not reveal which names exist.
-            let _ = crate::users::verify_password(dummy_hash(), &password);
-            (false, None)
-        }
-    })
-    .await
-    .unwrap_or((false, None));
-    if let Some((old, new)) = upgrade {
-        upgrade_hash(&state, &username, old, new, now).await;
-    }
+    let checked = check_password(&state, &username, password).await;
     let view = state.view();
     if !checked {
         tracing::info!("login failed");
@@ -818,6 +806,34 @@ async fn upgrade_hash(state: &AppState, username: &str, old: String, new: String
         Ok(Ok(false)) => {}
         _ => tracing::warn!(user = %username, "could not upgrade an imported password hash to argon2"),
     }
+}
+
+/// Whether `password` is `username`'s; as slow for unknown names as for known ones.
+pub(super) async fn check_password(state: &AppState, username: &str, password: String) -> bool {
+    let now = state.now();
+    let record = state.with_node_read(|node| node.state().users.get(username).cloned());
+    let phc = record.as_ref().map(|u| u.password.clone());
+    let (checked, upgrade) = tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => {
+            let checked = crate::users::verify_password(&phc, &password);
+            // An imported (PBKDF2) hash is replaced by an argon2 one now that the password is known.
+            let upgrade = (checked && crate::users::needs_rehash(&phc))
+                .then(|| crate::users::hash_password(&password).ok().map(|new| (phc, new)))
+                .flatten();
+            (checked, upgrade)
+        }
+        None => {
+            // Spend the same time as a real check, so timing does not reveal which names exist.
+            let _ = crate::users::verify_password(dummy_hash(), &password);
+            (false, None)
+        }
+    })
+    .await
+    .unwrap_or((false, None));
+    if let Some((old, new)) = upgrade {
+        upgrade_hash(state, username, old, new, now).await;
+    }
+    checked
 }
 
 fn dummy_hash() -> &'static str {
@@ -978,6 +994,9 @@ pub(super) async fn code_grant(
     let verifier = form.single("code_verifier")?;
     let redirect_uri = form.single("redirect_uri")?;
     let key = digest(code);
+    // Marking the code spent and naming the tokens it will mint happen at once, under the lock:
+    // a replay racing this redemption finds the names and revokes those tokens, even before
+    // they are minted.
     let found = {
         let mut codes = lock(&state.0.authz.codes);
         match codes.get_mut(&key) {
@@ -985,16 +1004,21 @@ pub(super) async fn code_grant(
             Some(entry) if entry.used => Err(entry.issued.take()),
             Some(entry) => {
                 entry.used = true;
+                let jti = crate::token::new_jti();
+                let family = client.allows_grant("refresh_token").then(random);
+                entry.issued = Some((jti.clone(), now + state.0.settings.token_ttl, family.clone()));
                 Ok((
                     entry.expires,
                     entry.request.clone(),
                     entry.username.clone(),
                     entry.auth_time,
+                    jti,
+                    family,
                 ))
             }
         }
     };
-    let (expires, request, username, auth_time) = match found {
+    let (expires, request, username, auth_time, jti, family) = match found {
         Ok(found) => found,
         Err(None) => {
             return Err(OAuthError::invalid_grant(
@@ -1055,30 +1079,12 @@ pub(super) async fn code_grant(
         acr: request.acr.then(|| ACR_PASSWORD.to_owned()),
         nonce: request.nonce.clone(),
     };
-    let link = client.allows_grant("refresh_token").then(|| RefreshLink {
-        family: random(),
+    let link = family.map(|family| RefreshLink {
+        family,
         parent: None,
         expires_at: now + settings.refresh_ttl_secs,
     });
-    let writer = state.clone();
-    let issued = tokio::task::spawn_blocking(move || {
-        writer.with_node(|node| {
-            let view = writer.view();
-            let issued = match refresh::mint(&writer, node.state(), &view, &client, &grant, now, link) {
-                Ok(issued) => issued,
-                Err(e) => return Ok((Err(e), vec![])),
-            };
-            node.apply(&issued.changes)?;
-            let changes = issued.changes.clone();
-            Ok((Ok(issued), changes))
-        })
-    })
-    .await
-    .map_err(|e| OAuthError::server_error(&e))?
-    .map_err(|e| OAuthError::server_error(&e))??;
-    if let Some(entry) = lock(&state.0.authz.codes).get_mut(&key) {
-        entry.issued = Some((issued.jti.clone(), issued.exp, issued.family.clone()));
-    }
+    let issued = refresh::issue(state, client, grant, link, jti, now).await?;
     Ok(super::token::no_store(axum::Json(issued.body).into_response()))
 }
 
@@ -1099,7 +1105,7 @@ pub(super) fn narrowed_audiences(authorized: &[String], form: &Form) -> Result<V
     Ok(if aud.is_empty() { authorized.to_vec() } else { aud })
 }
 
-async fn revoke_issued(state: &AppState, jti: String, exp: u64, family: Option<String>, now: u64) {
+pub(super) async fn revoke_issued(state: &AppState, jti: String, exp: u64, family: Option<String>, now: u64) {
     let writer = state.clone();
     let result = tokio::task::spawn_blocking(move || {
         writer.with_node(|node| {
@@ -1126,7 +1132,7 @@ pub(super) fn public_client(
     form: &Form,
     grant_type: &str,
 ) -> Result<Option<Arc<Client>>, OAuthError> {
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
+    if grant_type != "authorization_code" && grant_type != "refresh_token" && grant_type != super::device::DEVICE_CODE {
         return Ok(None);
     }
     if headers.contains_key(header::AUTHORIZATION)

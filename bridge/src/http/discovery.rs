@@ -35,6 +35,7 @@ pub(super) async fn metadata(State(state): State<AppState>) -> Response {
     });
     super::register::advertise(&state, &mut body);
     super::oidc::metadata_fields(&state, &mut body);
+    super::device::metadata_fields(&state, &mut body);
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()

@@ -5,6 +5,8 @@
 
 pub mod authorize;
 mod cors;
+pub mod device;
+mod device_page;
 mod discovery;
 mod exchange;
 mod federated;
@@ -105,6 +107,7 @@ struct Shared {
     authz: authorize::Authz,
     plugins: std::sync::OnceLock<Arc<crate::plugin_host::PluginHost>>,
     data_dir: std::path::PathBuf,
+    devices: device::Devices,
 }
 
 impl AppState {
@@ -155,6 +158,7 @@ impl AppState {
             authz: authorize::Authz::default(),
             plugins: std::sync::OnceLock::new(),
             data_dir,
+            devices: device::Devices::default(),
         }))
     }
 
@@ -336,6 +340,11 @@ impl AppState {
         gauges
     }
 
+    /// The device flow's node-local state.
+    pub fn devices(&self) -> &device::Devices {
+        &self.0.devices
+    }
+
     /// The mesh driver's view of its peers (empty before it starts).
     pub fn mesh_peers(&self) -> Vec<mesh::driver::PeerStatus> {
         self.0.driver.get().map(|d| d.status()).unwrap_or_default()
@@ -475,7 +484,11 @@ pub fn app(state: AppState) -> Router {
         .route(upstream_login::START_PATH, post(upstream_login::start))
         .route(upstream_login::CALLBACK_PATH, get(upstream_login::callback))
         .route("/userinfo", get(oidc::userinfo).post(oidc::userinfo))
-        .route("/mesh/plugins/{sha256}", get(plugins::module));
+        .route("/mesh/plugins/{sha256}", get(plugins::module))
+        .route("/device_authorization", post(device::device_authorization))
+        .route("/device", get(device_page::device_get).post(device_page::device_post))
+        .route("/device/login", post(device_page::device_login))
+        .route("/device/confirm", post(device_page::device_confirm));
     let prefix = state.0.path_prefix.clone();
     let mut router = if prefix.is_empty() {
         routes

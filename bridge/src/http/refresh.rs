@@ -50,9 +50,6 @@ pub(super) struct RefreshLink {
 /// Minted tokens: the response body and the state changes recording them.
 pub(super) struct Issued {
     pub(super) body: Value,
-    pub(super) jti: String,
-    pub(super) exp: u64,
-    pub(super) family: Option<String>,
     pub(super) changes: Vec<Change>,
 }
 
@@ -65,6 +62,49 @@ pub(super) fn mint(
     grant: &UserGrant,
     now: u64,
     link: Option<RefreshLink>,
+) -> Result<Issued, OAuthError> {
+    mint_as(state, mesh_state, view, client, grant, now, link, new_jti())
+}
+
+/// Mints the tokens of a user's grant (code or device grant) with the access token id `jti`
+/// chosen beforehand, and records them in the state.
+pub(super) async fn issue(
+    state: &AppState,
+    client: Arc<Client>,
+    grant: UserGrant,
+    link: Option<RefreshLink>,
+    jti: String,
+    now: u64,
+) -> Result<Issued, OAuthError> {
+    let writer = state.clone();
+    tokio::task::spawn_blocking(move || {
+        writer.with_node(|node| {
+            let view = writer.view();
+            let issued = match mint_as(&writer, node.state(), &view, &client, &grant, now, link, jti) {
+                Ok(issued) => issued,
+                Err(e) => return Ok((Err(e), vec![])),
+            };
+            node.apply(&issued.changes)?;
+            let changes = issued.changes.clone();
+            Ok((Ok(issued), changes))
+        })
+    })
+    .await
+    .map_err(|e| OAuthError::server_error(&e))?
+    .map_err(|e| OAuthError::server_error(&e))?
+}
+
+/// [`mint`] with the access token id `jti`.
+#[allow(clippy::too_many_arguments)]
+fn mint_as(
+    state: &AppState,
+    mesh_state: &MeshState,
+    view: &View,
+    client: &Client,
+    grant: &UserGrant,
+    now: u64,
+    link: Option<RefreshLink>,
+    jti: String,
 ) -> Result<Issued, OAuthError> {
     let s = &state.0;
     let user = mesh_state
@@ -88,7 +128,7 @@ pub(super) fn mint(
         iat: now,
         nbf: now,
         exp,
-        jti: new_jti(),
+        jti,
         node: s.did.clone(),
         act: None,
         degraded: false,
@@ -107,7 +147,6 @@ pub(super) fn mint(
         body["id_token"] = json!(id_token);
     }
     let mut changes = Vec::new();
-    let family = link.as_ref().map(|l| l.family.clone());
     if let Some(link) = link {
         let token = random();
         let id = digest(&token);
@@ -140,18 +179,12 @@ pub(super) fn mint(
         body["refresh_token"] = json!(token);
     }
     s.metrics.token_issued(0);
-    Ok(Issued {
-        body,
-        jti: claims.jti,
-        exp,
-        family,
-        changes,
-    })
+    Ok(Issued { body, changes })
 }
 
 /// The changes revoking `family`: the family record and every unexpired access token issued
 /// with one of its refresh tokens.
-pub(super) fn revoke_family(state: &MeshState, family: &str, reason: &str, now: u64) -> Vec<Change> {
+pub(crate) fn revoke_family(state: &MeshState, family: &str, reason: &str, now: u64) -> Vec<Change> {
     let records = state.refresh.family(family);
     let expires_at = records.iter().map(|r| r.expires_at).max().unwrap_or(now + 86_400);
     let mut changes = vec![Change::Login(LoginChange::RevokeFamily(FamilyRevocation {

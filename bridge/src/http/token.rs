@@ -45,7 +45,8 @@ pub(super) async fn token(
         Some(client) => client,
         None => state.authenticate(&view, &headers, &form, &s.token_endpoint, now)?,
     };
-    let code_flow = grant_type == "authorization_code" || grant_type == "refresh_token";
+    let code_flow =
+        grant_type == "authorization_code" || grant_type == "refresh_token" || grant_type == super::device::DEVICE_CODE;
     if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE && !code_flow {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant type `{grant_type}` is not supported"
@@ -59,6 +60,10 @@ pub(super) async fn token(
     if grant_type == "authorization_code" {
         drop(view);
         return super::authorize::code_grant(&state, client, &form, now).await;
+    }
+    if grant_type == super::device::DEVICE_CODE {
+        drop(view);
+        return super::device::device_grant(&state, client, &form, now).await;
     }
     if grant_type == "refresh_token" {
         drop(view);

@@ -283,7 +283,8 @@ async fn metadata_follows_rfc8414() {
             "client_credentials",
             "urn:ietf:params:oauth:grant-type:token-exchange",
             "authorization_code",
-            "refresh_token"
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
         ])
     );
     assert_eq!(m["authorization_endpoint"], format!("{ISSUER}/authorize"));

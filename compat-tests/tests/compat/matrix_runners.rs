@@ -72,6 +72,9 @@ pub(super) struct Minted {
     pub issuer: String,
     /// The whole token response.
     pub response: Value,
+    /// How many times the library ran (more than once only for a cross-node refresh waiting for
+    /// replication).
+    pub attempts: u32,
 }
 
 /// Runs `lib`'s `grant` (the cell's setup included, e.g. the login whose refresh token a refresh
@@ -115,7 +118,7 @@ pub(super) async fn run(lib: Lib, grant: Grant, placement: Placement, env: &Env)
     // A refresh token minted on node 1 reaches node 2 by replication: an unknown refresh token is
     // refused without side effects, so a cross-node refresh is retried (bounded) until it arrives.
     let attempts = if grant == Grant::Refresh && placement == Placement::Cross {
-        30
+        10
     } else {
         1
     };
@@ -125,7 +128,14 @@ pub(super) async fn run(lib: Lib, grant: Grant, placement: Placement, env: &Env)
         let result = match lib {
             Lib::Oauth2 => oauth2_crate(grant, &input).await,
             Lib::OpenIdConnect => openidconnect_crate(grant, &input).await,
-            Lib::OpenIdClient => script(ScriptKind::Node, format!("openid-client:{}", grant.name()), input.clone()).await,
+            Lib::OpenIdClient => {
+                script(
+                    ScriptKind::Node,
+                    format!("openid-client:{}", grant.name()),
+                    input.clone(),
+                )
+                .await
+            }
             Lib::McpSdk => script(ScriptKind::Node, format!("mcp-sdk:{}", grant.name()), input.clone()).await,
             Lib::Authlib => script(ScriptKind::Python, grant.name().to_owned(), input.clone()).await,
         };
@@ -145,6 +155,7 @@ pub(super) async fn run(lib: Lib, grant: Grant, placement: Placement, env: &Env)
         access_token,
         issuer: issuing.issuer.clone(),
         response,
+        attempts: attempt,
     })
 }
 
@@ -188,7 +199,10 @@ fn text(input: &Value, name: &str) -> String {
 }
 
 fn scopes(input: &Value) -> Vec<Scope> {
-    text(input, "scope").split_whitespace().map(|s| Scope::new(s.to_owned())).collect()
+    text(input, "scope")
+        .split_whitespace()
+        .map(|s| Scope::new(s.to_owned()))
+        .collect()
 }
 
 /// The `oauth2` crate: endpoints from the node's RFC 8414 metadata (the crate does no discovery).
@@ -249,7 +263,8 @@ async fn openidconnect_crate(grant: Grant, input: &Value) -> Result<Value, Strin
     let metadata = CoreProviderMetadata::discover_async(issuer, &http)
         .await
         .map_err(|e| format!("openidconnect discovery: {e:?}"))?;
-    let client = CoreClient::from_provider_metadata(metadata, openidconnect::ClientId::new(text(input, "client_id")), None);
+    let client =
+        CoreClient::from_provider_metadata(metadata, openidconnect::ClientId::new(text(input, "client_id")), None);
     let failed = |error: &dyn std::fmt::Debug| format!("openidconnect crate: {error:?}");
     let (token, id_token_subject) = match grant {
         Grant::ClientCredentials => {
@@ -369,7 +384,11 @@ async fn code_from(authorize_url: &str, state: &str, input: &Value) -> Result<St
         }
         let html = response.text().await.unwrap_or_default();
         if status != 200 {
-            return Err(format!("{} answered {status}: {}", url.path(), &html[..html.len().min(300)]));
+            return Err(format!(
+                "{} answered {status}: {}",
+                url.path(),
+                &html[..html.len().min(300)]
+            ));
         }
         let action = between(&html, "action=\"", "\"").ok_or_else(|| format!("no form on {}", url.path()))?;
         let mut fields = Vec::new();

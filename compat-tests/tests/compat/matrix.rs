@@ -182,14 +182,23 @@ async fn routing_matrix() {
     let mut fixture_problems = Vec::new();
     for state in UpstreamState::ALL {
         let state_started = Instant::now();
-        let fixture = Fixture::start(state).await;
+        // A fixture that cannot be built fails that state's cells; the table is still printed.
+        let fixture = match tokio::spawn(Fixture::start(state)).await {
+            Ok(fixture) => Ok(fixture),
+            Err(error) => Err(format!(
+                "the upstream-{} fixture failed: {}",
+                state.name(),
+                panic_text(error)
+            )),
+        };
         let mut to_verify = Vec::new();
         for lib in Lib::ALL {
             for grant in Grant::ALL {
                 for placement in Placement::ALL {
-                    let verdict = match applies(lib, grant) {
-                        Err(reason) => Verdict::NotApplicable(reason),
-                        Ok(()) => match cell(&fixture, lib, grant, placement).await {
+                    let verdict = match (applies(lib, grant), &fixture) {
+                        (Err(reason), _) => Verdict::NotApplicable(reason),
+                        (Ok(()), Err(problem)) => Verdict::Fail(problem.clone()),
+                        (Ok(()), Ok(fixture)) => match cell(fixture, lib, grant, placement).await {
                             Ok((checked, note)) => {
                                 to_verify.push((results.len(), checked));
                                 Verdict::Pass(note)
@@ -220,7 +229,9 @@ async fn routing_matrix() {
             };
             results[*index].4 = Verdict::Fail(problem);
         }
-        fixture_problems.extend(fixture.stop());
+        if let Ok(fixture) = fixture {
+            fixture_problems.extend(fixture.stop());
+        }
         eprintln!(
             "routing matrix: upstream {} done in {:.0?}",
             state.name(),

@@ -568,6 +568,7 @@ fn render(
             let _ = write!(out, " | {:<15}", format!("{}/{}", state.name(), placement.name()));
         }
     }
+    out.truncate(out.trim_end().len());
     out.push('\n');
     let _ = writeln!(out, "{}", "-".repeat(42 + 8 * 18));
     let mut failures = Vec::new();
@@ -615,6 +616,7 @@ fn render(
             if let Some(why) = reason {
                 let _ = write!(out, " | n/a: {why}");
             }
+            out.truncate(out.trim_end().len());
             out.push('\n');
         }
     }

@@ -9,8 +9,8 @@
 //!   posted over HTTP), refresh, device (RFC 8628), token exchange (RFC 8693, a subject token of
 //!   the oidc-provider upstream, `bench/oidc`).
 //! - **Upstream states**: `up`; `down` (SIGKILL: connections refused); `frozen` (SIGSTOP: accepts
-//!   connections, never answers); `flapping` (SIGSTOP/SIGCONT every 1.5 s while the cells run; the
-//!   state fails unless both nodes' circuit breakers opened).
+//!   connections, never answers); `flapping` (frozen 2.5 s, answering 1.5 s, over and over while
+//!   the cells run; the state fails unless both nodes' circuit breakers opened).
 //! - **Placements**: `same` — minted and validated on node 1; `cross` — minted on node 1 and
 //!   validated on node 2 of a 2-node mesh (for refresh: the refresh token minted on node 1 is
 //!   redeemed on node 2 and the new access token validated there).
@@ -517,12 +517,16 @@ impl Fixture {
     }
 }
 
-/// How long each flapping phase (frozen, then answering) lasts: longer than the upstream's 1 s
-/// total timeout, so a frozen phase trips the breaker and the nodes really see the upstream come
-/// and go.
-const FLAP_PHASE: Duration = Duration::from_millis(1500);
+/// How long each flapping freeze lasts: longer than the JWKS refresh interval (1 s) plus the
+/// upstream's total timeout (1 s), so a refresh always starts and times out inside it — every
+/// freeze opens the breaker and the nodes really see the upstream come and go. (A freeze shorter
+/// than that can stay unseen: a hung refresh completes at the thaw and realigns the next ones.)
+const FLAP_FROZEN: Duration = Duration::from_millis(2500);
+/// How long the upstream answers between two freezes.
+const FLAP_UP: Duration = Duration::from_millis(1500);
 
-/// Freezes and thaws process `pid` every [`FLAP_PHASE`] until told to stop; leaves it running.
+/// Freezes ([`FLAP_FROZEN`]) and thaws ([`FLAP_UP`]) process `pid` until told to stop; leaves it
+/// running.
 fn flap(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -540,9 +544,9 @@ fn flap(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
                 break;
             }
             signal("-STOP");
-            std::thread::sleep(FLAP_PHASE);
+            std::thread::sleep(FLAP_FROZEN);
             signal("-CONT");
-            std::thread::sleep(FLAP_PHASE);
+            std::thread::sleep(FLAP_UP);
         }
         signal("-CONT");
     });

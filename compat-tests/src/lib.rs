@@ -476,6 +476,53 @@ pub fn node_with_env(command: &str, input: &Value, env: &[(&str, &str)]) -> Valu
     })
 }
 
+/// Runs `node js/SCRIPT ARGS...` with `input` as JSON on stdin; the JSON it prints, or — unlike
+/// [`node`], which panics — the failure as text (exit status, stdout, stderr), so a caller that
+/// tabulates many runs (the routing matrix) records it and goes on. Panics only when
+/// `compat-tests/js/node_modules` is missing: that is a broken setup, not a result.
+pub fn node_script(script: &str, args: &[&str], input: &Value) -> Result<Value, String> {
+    let dir = js_dir();
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "{} is missing: run scripts/test.sh (it runs `npm ci` in compat-tests/js) before the \
+         compat tests",
+        dir.join("node_modules").display()
+    );
+    let mut process = Command::new("node");
+    process.arg(dir.join(script)).args(args).current_dir(&dir);
+    json_result(&format!("node {script} {}", args.join(" ")), process, input)
+}
+
+/// Runs `compat-tests/python/.venv/bin/python python/SCRIPT ARGS...` like [`node_script`]. Panics
+/// (never skips) when the venv scripts/test.sh creates is missing.
+pub fn python_script(script: &str, args: &[&str], input: &Value) -> Result<Value, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh (it creates the venv and installs authlib) before the \
+         compat tests",
+        python.display()
+    );
+    let mut process = Command::new(python);
+    process.arg(dir.join(script)).args(args).current_dir(&dir);
+    json_result(&format!("python {script} {}", args.join(" ")), process, input)
+}
+
+fn json_result(what: &str, process: Command, input: &Value) -> Result<Value, String> {
+    let output = run(process, Some(input.to_string()), COMMAND_TIMEOUT);
+    if !output.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            output.stdout.trim(),
+            output.stderr.trim()
+        ));
+    }
+    serde_json::from_str(output.stdout.trim())
+        .map_err(|error| format!("{what} printed no JSON ({error}): {}{}", output.stdout, output.stderr))
+}
+
 /// A finished process's status and output.
 #[derive(Debug)]
 struct Finished {

@@ -17,6 +17,8 @@ mod compat {
     mod import;
     mod lifecycle;
     mod login;
+    mod matrix;
+    mod matrix_runners;
     mod mcp_sdk;
     mod mesh;
     mod oauth2_crate;

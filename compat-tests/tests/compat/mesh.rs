@@ -82,6 +82,13 @@ impl Mesh {
         std::fs::write(self.config_path(i), config).unwrap();
     }
 
+    /// Appends top-level YAML (e.g. `upstreams:` and `federation:`) to node `i`'s configuration.
+    pub(super) fn append_config(&self, i: usize, yaml: &str) {
+        let mut config = std::fs::read_to_string(self.config_path(i)).unwrap();
+        config.push_str(yaml);
+        std::fs::write(self.config_path(i), config).unwrap();
+    }
+
     pub(super) fn start(&self, i: usize) -> Meshgate {
         Meshgate::spawn_with_config(&self.data(i), &self.config_path(i), &[])
     }

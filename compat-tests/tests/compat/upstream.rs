@@ -16,9 +16,9 @@ use serde_json::Value;
 
 use super::support::{self, Jwt, basic, form, post_form};
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-const UPSTREAM_CLIENT: &str = "upstream-agent";
+pub(super) const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(super) const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(super) const UPSTREAM_CLIENT: &str = "upstream-agent";
 const UPSTREAM_SECRET: &str = "upstream-agent-secret-4f1c9d2e7b";
 
 /// `node bench/oidc/upstream.mjs`, continued (SIGCONT) and killed when dropped, so a failing test
@@ -78,17 +78,22 @@ impl Upstream {
     }
 
     /// SIGSTOP: the kernel still accepts TCP connections on its port, but nothing ever answers.
-    fn freeze(&mut self) {
+    pub(super) fn freeze(&mut self) {
         if let Err(problem) = self.signal("STOP") {
             panic!("cannot freeze the upstream: {problem}");
         }
     }
 
     /// SIGCONT: it answers again (the requests queued meanwhile included).
-    fn thaw(&mut self) {
+    pub(super) fn thaw(&mut self) {
         if let Err(problem) = self.signal("CONT") {
             panic!("cannot thaw the upstream: {problem}");
         }
+    }
+
+    /// The process id, for a thread that freezes and thaws it (`kill -STOP/-CONT`).
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `SIG<name>` through `kill(1)` (the workspace forbids `unsafe`, so no libc call).
@@ -120,7 +125,7 @@ fn upstream_status(server: &Meshgate) -> Value {
 }
 
 /// Polls `upstream status` until `done` holds for the `corp` entry (at most 60 s).
-fn wait_for_status(server: &Meshgate, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(super) fn wait_for_status(server: &Meshgate, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let status = upstream_status(server);
@@ -139,7 +144,7 @@ fn wait_for_status(server: &Meshgate, what: &str, done: impl Fn(&Value) -> bool)
 }
 
 /// An RS256 JWT access token from oidc-provider, for meshgate's audience.
-async fn mint_subject(upstream: &Upstream) -> String {
+pub(super) async fn mint_subject(upstream: &Upstream) -> String {
     let minted = post_form(
         &format!("{}/token", upstream.issuer),
         Some(&basic(UPSTREAM_CLIENT, UPSTREAM_SECRET)),

@@ -234,6 +234,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let app = http::app(state.clone());
     let signal = wait_for(shutdown_rx.clone());
     let audit = config.audit.clone();
+    let recovery = state.clone();
     let server = tokio::spawn(async move {
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
@@ -265,7 +266,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         let _ = sweep.await;
         let _ = plugin_task.await;
     });
-    if !state.recovering_from_peers() {
+    if !recovery.recovering_from_peers() {
         ready.store(true, Ordering::SeqCst);
     }
     tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");

@@ -14,6 +14,7 @@ mod compat {
     mod hub_edge;
     mod import;
     mod lifecycle;
+    mod log_leaks;
     mod login;
     mod mcp_sdk;
     mod mesh;
@@ -23,6 +24,7 @@ mod compat {
     mod plugins;
     mod private_key_jwt;
     pub mod protect;
+    mod recovery;
     mod secrets;
     mod tls;
     mod upstream;

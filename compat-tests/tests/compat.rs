@@ -25,6 +25,7 @@ mod compat {
     mod private_key_jwt;
     pub mod protect;
     mod recovery;
+    mod registration_flood;
     mod secrets;
     mod tls;
     mod upstream;

@@ -96,3 +96,19 @@ proptest! {
         plugin_harness::plugin_manifest(&data);
     }
 }
+
+/// A signer that is a small-order point (the identity) with the signature (R = identity, S = 0)
+/// satisfies the unreduced verification equation for every message: such a manifest must be
+/// refused, so nobody can make a manifest "signed" by a key whose signatures anyone can forge.
+#[test]
+fn a_weak_signer_key_cannot_sign_a_manifest() {
+    use base64::Engine;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut manifest = plugin_harness::fixture();
+    manifest.signer = mesh::did::DidKey::from_public_key(identity);
+    let mut signature = [0u8; 64];
+    signature[0] = 1;
+    manifest.signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
+    assert!(manifest.verify().is_err(), "a weak-key signature verified");
+}

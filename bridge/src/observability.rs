@@ -63,7 +63,10 @@ fn router(state: AppState, ready: Arc<AtomicBool>) -> Router {
                 if ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ready\n")
                 } else if recovery.recovering_from_peers() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "recovering the replicated state from peers\n")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "recovering the replicated state from peers\n",
+                    )
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
                 }

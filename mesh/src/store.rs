@@ -283,7 +283,11 @@ impl Store {
     /// [`Replicas::offer`]); the switch is durable before this returns.
     pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
         let announced = announce.current.id();
-        if self.best_announced.as_ref().is_none_or(|best| announced.better_than(best)) {
+        if self
+            .best_announced
+            .as_ref()
+            .is_none_or(|best| announced.better_than(best))
+        {
             self.best_announced = Some(announced);
         }
         let offered = self.replicas.offer(announce, now)?;
@@ -344,12 +348,18 @@ impl Store {
             return;
         }
         let current = self.epoch().id();
-        let in_best_epoch = self.best_announced.as_ref().is_none_or(|best| !best.better_than(&current));
+        let in_best_epoch = self
+            .best_announced
+            .as_ref()
+            .is_none_or(|best| !best.better_than(&current));
         if current.seed != *seed || !in_best_epoch || !self.replicas.current().holds_heads_of(peer) {
             return;
         }
         let marker = self.dir.join(RECOVERING_FILE);
-        if let Err(e) = fs::remove_file(&marker).map_err(Error::io("remove", &marker)).and_then(|()| sync_dir(&self.dir)) {
+        if let Err(e) = fs::remove_file(&marker)
+            .map_err(Error::io("remove", &marker))
+            .and_then(|()| sync_dir(&self.dir))
+        {
             tracing::error!(error = %e, "cannot remove the recovery marker; the recovery ends here all the same");
         }
         self.recovering = false;
@@ -598,7 +608,9 @@ fn start_from_peers(dir: &Path, actor: [u8; 16], reason: &str) -> Result<Doc, Er
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let ours = name.starts_with("state.") || name == PREVIOUS_FILE || (name.starts_with("state-") && name.ends_with(".log"));
+        let ours = name.starts_with("state.")
+            || name == PREVIOUS_FILE
+            || (name.starts_with("state-") && name.ends_with(".log"));
         if ours {
             let target = aside.join(name);
             fs::rename(entry.path(), &target).map_err(Error::io("rename aside", &target))?;

@@ -112,7 +112,10 @@ fn recovers_from(mut peer: Store) {
     assert!(store.state().clients.contains_key("peer-client"));
     assert!(peer.state().revocations.contains_key("jti-9999"));
     for i in 0..50 {
-        assert!(store.state().revocations.contains_key(&format!("jti-{i:04}")), "jti-{i} lost");
+        assert!(
+            store.state().revocations.contains_key(&format!("jti-{i:04}")),
+            "jti-{i} lost"
+        );
     }
     drop(store);
     let store = Store::open_with(dir.path(), peers_config()).unwrap();
@@ -179,7 +182,10 @@ fn a_sync_in_an_older_epoch_does_not_end_the_recovery() {
             break;
         }
     }
-    assert!(store.recovering_from_peers(), "a sync in an older epoch ended the recovery");
+    assert!(
+        store.recovering_from_peers(),
+        "a sync in an older epoch ended the recovery"
+    );
     exchange(&mut store, &mut new, &mut Syncs::new(), 32);
     assert!(!store.recovering_from_peers());
 }

@@ -35,7 +35,12 @@ impl AppState {
         if !self.recovering_from_peers() {
             return;
         }
-        let recovering = self.0.node.lock().unwrap_or_else(|e| e.into_inner()).recovering_from_peers();
+        let recovering = self
+            .0
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recovering_from_peers();
         if !recovering {
             self.0.recovering.store(false, Ordering::SeqCst);
             if let Some(ready) = self.0.ready.get() {

@@ -45,7 +45,10 @@ async fn the_code_flow_leaves_no_code_cookie_password_or_token_in_debug_logs() {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .expect("a code in the callback");
-    let mut needles: Vec<(String, String)> = vec![("password".into(), password.into()), ("authorization code".into(), code)];
+    let mut needles: Vec<(String, String)> = vec![
+        ("password".into(), password.into()),
+        ("authorization code".into(), code),
+    ];
     for page in result["pages"].as_array().into_iter().flatten() {
         if let Some(cookie) = page["set_cookie"].as_str().map(cookie_value).filter(|v| v.len() >= 16) {
             needles.push(("session cookie".into(), cookie.to_owned()));
@@ -68,9 +71,17 @@ async fn the_code_flow_leaves_no_code_cookie_password_or_token_in_debug_logs() {
         result["pages"]
     );
     assert!(needles.len() >= 8, "too few secrets to look for: {needles:?}");
-    assert_eq!(result["reuse"]["body"], Value::from("invalid_grant"), "{:#}", result["reuse"]);
+    assert_eq!(
+        result["reuse"]["body"],
+        Value::from("invalid_grant"),
+        "{:#}",
+        result["reuse"]
+    );
     let logs = server.output();
-    assert!(logs.contains("DEBUG") || logs.contains("debug"), "debug logging is on:\n{logs}");
+    assert!(
+        logs.contains("DEBUG") || logs.contains("debug"),
+        "debug logging is on:\n{logs}"
+    );
     for (what, needle) in &needles {
         assert!(!logs.contains(needle.as_str()), "the {what} reached the logs");
     }

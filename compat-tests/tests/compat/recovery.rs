@@ -13,7 +13,12 @@ use super::mesh::{Mesh, eventually};
 use super::support::{self, basic, form, get, post_form};
 
 async fn introspect_status(server: &Meshgate, id: &str, secret: &str, token: &str) -> (StatusCode, String) {
-    let answer = post_form(&server.url("/introspect"), Some(&basic(id, secret)), form(&[("token", token)])).await;
+    let answer = post_form(
+        &server.url("/introspect"),
+        Some(&basic(id, secret)),
+        form(&[("token", token)]),
+    )
+    .await;
     (answer.status, answer.text)
 }
 
@@ -31,7 +36,12 @@ async fn a_node_whose_snapshots_are_both_corrupt_recovers_clients_and_revocation
     let (id, secret) = (client.client_id.clone(), client.client_secret.clone());
     let revoked = support::access_token(&a, &client, &[]).await;
     let kept = support::access_token(&a, &client, &[]).await;
-    let answer = post_form(&b.url("/revoke"), Some(&basic(&id, &secret)), form(&[("token", &revoked)])).await;
+    let answer = post_form(
+        &b.url("/revoke"),
+        Some(&basic(&id, &secret)),
+        form(&[("token", &revoked)]),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     eventually("C knows the client and enforces the revocation", || async {
         let (status, text) = introspect_status(&c, &id, &secret, &revoked).await;

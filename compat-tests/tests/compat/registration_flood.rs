@@ -33,7 +33,10 @@ async fn a_registration_flood_from_one_source_is_throttled() {
         let response = http.post(server.url("/register")).json(&body).send().await.unwrap();
         statuses.push(response.status());
         if response.status() == StatusCode::TOO_MANY_REQUESTS && refused.is_none() {
-            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             refused = Some((retry_after, response.text().await.unwrap()));
         }
     }
@@ -55,10 +58,16 @@ async fn a_registration_flood_from_one_source_is_throttled() {
     );
     assert!(text.contains("temporarily_unavailable"), "{text}");
     let list: serde_json::Value = serde_json::from_str(&server.cli(&["client", "list", "--json"])).unwrap();
-    assert_eq!(list.as_array().map(Vec::len), Some(3), "only the admitted registrations exist: {list}");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(3),
+        "only the admitted registrations exist: {list}"
+    );
     let metrics = get(&server.metrics_url("/metrics")).await.text;
     assert!(
-        metrics.lines().any(|l| l.starts_with("meshgate_rate_limited_total{limit=\"registration\"} 3")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meshgate_rate_limited_total{limit=\"registration\"} 3")),
         "{metrics}"
     );
 }

@@ -58,6 +58,7 @@ class Node:
         self.config = os.path.join(work, f"node{i}.yaml")
         self.proc = None
         self.base = None
+        self.metrics = None
         self.restarts = 0
 
     def start(self):
@@ -70,7 +71,9 @@ class Node:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"node {self.i} did not start (exit {self.proc.wait()})")
-        self.base = json.loads(line)["issuer"]
+        info = json.loads(line)
+        self.base = info["issuer"]
+        self.metrics = "http://" + info["metrics_listen"] + "/metrics"
 
     def stop(self, sig):
         if self.proc is None:
@@ -84,6 +87,18 @@ class Node:
 
     def pid(self):
         return self.proc.pid if self.proc else None
+
+
+def document_kb(node):
+    """The node's replicated document size on disk (KB), from its /metrics; None if unreachable."""
+    if not node.metrics:
+        return None
+    try:
+        samples = meshlib.metrics(node.metrics)
+    except Exception:  # noqa: BLE001 - a restarting node has no metrics
+        return None
+    value = samples.get("meshgate_mesh_document_bytes")
+    return None if value is None else value / 1024
 
 
 class Stats:
@@ -229,6 +244,8 @@ def main():
     ap.add_argument("--restart-every", type=float, default=60)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--revoke-share", type=float, default=0.5, help="share of loops that revoke their token")
+    ap.add_argument("--crdt-buffer-mb", type=int, default=1, help="node.sync.crdt_buffer_mb of every node")
+    ap.add_argument("--token-ttl", default="60s", help="bridge.access_token_ttl (revocations are dropped after it)")
     ap.add_argument("--out")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -246,8 +263,9 @@ def main():
         with open(nd.config, "w") as f:
             f.write(
                 f"node:\n  sync:\n    listen: \"127.0.0.{nd.i}:{sport}\"\n    gossip_peers: {gossip}\n"
-                f"    trusted_peers: {json.dumps(dids)}\n"
+                f"    trusted_peers: {json.dumps(dids)}\n    crdt_buffer_mb: {a.crdt_buffer_mb}\n"
                 f"bridge:\n  listen: \"127.0.0.{nd.i}:{port}\"\n  metrics_listen: \"127.0.0.{nd.i}:{mport}\"\n"
+                f"  access_token_ttl: {a.token_ttl}\n"
             )
     try:
         for nd in nodes:
@@ -282,14 +300,17 @@ def main():
             t.start()
         rows = []
         start = time.monotonic()
-        print(f"{'t (s)':>6} {'RSS node1':>10} {'node2':>8} {'node3':>8} {'req/s':>7} {'retries':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7}", flush=True)
+        log(f"node.sync.crdt_buffer_mb {a.crdt_buffer_mb}, bridge.access_token_ttl {a.token_ttl}")
+        print(f"{'t (s)':>6} {'RSS node1':>10} {'node2':>8} {'node3':>8} {'doc KB 1/2/3':>16} {'req/s':>7} {'retries':>7} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7}", flush=True)
         while time.monotonic() - start < a.duration and not stop.is_set():
             time.sleep(min(a.interval, max(0.0, a.duration - (time.monotonic() - start))))
             lat, requests, retries, errors = stats.take()
             rss = [rss_kb(nd.pid()) for nd in nodes]
+            doc = [document_kb(nd) for nd in nodes]
             row = {
                 "t_s": round(time.monotonic() - start, 1),
                 "rss_kb": rss,
+                "document_kb": doc,
                 "requests": requests,
                 "retries": retries,
                 "errors": errors,
@@ -298,8 +319,9 @@ def main():
             }
             rows.append(row)
             mb = ["-" if r is None else f"{r / 1024:.1f}" for r in rss]
+            dk = "/".join("-" if d is None else f"{d:.0f}" for d in doc)
             print(
-                f"{row['t_s']:>6.0f} {mb[0]:>8} MB {mb[1]:>5} MB {mb[2]:>5} MB {requests / a.interval:>7.0f} "
+                f"{row['t_s']:>6.0f} {mb[0]:>8} MB {mb[1]:>5} MB {mb[2]:>5} MB {dk:>16} {requests / a.interval:>7.0f} "
                 f"{retries:>7} {errors:>6} {row['p50_ms'] or 0:>7.2f} {row['p99_ms'] or 0:>7.2f}",
                 flush=True,
             )

@@ -5,12 +5,14 @@
 # ("Soak").
 #
 #   bench/soak.sh [--duration SECS] [--interval SECS] [--restart-every SECS] [--threads N]
-#                 [--revoke-share F] [--keep] [--quick]
+#                 [--revoke-share F] [--crdt-buffer-mb N] [--token-ttl DURATION] [--keep] [--quick]
 #
 # Defaults: 600 s, a row every 30 s, a restart every 60 s, 4 client threads, half of the loops
 # revoke their token (--revoke-share 0.5; every revocation grows the replicated document, and
-# memory with it). --quick: 60 s, a row every 10 s, a restart every 15 s, 2 threads. Exits non-zero
-# when a request failed on every node, an answer was wrong, or the restarted node did not come back.
+# memory with it), node.sync.crdt_buffer_mb 1 (the epoch bound) and bridge.access_token_ttl 60s
+# (revocations are dropped once their token expired). --quick: 60 s, a row every 10 s, a restart
+# every 15 s, 2 threads. Exits non-zero when a request failed on every node, an answer was wrong,
+# or the restarted node did not come back.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,8 +25,10 @@ RESTART=60
 THREADS=4
 REVOKE_SHARE=0.5
 KEEP=0
+CRDT_MB=1
+TOKEN_TTL=60s
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +37,8 @@ while [ $# -gt 0 ]; do
     --restart-every) RESTART="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --revoke-share) REVOKE_SHARE="$2"; shift 2 ;;
+    --crdt-buffer-mb) CRDT_MB="$2"; shift 2 ;;
+    --token-ttl) TOKEN_TTL="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --quick) DURATION=60; INTERVAL=10; RESTART=15; THREADS=2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -78,6 +84,7 @@ fi
 [ -x "$MESHGATE" ] || { log "ERROR: no binary at $MESHGATE"; exit 1; }
 
 python3 "$BENCH_DIR/soak.py" --bin "$MESHGATE" --work "$WORK" --duration "$DURATION" --interval "$INTERVAL" \
-  --restart-every "$RESTART" --threads "$THREADS" --revoke-share "$REVOKE_SHARE" --out "$WORK/results.json" &
+  --restart-every "$RESTART" --threads "$THREADS" --revoke-share "$REVOKE_SHARE" \
+  --crdt-buffer-mb "$CRDT_MB" --token-ttl "$TOKEN_TTL" --out "$WORK/results.json" &
 PY_PID=$!
 wait "$PY_PID"

@@ -216,7 +216,24 @@ impl Node {
     /// Opens (creating if needed) the data directory: locks it, loads or creates the identity and
     /// loads or generates a signing key for every algorithm.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>, default_alg: Alg, trusted: Vec<DidKey>) -> Result<Self, Error> {
-        let mut store = Store::open(data_dir)?;
+        Self::open_with_peers(data_dir, clock, default_alg, trusted, false)
+    }
+
+    /// Like [`Node::open`]; with `recover_from_peers` (a serving node that has peers), a state no
+    /// local copy can rebuild is recovered from the peers instead of failing (see
+    /// [`mesh::store`], *Recovery*, and [`Node::recovering_from_peers`]).
+    pub fn open_with_peers(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        default_alg: Alg,
+        trusted: Vec<DidKey>,
+        recover_from_peers: bool,
+    ) -> Result<Self, Error> {
+        let config = mesh::store::Config {
+            recover_from_peers,
+            ..Default::default()
+        };
+        let mut store = Store::open_with(data_dir, config)?;
         let keystore = FileKeyStore::open(&data_dir.join("keys"))?;
         let identity = Arc::new(NodeIdentity::load_or_generate(&keystore)?);
         if let Some(event) = identity.reconcile(store.state())? {
@@ -405,6 +422,12 @@ impl Node {
         message: &[u8],
     ) -> Result<Vec<Change>, Error> {
         Ok(self.store.receive_sync_message(peer, message)?)
+    }
+
+    /// Whether the replicated state is being recovered from peers (started empty after a
+    /// corruption no local copy could repair, no peer synced yet): the node must not serve it.
+    pub fn recovering_from_peers(&self) -> bool {
+        self.store.recovering_from_peers()
     }
 
     /// Size of the replicated document in bytes.

@@ -53,6 +53,7 @@ pub fn spawn(
 }
 
 fn router(state: AppState, ready: Arc<AtomicBool>) -> Router {
+    let recovery = state.clone();
     Router::new()
         .route("/metrics", get(move || async move { metrics(&state) }))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -61,6 +62,11 @@ fn router(state: AppState, ready: Arc<AtomicBool>) -> Router {
             get(move || async move {
                 if ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ready\n")
+                } else if recovery.recovering_from_peers() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "recovering the replicated state from peers\n",
+                    )
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
                 }

@@ -86,7 +86,10 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let mut node = {
         let (dir, clock, alg) = (data_dir.to_path_buf(), clock.clone(), bridge.token_alg);
         let trusted = config.node.sync.trusted_peers.clone();
-        tokio::task::spawn_blocking(move || Node::open(&dir, clock, alg, trusted))
+        let sync = &config.node.sync;
+        // A node with peers recovers a state no local copy can rebuild from them.
+        let peers = !sync.gossip_peers.is_empty() || !sync.trusted_peers.is_empty() || sync.mdns;
+        tokio::task::spawn_blocking(move || Node::open_with_peers(&dir, clock, alg, trusted, peers))
             .await
             .map_err(|e| Error::Io {
                 action: "open data directory".into(),
@@ -211,6 +214,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     state.set_driver(driver.clone());
     upstreams.spawn_refresh(shutdown_rx.clone());
     let ready = Arc::new(AtomicBool::new(false));
+    state.set_ready_flag(ready.clone());
     let observability = observability::spawn(metrics_listener, state.clone(), ready.clone(), shutdown_rx.clone())?;
     let otlp = crate::telemetry::otlp::spawn(
         &config.observability.otlp,
@@ -234,6 +238,7 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
     let app = http::app(state.clone());
     let signal = wait_for(shutdown_rx.clone());
     let audit = config.audit.clone();
+    let recovery = state.clone();
     let server = tokio::spawn(async move {
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
@@ -265,7 +270,9 @@ pub async fn start(config: &Config, data_dir: &Path, clock: Arc<dyn Clock>) -> R
         let _ = sweep.await;
         let _ = plugin_task.await;
     });
-    ready.store(true, Ordering::SeqCst);
+    if !recovery.recovering_from_peers() {
+        ready.store(true, Ordering::SeqCst);
+    }
     tracing::info!(issuer = issuer.as_str(), %listen, %metrics_listen, %sync_addr, %did, "serving");
     Ok(Running {
         issuer: issuer.as_str().to_owned(),

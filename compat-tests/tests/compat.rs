@@ -16,6 +16,7 @@ mod compat {
     mod hub_edge;
     mod import;
     mod lifecycle;
+    mod log_leaks;
     mod login;
     mod matrix;
     mod matrix_runners;
@@ -27,6 +28,8 @@ mod compat {
     mod plugins;
     mod private_key_jwt;
     pub mod protect;
+    mod recovery;
+    mod registration_flood;
     mod secrets;
     mod tls;
     mod upstream;

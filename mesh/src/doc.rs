@@ -258,6 +258,15 @@ impl Doc {
     pub fn generate_sync_message(&self, peer: &mut PeerSync) -> Option<Vec<u8>> {
         self.doc.generate_sync_message(&mut peer.0).map(sync::Message::encode)
     }
+
+    /// Whether this document holds every change the peer last said it has (its heads), i.e. a
+    /// sync with it has brought over everything it held then. False before it said anything.
+    pub fn holds_heads_of(&self, peer: &PeerSync) -> bool {
+        peer.0
+            .their_heads
+            .as_ref()
+            .is_some_and(|heads| heads.iter().all(|h| self.doc.get_change_by_hash(h).is_some()))
+    }
 }
 
 impl fmt::Debug for Doc {

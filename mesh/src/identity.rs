@@ -3,7 +3,7 @@
 
 use std::sync::{PoisonError, RwLock};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -201,7 +201,9 @@ pub fn verify_with(keys: &[[u8; 32]], message: &[u8], signature: &[u8], what: &s
     let bad = || Error::BadSignature { what: what.to_owned() };
     let signature = Signature::from_slice(signature).map_err(|_| bad())?;
     let verifies =
-        |key: &[u8; 32]| VerifyingKey::from_bytes(key).is_ok_and(|key| key.verify(message, &signature).is_ok());
+        // Strict: a small-order (weak) key, or a non-canonical R, would let anyone forge
+        // signatures that pass the unreduced equation for every message.
+        |key: &[u8; 32]| VerifyingKey::from_bytes(key).is_ok_and(|key| key.verify_strict(message, &signature).is_ok());
     if keys.iter().any(verifies) { Ok(()) } else { Err(bad()) }
 }
 

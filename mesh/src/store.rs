@@ -41,10 +41,19 @@
 //! snapshot was the first), `state.log.prev` and `state.log`, then written as a new snapshot.
 //! Every crash point of a compaction leaves a previous snapshot and logs that add up to everything
 //! acknowledged (the order is: link the old snapshot to `.prev`, rename the new one into place,
-//! link the old log to `.prev`, replace the log). A corrupt snapshot without `state.log.prev` (a
-//! directory never compacted by this version) cannot be rebuilt and is an error naming the file;
-//! the node's peers still hold the replicated state, so the operator can move the file aside and
-//! let the node sync again.
+//! link the old log to `.prev`, replace the log).
+//!
+//! A corrupt snapshot without a usable previous snapshot and `state.log.prev` (a directory never
+//! compacted by this version, one whose previous snapshot is damaged too, or one just past an
+//! epoch change) cannot be rebuilt locally: it is an error naming the file, unless
+//! [`Config::recover_from_peers`] is set (a node with peers). Then the marker file
+//! `recovering-from-peers` is written first, every file of the old document is moved to
+//! `corrupt-state/`, the error is logged saying the state is recovered from peers, and the store
+//! starts from the genesis document. [`Store::recovering_from_peers`] then holds (across
+//! restarts, while the marker is there) until a sync with a peer has brought over everything the
+//! peer held, in the best epoch any peer announced; the node does not serve until then. Changes
+//! acknowledged here but not yet replicated when the snapshot broke are lost with it (they are in
+//! the set-aside files).
 //!
 //! # Compaction
 //!
@@ -82,6 +91,10 @@ const PREV_STATE_FILE: &str = "state.automerge.prev";
 const PREV_LOG_FILE: &str = "state.log.prev";
 const CORRUPT_STATE_FILE: &str = "state.automerge.corrupt";
 const LOCK_FILE: &str = "lock";
+/// Present while the store recovers from peers (see *Recovery*); holds the reason.
+const RECOVERING_FILE: &str = "recovering-from-peers";
+/// Where the files of a document that could not be recovered locally are set aside.
+const CORRUPT_DIR: &str = "corrupt-state";
 
 /// How a [`Store`] persists its document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +106,10 @@ pub struct Config {
     /// (snapshot and log) passes half of it, and twice its size when its epoch started, the store
     /// starts a new epoch holding the live state only. `None`: unbounded. Default `None`.
     pub epoch_bound_bytes: Option<u64>,
+    /// When neither the snapshot nor the previous snapshot and its log can rebuild the document,
+    /// start from the genesis document and recover the state from peers (see *Recovery*) instead
+    /// of failing. Set for a node that has peers to recover from. Default `false`.
+    pub recover_from_peers: bool,
 }
 
 impl Default for Config {
@@ -100,6 +117,7 @@ impl Default for Config {
         Self {
             compaction_min_log_bytes: 1 << 20,
             epoch_bound_bytes: None,
+            recover_from_peers: false,
         }
     }
 }
@@ -122,6 +140,10 @@ pub struct Store {
     snapshot_size: u64,
     /// The log to append to; `None` when it must be replaced first (after a failed write).
     log: Option<Log>,
+    /// Whether the document is being recovered from peers (the marker file is present).
+    recovering: bool,
+    /// The best epoch a peer announced, so a recovery is complete only in the mesh's epoch.
+    best_announced: Option<crate::epoch::EpochId>,
     _lock: fs::File,
 }
 
@@ -140,9 +162,16 @@ impl Store {
         getrandom::fill(&mut actor).map_err(|_| Error::Random)?;
         let (mut doc, snapshot_size, recovered) = match load_snapshot(&dir.join(STATE_FILE), actor) {
             Ok((doc, size)) => (doc, size, false),
-            Err(Error::CorruptDocument { reason }) => (recover_snapshot(dir, actor, reason)?, 0, true),
+            Err(Error::CorruptDocument { reason }) => match recover_snapshot(dir, actor, reason) {
+                Ok(doc) => (doc, 0, true),
+                Err(Error::CorruptDocument { reason }) if config.recover_from_peers => {
+                    (start_from_peers(dir, actor, &reason)?, 0, true)
+                }
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         };
+        let recovering = dir.join(RECOVERING_FILE).exists();
         let log_name = log_name(doc.epoch());
         remove_stale_logs(dir, &log_name);
         let log_path = dir.join(&log_name);
@@ -164,6 +193,8 @@ impl Store {
             membership_version: 0,
             snapshot_size,
             log: None,
+            recovering,
+            best_announced: None,
             _lock: lock,
         };
         match (replay, damage) {
@@ -204,6 +235,8 @@ impl Store {
         self.persist()?;
         self.applied(&changes);
         self.bound()?;
+        let seed = self.epoch().seed;
+        self.note_sync(&seed, peer);
         Ok(changes)
     }
 
@@ -242,12 +275,21 @@ impl Store {
         }
         self.applied(&changes);
         self.bound()?;
+        self.note_sync(seed, peer);
         Ok(changes)
     }
 
     /// Moves to a peer's announced epoch if it is better and can be built here (see
     /// [`Replicas::offer`]); the switch is durable before this returns.
     pub fn offer(&mut self, announce: &Announce, now: u64) -> Result<Offered, Error> {
+        let announced = announce.current.id();
+        if self
+            .best_announced
+            .as_ref()
+            .is_none_or(|best| announced.better_than(best))
+        {
+            self.best_announced = Some(announced);
+        }
         let offered = self.replicas.offer(announce, now)?;
         if let Offered::Switched(changes) = &offered {
             self.applied(changes);
@@ -290,6 +332,43 @@ impl Store {
     pub fn compact(&mut self) -> Result<(), Error> {
         self.write_snapshot()?;
         self.start_log()
+    }
+
+    /// Whether the document is being recovered from peers: it was started from the genesis
+    /// document because no good local copy was left, and no peer has synced its state here yet
+    /// (see *Recovery*). Survives restarts until the first complete sync.
+    pub fn recovering_from_peers(&self) -> bool {
+        self.recovering
+    }
+
+    /// After a sync message of epoch `seed` from a peer: ends a recovery from peers once this
+    /// store holds everything the peer said it holds, in the best epoch announced to it.
+    fn note_sync(&mut self, seed: &[u8; 32], peer: &PeerSync) {
+        if !self.recovering {
+            return;
+        }
+        let current = self.epoch().id();
+        let in_best_epoch = self
+            .best_announced
+            .as_ref()
+            .is_none_or(|best| !best.better_than(&current));
+        if current.seed != *seed || !in_best_epoch || !self.replicas.current().holds_heads_of(peer) {
+            return;
+        }
+        let marker = self.dir.join(RECOVERING_FILE);
+        if let Err(e) = fs::remove_file(&marker)
+            .map_err(Error::io("remove", &marker))
+            .and_then(|()| sync_dir(&self.dir))
+        {
+            tracing::error!(error = %e, "cannot remove the recovery marker; the recovery ends here all the same");
+        }
+        self.recovering = false;
+        tracing::warn!(
+            epoch = current.number,
+            clients = self.state.clients.len(),
+            revocations = self.state.revocations.len(),
+            "recovered the replicated state from a peer; serving again"
+        );
     }
 
     /// The current state.
@@ -514,6 +593,41 @@ fn recover_snapshot(dir: &Path, actor: [u8; 16], reason: String) -> Result<Doc, 
          (state.automerge.prev, state.log.prev) and the current log"
     );
     Ok(doc)
+}
+
+/// Starts over from the genesis document when no local copy can rebuild the state (`reason`):
+/// sets every file of the old document aside in `corrupt-state/`, leaves the recovery marker
+/// (durably, before anything else changes) and logs at error level that the state comes back
+/// from peers.
+fn start_from_peers(dir: &Path, actor: [u8; 16], reason: &str) -> Result<Doc, Error> {
+    write_atomically(dir, RECOVERING_FILE, reason.as_bytes())?;
+    let aside = dir.join(CORRUPT_DIR);
+    create_private_dir(&aside)?;
+    let entries = fs::read_dir(dir).map_err(Error::io("read", dir))?;
+    let mut moved = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with("state.")
+            || name == PREVIOUS_FILE
+            || (name.starts_with("state-") && name.ends_with(".log"));
+        if ours {
+            let target = aside.join(name);
+            fs::rename(entry.path(), &target).map_err(Error::io("rename aside", &target))?;
+            moved.push(name.to_owned());
+        }
+    }
+    sync_dir(&aside)?;
+    sync_dir(dir)?;
+    tracing::error!(
+        %reason,
+        set_aside = %aside.display(),
+        files = %moved.join(" "),
+        "the state snapshot is corrupt and no good local snapshot is left to rebuild it from; \
+         starting from an empty document and RECOVERING THE REPLICATED STATE FROM PEERS \
+         (the OAuth endpoints answer 503 and /readyz is not ready until a peer has synced)"
+    );
+    Ok(Doc::new(actor))
 }
 
 /// Makes `dir/previous` a hard link to `dir/name` (if it exists), durably: the copy of a file

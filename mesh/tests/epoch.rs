@@ -293,6 +293,7 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound() {
     let config = Config {
         compaction_min_log_bytes: 32 * 1024,
         epoch_bound_bytes: Some(BOUND),
+        ..Config::default()
     };
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Store::open_with(da.path(), config.clone()).unwrap();

@@ -15,6 +15,7 @@ mod introspect;
 mod oidc;
 mod pages;
 pub mod plugins;
+mod recovery;
 pub mod refresh;
 mod register;
 mod token;
@@ -108,6 +109,8 @@ struct Shared {
     plugins: std::sync::OnceLock<Arc<crate::plugin_host::PluginHost>>,
     data_dir: std::path::PathBuf,
     devices: device::Devices,
+    recovering: std::sync::atomic::AtomicBool,
+    ready: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl AppState {
@@ -135,6 +138,7 @@ impl AppState {
         let view = ArcSwap::from_pointee(node.view());
         let did = node.did().to_string();
         let data_dir = node.data_dir().to_path_buf();
+        let recovering = std::sync::atomic::AtomicBool::new(node.recovering_from_peers());
         let verified_tokens = VerifiedTokens::new(settings.verified_token_cache);
         Self(Arc::new(Shared {
             verified_tokens,
@@ -159,6 +163,8 @@ impl AppState {
             plugins: std::sync::OnceLock::new(),
             data_dir,
             devices: device::Devices::default(),
+            recovering,
+            ready: std::sync::OnceLock::new(),
         }))
     }
 
@@ -397,6 +403,7 @@ impl mesh::driver::Replica for MeshReplica {
         if changes > 0 {
             tracing::debug!(%peer, changes, "mesh: applied changes from peer");
         }
+        self.0.check_recovered();
         Ok(())
     }
 
@@ -438,6 +445,7 @@ impl mesh::driver::Replica for MeshReplica {
         if changes > 0 {
             tracing::debug!(%peer, changes, "mesh: applied changes from peer");
         }
+        self.0.check_recovered();
         Ok(())
     }
 
@@ -506,6 +514,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(|| async { OAuthError::not_found() })
         .method_not_allowed_fallback(|| async { OAuthError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), recovery::gate))
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), crate::ratelimit::limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -28,6 +28,9 @@ pub(super) async fn register(State(state): State<AppState>, request: Request) ->
     if !registry.config().enabled {
         return Err(OAuthError::not_found());
     }
+    // Registration floods: a per-source budget (`bridge.rate_limits.registrations_per_source`).
+    let source = crate::ratelimit::source(&request);
+    state.rate_limits().map(|l| l.check_registration(source)).transpose()?;
     let (headers, body) = json_body(request).await?;
     let metadata = Metadata::parse(&body)?;
     match bearer(&headers)? {

@@ -24,13 +24,26 @@ pub(super) struct Mesh {
     dids: Vec<String>,
 }
 
-/// A port that is free on 127.0.0.1 now (the nodes use it on 127.0.0.1-3).
+/// A port that is free now on 127.0.0.1-5, for TCP and UDP (the nodes listen on it on 127.0.0.1-3,
+/// OAuth over TCP and gossip over UDP). It is taken below the kernel's ephemeral range (32768+), so
+/// no connection of a parallel test can be handed it as its source port before the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Start from a per-process point so that parallel test processes do not walk the same ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 9_000) as u16;
+    for _ in 0..20_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 12_000 + (seed.wrapping_add(step.wrapping_mul(7)) % 20_000);
+        let free = (1..=5).all(|n| {
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, n);
+            std::net::TcpListener::bind((ip, port)).is_ok() && std::net::UdpSocket::bind((ip, port)).is_ok()
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no port free on 127.0.0.1-5 between 12000 and 32000");
 }
 
 impl Mesh {

@@ -5,7 +5,8 @@
 //!
 //! Policy: a *public* client (`token_endpoint_auth_method: none`) whose redirection URIs are
 //! loopback (`http://127.0.0.1`, `http://[::1]`, `http://localhost`, any port) or `https` may
-//! register without credentials when `open_public` is on (the default, as MCP clients expect).
+//! register without credentials when `open_public` is on (the default, as MCP clients expect);
+//! so may a public device-flow client (RFC 8628), which registers no redirection URI.
 //! Confidential clients, and every client when `open_public` is off, present an initial access
 //! token from `initial_access_tokens`. Registered clients are ordinary replicated clients
 //! ([`mesh::state::ClientRecord`] with a [`DynamicRegistration`]); the registration access token

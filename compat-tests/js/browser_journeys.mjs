@@ -2,7 +2,10 @@
 //
 // Usage: node browser_journeys.mjs  (input: one JSON object on stdin)
 //   { issuer, client_id, username, password, callback, post_logout, screenshots, chromium,
-//     journeys: [name, ...] }
+//     journeys: [name, ...],
+//     devices: { name: { user_code, verification_uri, verification_uri_complete } } }
+// (`devices`: the device authorization the Rust side started for each device-flow journey; it
+// polls /token for them afterwards.)
 // Runs the named journeys in order and prints one JSON object:
 //   { journeys: { name: { state, verifier, status, url, headings, audits } }, screenshots: [path] }
 // Each journey throws (exit status 1, message on stderr) when the browser sees something wrong;
@@ -194,10 +197,100 @@ const JOURNEYS = {
     },
   },
 
-  // DEVICE FLOW: the device verification journey goes here once `/device` lands (issue 5, device
-  // authorization grant): open `/device` (or `verification_uri_complete`), fill the input named
-  // `user_code`, sign in, approve, and check the polling client gets its tokens. Add its name to
-  // `JOURNEYS` in compat-tests/tests/compat/browser.rs with the screenshots it takes.
+  // ---- the device flow (RFC 8628): the verification page /device --------------------------
+
+  // verification_uri_complete in a new browser: sign in, the code is prefilled, Continue, the
+  // confirmation shows the same code, Approve. The device then gets its tokens.
+  device_approve: {
+    context: 'fresh',
+    async run(j) {
+      const device = j.device()
+      const page = await j.open(device.verification_uri_complete)
+      await j.expectHeading(page, 'Sign in')
+      await j.expectFocus(page, '#username')
+      await j.shot(page, 'sign-in')
+      await j.signIn(page)
+      await j.expectHeading(page, 'Connect a device')
+      const prefilled = await page.getByLabel('Code shown on your device').inputValue()
+      if (prefilled !== device.user_code) throw new Error(`code field holds "${prefilled}", not ${device.user_code}`)
+      await j.shot(page, 'user-code')
+      await j.navigation(page, () => page.getByRole('button', { name: 'Continue' }).click())
+      await j.expectConfirmation(page, device)
+      await j.shot(page, 'confirm')
+      await j.navigation(page, () => page.getByRole('button', { name: 'Approve' }).click())
+      await j.expectHeading(page, 'Device connected')
+      await j.shot(page, 'approved')
+    },
+  },
+
+  // verification_uri without JavaScript, keyboard only: sign in, type the code as a person might
+  // (lower case, no dash) into the focused field, Enter, then Deny. The device gets access_denied.
+  device_deny_typed: {
+    context: 'fresh-nojs',
+    async run(j) {
+      const device = j.device()
+      const page = await j.open(device.verification_uri)
+      await j.signIn(page)
+      await j.expectHeading(page, 'Connect a device')
+      await j.expectFocus(page, '#user_code')
+      const empty = await page.getByLabel('Code shown on your device').inputValue()
+      if (empty !== '') throw new Error(`code field prefilled with "${empty}" without a code in the URL`)
+      await page.keyboard.type(device.user_code.replace('-', '').toLowerCase())
+      await j.shot(page, 'user-code')
+      await j.navigation(page, () => page.keyboard.press('Enter'))
+      await j.expectConfirmation(page, device)
+      await j.shot(page, 'confirm')
+      await j.navigation(page, () => page.getByRole('button', { name: 'Deny' }).click())
+      await j.expectHeading(page, 'Request denied')
+      await j.shot(page, 'denied')
+    },
+  },
+
+  // In the browser signed in by the first journey (the device page shares the login session, so
+  // no sign-in): a wrong code gets the code page again with 400 and an alert the field points
+  // at; the right code then reaches the confirmation, left undecided.
+  device_wrong_code: {
+    context: 'main',
+    async run(j) {
+      const device = j.device()
+      const page = await j.open(device.verification_uri)
+      await j.expectHeading(page, 'Connect a device')
+      await j.shot(page, 'user-code')
+      const wrong = device.user_code === 'BCDF-GHJK' ? 'BCDF-GHJL' : 'BCDF-GHJK'
+      await page.getByLabel('Code shown on your device').fill(wrong)
+      await j.navigation(page, () => page.getByRole('button', { name: 'Continue' }).click())
+      await j.expectHeading(page, 'Connect a device')
+      const alert = await page.getByRole('alert').textContent()
+      j.result.wrong_code = { status: j.result.status, alert }
+      if (j.result.status !== 400) throw new Error(`a wrong code answered ${j.result.status}`)
+      // The entry stays for correcting, with the focus and marked invalid.
+      await j.expectFocus(page, '#user_code')
+      const field = page.getByLabel('Code shown on your device')
+      if ((await field.inputValue()) !== wrong) throw new Error('the wrong entry was not kept')
+      if ((await field.getAttribute('aria-invalid')) !== 'true') throw new Error('the field is not marked invalid')
+      await j.shot(page, 'wrong-code')
+      await field.fill(device.user_code)
+      await j.navigation(page, () => page.getByRole('button', { name: 'Continue' }).click())
+      await j.expectConfirmation(page, device)
+      await j.shot(page, 'confirm')
+    },
+  },
+
+  // After `throttled` spent the budget of the browser's address on /login: the device page's
+  // sign-in answers 429 with Retry-After, even with the right password (one shared budget).
+  device_throttled: {
+    context: 'fresh',
+    async run(j) {
+      const page = await j.open(`${input.issuer}/device`)
+      await j.signIn(page)
+      j.result.attempts = 1
+      if (j.result.status !== 429) throw new Error(`the device sign-in answered ${j.result.status}, not 429`)
+      j.result.alert = await page.getByRole('alert').textContent()
+      await j.expectHeading(page, 'Sign in')
+      await j.expectFocus(page, '#password')
+      await j.shot(page, 'too-many')
+    },
+  },
 }
 
 // ---- the journey toolkit -------------------------------------------------------------------
@@ -290,6 +383,22 @@ class Journey {
     this.result.alert = alert
   }
 
+  // The device authorization the Rust side started for this journey.
+  device() {
+    const device = (input.devices ?? {})[this.name]
+    if (device === undefined) throw new Error(`no device authorization was started for ${this.name}`)
+    return device
+  }
+
+  // The device confirmation page: it shows the device's code and names the client.
+  async expectConfirmation(page, device) {
+    await this.expectHeading(page, 'Connect this device?')
+    const shown = await page.locator('#shown_code').textContent()
+    if (shown !== device.user_code) throw new Error(`the confirmation shows ${shown}, the device ${device.user_code}`)
+    const client = await page.locator('#client_name').textContent()
+    if (client !== 'Browser Test TV') throw new Error(`the confirmation names "${client}"`)
+  }
+
   async expectFocus(page, selector) {
     const focused = await page.locator(`${selector}:focus`).count()
     if (focused !== 1) throw new Error(`${selector} does not have the keyboard focus on "${this.headings.at(-1)}"`)
@@ -324,14 +433,23 @@ class Journey {
 }
 
 // What a page offers people who do not see it: its language, one heading, a label for every
-// visible input, a name for every button.
+// visible input, a name for every button, and, on a page with an alert, every input pointing at
+// it (aria-describedby) so a screen reader reads the problem with the field.
 async function audit(page) {
   const inputs = page.locator('input:not([type=hidden])')
+  const alertNodes = page.locator('[role=alert]')
+  const alerts = []
+  for (let i = 0; i < (await alertNodes.count()); i++) alerts.push((await alertNodes.nth(i).getAttribute('id')) ?? '')
   const unlabelled = []
+  const undescribed = []
   for (let i = 0; i < (await inputs.count()); i++) {
     const id = await inputs.nth(i).getAttribute('id')
     const labels = id === null ? 0 : await page.locator(`label[for="${id}"]`).count()
     if (labels === 0) unlabelled.push(await inputs.nth(i).getAttribute('name'))
+    const described = ((await inputs.nth(i).getAttribute('aria-describedby')) ?? '').split(/\s+/)
+    if (alerts.length > 0 && !alerts.some((alert) => alert !== '' && described.includes(alert))) {
+      undescribed.push(await inputs.nth(i).getAttribute('name'))
+    }
   }
   const buttons = page.locator('button')
   const unnamed = []
@@ -345,6 +463,7 @@ async function audit(page) {
     h1: await page.locator('h1').count(),
     unlabelled,
     unnamed_buttons: unnamed,
+    undescribed,
   }
 }
 

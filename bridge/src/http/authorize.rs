@@ -1144,7 +1144,14 @@ pub(super) fn public_client(
     let Some(client_id) = form.single("client_id")? else {
         return Ok(None);
     };
-    Ok(find_client(state, view, client_id).filter(|c| c.record.token_endpoint_auth_method.as_deref() == Some("none")))
+    let client =
+        find_client(state, view, client_id).filter(|c| c.record.token_endpoint_auth_method.as_deref() == Some("none"));
+    // A use keeps a dynamically registered public client from expiring, as authentication does
+    // for confidential ones.
+    if let Some(client) = &client {
+        client.touch(state.now());
+    }
+    Ok(client)
 }
 
 impl AppState {

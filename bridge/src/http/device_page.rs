@@ -5,7 +5,8 @@
 //!
 //! It shares the login flow's session cookie ([`super::authorize`]); every form carries the
 //! session's CSRF token; pages are never cached or framed ([`pages::page`]). Entering a user code
-//! needs a signed-in user, and wrong entries are throttled per user ([`super::device`]).
+//! needs a signed-in user, and wrong entries are throttled per user ([`super::device`]); failed
+//! sign-ins spend the budgets of the login page ([`crate::login_throttle`]).
 //! Stable element ids for page drivers: `username`, `password`, `sign_in`; `user_code`,
 //! `continue`; `approve`, `deny`.
 
@@ -47,8 +48,16 @@ pub(super) async fn device_get(
     }
 }
 
-/// `POST /device/login`: signs in (replacing the session), then shows the code form.
-pub(super) async fn device_login(State(state): State<AppState>, headers: HeaderMap, form: Form) -> Response {
+/// `POST /device/login`: signs in (replacing the session), then shows the code form. Failed
+/// attempts are throttled like those of `/login` and share its budgets
+/// ([`crate::login_throttle`]): a source or username that used them up gets the form again with
+/// 429 and `Retry-After`, its password unchecked.
+pub(super) async fn device_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    form: Form,
+) -> Response {
     let now = state.now();
     let authz = state.authz();
     let Some((key, session)) = authz.session(&headers, now) else {
@@ -60,14 +69,39 @@ pub(super) async fn device_login(State(state): State<AppState>, headers: HeaderM
     let entered = prefill(form.single("user_code").ok().flatten().unwrap_or_default());
     let username = form.single("username").ok().flatten().unwrap_or_default().to_owned();
     let password = form.single("password").ok().flatten().unwrap_or_default().to_owned();
+    let source = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let throttle = state.rate_limits().map(|limits| (limits, limits.login()));
+    if let Some((limits, throttle)) = throttle
+        && let Err((scope, retry)) = throttle.check(source, &username)
+    {
+        limits.count_refusal(scope);
+        tracing::info!("device page: login throttled");
+        let (problem, secs) = pages::login_throttled(retry);
+        let mut response = login_page(
+            &state,
+            &session.csrf,
+            &entered,
+            &username,
+            Some((StatusCode::TOO_MANY_REQUESTS, &problem)),
+        );
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        return response;
+    }
     if !authorize::check_password(&state, &username, password).await {
         tracing::info!("device page: login failed");
+        if let Some((_, throttle)) = throttle {
+            throttle.failed(source, &username);
+        }
         return login_page(
             &state,
             &session.csrf,
             &entered,
             &username,
-            Some("Wrong username or password."),
+            Some((StatusCode::UNAUTHORIZED, "Wrong username or password.")),
         );
     }
     authz.end_session(&key);
@@ -179,10 +213,31 @@ fn prefill(entered: &str) -> String {
     normalize(entered).map(|c| display(&c)).unwrap_or_default()
 }
 
-fn login_page(state: &AppState, csrf: &str, user_code: &str, username: &str, problem: Option<&str>) -> Response {
-    let alert = problem
-        .map(|p| format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)))
-        .unwrap_or_default();
+/// The problem alert of a page, and the attributes that point a field at it for screen readers.
+fn alert(problem: Option<&str>) -> (String, &'static str) {
+    match problem {
+        Some(p) => (
+            format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)),
+            " aria-describedby=\"problem\"",
+        ),
+        None => (String::new(), ""),
+    }
+}
+
+fn login_page(
+    state: &AppState,
+    csrf: &str,
+    user_code: &str,
+    username: &str,
+    problem: Option<(StatusCode, &str)>,
+) -> Response {
+    let (alert, described) = alert(problem.map(|(_, p)| p));
+    // After a failed attempt the username is filled in: focus goes to the password (as on /login).
+    let (username_focus, password_focus) = if username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
     let body = format!(
         "<p>Sign in to connect a device.</p>\n{alert}\
 <form method=\"post\" action=\"{action}\">\n\
@@ -190,27 +245,27 @@ fn login_page(state: &AppState, csrf: &str, user_code: &str, username: &str, pro
 <input type=\"hidden\" name=\"user_code\" value=\"{user_code}\">\n\
 <label for=\"username\">Username</label>\n\
 <input type=\"text\" id=\"username\" name=\"username\" value=\"{username}\" autocomplete=\"username\" \
-autocapitalize=\"none\" required autofocus>\n\
+autocapitalize=\"none\" required{username_focus}{described}>\n\
 <label for=\"password\">Password</label>\n\
-<input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\n\
+<input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" \
+required{password_focus}{described}>\n\
 <button type=\"submit\" id=\"sign_in\">Sign in</button>\n</form>",
         action = escape(&endpoint(state, "/device/login")),
         csrf = escape(csrf),
         user_code = escape(user_code),
         username = escape(username),
     );
-    let status = if problem.is_some() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
+    let status = problem.map_or(StatusCode::OK, |(status, _)| status);
     pages::page(status, "Sign in", &body)
 }
 
 fn code_page(state: &AppState, session: &Session, user_code: &str, problem: Option<(StatusCode, &str)>) -> Response {
-    let alert = problem
-        .map(|(_, p)| format!("<p class=\"error\" role=\"alert\" id=\"problem\">{}</p>\n", escape(p)))
-        .unwrap_or_default();
+    let (alert, described) = alert(problem.map(|(_, p)| p));
+    let invalid = if problem.is_some() {
+        " aria-invalid=\"true\""
+    } else {
+        ""
+    };
     let user = session.user.as_ref().map(|(u, _)| u.as_str()).unwrap_or_default();
     let body = format!(
         "<p>Signed in as <strong>{user}</strong>.</p>\n{alert}\
@@ -218,7 +273,7 @@ fn code_page(state: &AppState, session: &Session, user_code: &str, problem: Opti
 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\n\
 <label for=\"user_code\">Code shown on your device</label>\n\
 <input type=\"text\" id=\"user_code\" name=\"user_code\" value=\"{user_code}\" autocomplete=\"off\" \
-autocapitalize=\"characters\" spellcheck=\"false\" maxlength=\"20\" placeholder=\"XXXX-XXXX\" required autofocus>\n\
+autocapitalize=\"characters\" spellcheck=\"false\" maxlength=\"20\" placeholder=\"XXXX-XXXX\" required autofocus{invalid}{described}>\n\
 <button type=\"submit\" id=\"continue\">Continue</button>\n</form>",
         user = escape(user),
         action = escape(&endpoint(state, "/device")),

@@ -49,7 +49,12 @@ pub struct Metadata {
 
 const URI_FIELDS: &[&str] = &["client_uri", "logo_uri", "tos_uri", "policy_uri"];
 const TEXT_FIELDS: &[&str] = &["software_id", "software_version"];
-const GRANTS: &[&str] = &["authorization_code", "refresh_token", "client_credentials"];
+const GRANTS: &[&str] = &[
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    crate::http::device::DEVICE_CODE,
+];
 
 impl Metadata {
     /// Parses a registration request body (a JSON object). Unknown fields are ignored (RFC 7591

@@ -325,3 +325,76 @@ async fn form_post_delivers_codes_and_errors_by_a_self_submitting_form() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
     assert!(!bad.text.contains("<form"), "{}", bad.text);
 }
+
+/// Posts the device page's sign-in form of `page` as alice with `password`.
+async fn device_log_in(h: &Harness, browser: &mut Browser, page: &Answer, password: &str) -> Answer {
+    let body = form(&[
+        ("csrf_token", &field(&page.text, "csrf_token")),
+        ("user_code", &field(&page.text, "user_code")),
+        ("username", "alice"),
+        ("password", password),
+    ]);
+    browser.post(h, "/device/login", &body).await
+}
+
+#[tokio::test]
+async fn the_device_pages_sign_in_shares_the_login_throttle() {
+    let (h, client_id) = setup();
+    let metrics = throttled(&h);
+    let device = "/device?user_code=bcdfghjk";
+
+    // One address guesses on both sign-in pages: their failures spend one budget (3).
+    let mut attacker = Browser::at("192.0.2.1");
+    let mut page = attacker.get(&h, device).await;
+    for _ in 0..2 {
+        page = device_log_in(&h, &mut attacker, &page, "guess").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.text);
+        assert!(page.text.contains("Wrong username or password."), "{}", page.text);
+        // The username stays, the focus moves to the password, both fields point at the alert.
+        assert!(
+            page.text.contains("value=\"alice\"")
+                && page
+                    .text
+                    .contains("autocomplete=\"current-password\" required autofocus aria-describedby=\"problem\"")
+                && page.text.contains("id=\"problem\""),
+            "{}",
+            page.text
+        );
+        assert_eq!(
+            field(&page.text, "user_code"),
+            "BCDF-GHJK",
+            "the code survives the retry"
+        );
+    }
+    let login = attacker.get(&h, &authorize_path(&client_id, &[])).await;
+    let wrong = log_in(&h, &mut attacker, &login, "guess").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.text);
+    // Budget spent: refused before the password check, even the right one, on the device page ...
+    page = device_log_in(&h, &mut attacker, &page, "wonderland").await;
+    assert_throttled(&page);
+    assert_eq!(field(&page.text, "user_code"), "BCDF-GHJK");
+    assert!(!page.text.contains("id=\"user_code\""), "not signed in: {}", page.text);
+    // ... its answer is a working form (throttled again, not forbidden) ...
+    assert_throttled(&device_log_in(&h, &mut attacker, &page, "wonderland").await);
+    // ... and on the login page.
+    assert_throttled(&log_in(&h, &mut attacker, &wrong, "wonderland").await);
+
+    // A second address spends the username's budget (3 + 2 = 5) on the device page only.
+    let mut second = Browser::at("192.0.2.2");
+    let mut page = second.get(&h, "/device").await;
+    for _ in 0..2 {
+        page = device_log_in(&h, &mut second, &page, "guess").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.text);
+    }
+    assert_throttled(&device_log_in(&h, &mut second, &page, "wonderland").await);
+    // The account holder, at an address without failures, still signs in there.
+    let mut holder = Browser::at("198.51.100.7");
+    let page = holder.get(&h, "/device").await;
+    let signed_in = device_log_in(&h, &mut holder, &page, "wonderland").await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.text);
+    assert!(signed_in.text.contains("id=\"user_code\""), "{}", signed_in.text);
+
+    let counts = metrics.rate_limited_counts();
+    assert_eq!(counts[Scope::LoginFailuresSource as usize], 3, "{counts:?}");
+    assert_eq!(counts[Scope::LoginFailuresUser as usize], 1, "{counts:?}");
+}

@@ -633,3 +633,107 @@ async fn cors_on_cookie_free_endpoints_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_registered_device_client_completes_the_device_flow() {
+    use super::device::{Setup, add_user, approved, claims, poll, refresh};
+    const DEVICE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+    let h = Harness::new();
+    h.state.set_registration(with_iat(true));
+    add_user(&h, "alice", "wonderland");
+    // A public device-only client: no redirect URIs, no response types, no credentials needed.
+    let answer = register(
+        &h,
+        None,
+        &json!({
+            "client_name": "Headless agent",
+            "token_endpoint_auth_method": "none",
+            "grant_types": [DEVICE, "refresh_token"],
+            "scope": "openid read",
+        }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let j = &answer.json;
+    assert_eq!(j["grant_types"], json!([DEVICE, "refresh_token"]));
+    assert_eq!(j["redirect_uris"], json!([]));
+    assert_eq!(j["response_types"], json!([]));
+    assert_eq!(j["token_endpoint_auth_method"], "none");
+    assert!(j.get("client_secret").is_none(), "{j}");
+    let client_id = j["client_id"].as_str().unwrap().to_owned();
+    let token = j["registration_access_token"].as_str().unwrap().to_owned();
+    let read = with_bearer(&h, "GET", &format!("/register/{client_id}"), &token).await;
+    assert_eq!(
+        read.json["grant_types"],
+        json!([DEVICE, "refresh_token"]),
+        "{}",
+        read.json
+    );
+
+    // The whole flow with it: device authorization, the verification page, polling, refresh.
+    let s = Setup { h, client_id };
+    let started = approved(&s).await;
+    let tokens = poll(&s.h, &s.client_id, started["device_code"].as_str().unwrap()).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.json);
+    assert_eq!(tokens.json["scope"], "openid read");
+    assert_eq!(
+        claims(tokens.json["access_token"].as_str().unwrap())["client_id"],
+        s.client_id.as_str()
+    );
+    assert_eq!(
+        claims(tokens.json["id_token"].as_str().unwrap())["aud"],
+        s.client_id.as_str()
+    );
+    // Day 20: a refresh is a use of the public client; the sweep writes it back, so the client
+    // does not expire 30 days after its registration while in use.
+    let day = 86_400;
+    s.h.clock.advance(20 * day);
+    let refreshed = refresh(&s.h, &s.client_id, tokens.json["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.json);
+    assert_eq!(
+        bridge::registration::sweep_node(&s.h.state, s.h.state.now()).unwrap(),
+        1
+    );
+    let record = s.h.state.view().clients[&s.client_id].record.clone();
+    assert_eq!(record.dynamic_registration.unwrap().last_used, START + 20 * day);
+    s.h.clock.advance(10 * day);
+    assert_eq!(
+        bridge::registration::sweep_node(&s.h.state, s.h.state.now()).unwrap(),
+        0
+    );
+    assert!(s.h.state.view().clients.contains_key(&s.client_id));
+
+    // A confidential device client (with an initial access token) authenticates with its secret.
+    let answer = register(
+        &s.h,
+        Some(IAT),
+        &json!({"token_endpoint_auth_method": "client_secret_basic", "grant_types": [DEVICE]}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let (id, secret) = (
+        answer.json["client_id"].as_str().unwrap(),
+        answer.json["client_secret"].as_str().unwrap(),
+    );
+    let started = s.h.post_form("/device_authorization", Some((id, secret)), "").await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.json);
+    let body = form(&[
+        ("grant_type", DEVICE),
+        ("device_code", started.json["device_code"].as_str().unwrap()),
+    ]);
+    let pending = s.h.post_form("/token", Some((id, secret)), &body).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let anonymous =
+        s.h.post_form("/device_authorization", None, &form(&[("client_id", id)]))
+            .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", anonymous.json);
+
+    // Still refused: a public client asking for client_credentials next to the device grant.
+    let answer = register(
+        &s.h,
+        None,
+        &json!({"token_endpoint_auth_method": "none", "grant_types": [DEVICE, "client_credentials"]}),
+    )
+    .await;
+    assert_eq!(answer.error(), "invalid_client_metadata", "{}", answer.json);
+}

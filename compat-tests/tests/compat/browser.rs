@@ -3,9 +3,10 @@
 //! `meshgate serve`, with a loopback redirect URI served by this test.
 //!
 //! Every journey is a row of [`JOURNEYS`]: what the browser does lives in the script, what must
-//! arrive at the redirect URI (a code that redeems, an error, nothing) is checked here. Every page
-//! is audited (language, one heading, labelled inputs, named buttons) and photographed: the
-//! screenshots stay in `target/screenshots/` as test artifacts.
+//! arrive at the redirect URI (a code that redeems, an error, nothing) — or, for the device
+//! flow, what the polling device gets — is checked here. Every page is audited (language, one
+//! heading, labelled inputs, named buttons, fields pointing at the page's alert) and
+//! photographed: the screenshots stay in `target/screenshots/` as test artifacts.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,19 @@ enum Outcome {
     /// The login page answered 429 with `Retry-After` within this many attempts (wrong passwords
     /// of earlier journeys from the same address count too; the budget does not refill).
     Throttled { within: u64 },
+    /// The journey answered the device authorization (RFC 8628) this test started for it: the
+    /// device's polling of `/token` afterwards ends with tokens (`None`) or this error.
+    Device { poll: Option<&'static str> },
+    /// A wrong user code on the device page: the code page answered 400 with an alert, and the
+    /// journey's device authorization is still pending.
+    DeviceWrongCode,
+}
+
+impl Outcome {
+    /// Whether the journey needs a device authorization started before it runs.
+    fn needs_device(self) -> bool {
+        matches!(self, Outcome::Device { .. } | Outcome::DeviceWrongCode)
+    }
 }
 
 /// One page journey of `js/browser_journeys.mjs`.
@@ -54,14 +68,13 @@ struct Journey {
 }
 
 /// The journeys, in the order they run (later ones rely on the first one's remembered consent,
-/// `logout` ends the session the others share, and `throttled` spends the login budget of the
-/// browser's address, so it stays last).
+/// `device_wrong_code` and `logout` on the session the others share, which `logout` ends, and
+/// `throttled` spends the login budget of the browser's address, so it and `device_throttled`,
+/// which finds it spent, stay last).
 ///
-/// DEVICE FLOW: the device verification page (`/device`, input `user_code`) gets its journey
-/// here after merge, before `throttled` — a row like `Journey { name: "device", pages: ...,
-/// screenshots: &["user-code", ...], outcome: ... }` (an `Outcome` for "the polling client got
-/// tokens" may be needed) and the matching entry in `JOURNEYS` of
-/// compat-tests/js/browser_journeys.mjs.
+/// The device journeys (RFC 8628) drive the verification page `/device` for a device
+/// authorization this test starts for each of them ([`Outcome::needs_device`]), then poll
+/// `/token` as the device would.
 const JOURNEYS: &[Journey] = &[
     Journey {
         name: "login_and_consent",
@@ -118,6 +131,31 @@ const JOURNEYS: &[Journey] = &[
         outcome: Outcome::Code { method: "POST" },
     },
     Journey {
+        name: "device_approve",
+        pages: &[
+            "Sign in",
+            "Connect a device",
+            "Connect this device?",
+            "Device connected",
+        ],
+        screenshots: &["sign-in", "user-code", "confirm", "approved"],
+        outcome: Outcome::Device { poll: None },
+    },
+    Journey {
+        name: "device_deny_typed",
+        pages: &["Sign in", "Connect a device", "Connect this device?", "Request denied"],
+        screenshots: &["user-code", "confirm", "denied"],
+        outcome: Outcome::Device {
+            poll: Some("access_denied"),
+        },
+    },
+    Journey {
+        name: "device_wrong_code",
+        pages: &["Connect a device", "Connect this device?"],
+        screenshots: &["user-code", "wrong-code", "confirm"],
+        outcome: Outcome::DeviceWrongCode,
+    },
+    Journey {
         name: "logout",
         pages: &["Sign out", "Sign in"],
         screenshots: &["confirm", "signed-out"],
@@ -131,7 +169,45 @@ const JOURNEYS: &[Journey] = &[
             within: LOGIN_FAILURES_PER_SOURCE,
         },
     },
+    Journey {
+        name: "device_throttled",
+        pages: &["Sign in"],
+        screenshots: &["too-many"],
+        outcome: Outcome::Throttled { within: 1 },
+    },
 ];
+
+/// `bridge.device_poll_interval` of the server under test, seconds.
+const DEVICE_POLL_INTERVAL: u64 = 1;
+
+/// Starts a device authorization for `client_id` (RFC 8628 §3.1).
+async fn start_device(server: &Meshgate, client_id: &str) -> Value {
+    let body = support::form(&[("client_id", client_id), ("scope", "openid profile")]);
+    let answer = support::post_form(&server.url("/device_authorization"), None, body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    answer.json()
+}
+
+/// Polls `/token` for `device_code` as a device does (RFC 8628 §3.5): waits the interval between
+/// polls and lengthens it by 5 s on `slow_down`; returns the first other answer (status, body).
+async fn poll_device(server: &Meshgate, client_id: &str, device_code: &str) -> (u16, Value) {
+    let mut interval = DEVICE_POLL_INTERVAL;
+    for _ in 0..10 {
+        let body = support::form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ]);
+        let answer = support::post_form(&server.url("/token"), None, body).await;
+        let json = answer.json();
+        if json["error"] != "slow_down" {
+            return (answer.status.as_u16(), json);
+        }
+        interval += 5;
+        tokio::time::sleep(Duration::from_secs(interval)).await;
+    }
+    panic!("the device was told to slow down ten times in a row");
+}
 
 /// `bridge.rate_limits.login_failures_per_source.burst` of the server under test (the
 /// `throttled` journey spends it; every other journey together fails fewer times). Its rate is
@@ -347,11 +423,13 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
     let post_logout = format!("{client_url}/bye");
     let dir = support::temp_dir();
     let burst = LOGIN_FAILURES_PER_SOURCE.to_string();
+    let poll_interval = format!("{DEVICE_POLL_INTERVAL}s");
     let server = Meshgate::spawn_with_env(
         dir.path(),
         &[
             ("MESHGATE_BRIDGE__RATE_LIMITS__LOGIN_FAILURES_PER_SOURCE__BURST", &burst),
             ("MESHGATE_BRIDGE__RATE_LIMITS__LOGIN_FAILURES_PER_SOURCE__RATE", "0.001"),
+            ("MESHGATE_BRIDGE__DEVICE_POLL_INTERVAL", &poll_interval),
         ],
     );
     let password = "correct horse battery staple";
@@ -376,6 +454,46 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
     );
     let client: Value = serde_json::from_str(out.trim()).unwrap();
     let client_id = client["client_id"].as_str().unwrap().to_owned();
+    // The device of the device journeys: a public device-flow client (refresh tokens included).
+    let out = cli(
+        dir.path(),
+        &[
+            "client",
+            "add",
+            "--name",
+            "Browser Test TV",
+            "--grant",
+            "device_code",
+            "--public",
+            "--scope",
+            "openid profile",
+            "--json",
+        ],
+    );
+    let tv: Value = serde_json::from_str(out.trim()).unwrap();
+    let tv_id = tv["client_id"].as_str().unwrap().to_owned();
+    // One device authorization per device journey; before the user acts, the device waits.
+    let mut devices = serde_json::Map::new();
+    let mut device_codes = std::collections::HashMap::new();
+    for journey in JOURNEYS.iter().filter(|j| j.outcome.needs_device()) {
+        let started = start_device(&server, &tv_id).await;
+        let device_code = started["device_code"].as_str().unwrap().to_owned();
+        let (status, pending) = poll_device(&server, &tv_id, &device_code).await;
+        assert_eq!(
+            (status, &pending["error"]),
+            (400, &Value::from("authorization_pending")),
+            "{pending}"
+        );
+        device_codes.insert(journey.name, device_code);
+        devices.insert(
+            journey.name.to_owned(),
+            serde_json::json!({
+                "user_code": started["user_code"],
+                "verification_uri": started["verification_uri"],
+                "verification_uri_complete": started["verification_uri_complete"],
+            }),
+        );
+    }
 
     let screenshots: PathBuf = workspace_root().join("target/screenshots");
     // Only this run's pictures: a stale one must not stand in for a step that did not happen.
@@ -393,6 +511,7 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
         "screenshots": screenshots,
         "chromium": CHROMIUM,
         "journeys": names,
+        "devices": devices,
     });
     let result = tokio::task::spawn_blocking(move || run_journeys(&input)).await.unwrap();
 
@@ -458,6 +577,43 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
                 let alert = seen["alert"].as_str().unwrap();
                 assert!(alert.contains("Too many failed sign-in attempts"), "{name}: {alert}");
             }
+            Outcome::Device { poll } => {
+                assert!(at_client.is_empty(), "{name}: {at_client:?}");
+                let (status, answer) = poll_device(&server, &tv_id, &device_codes[name]).await;
+                match poll {
+                    None => {
+                        assert_eq!(status, 200, "{name}: {answer}");
+                        assert!(
+                            answer["access_token"].is_string()
+                                && answer["id_token"].is_string()
+                                && answer["refresh_token"].is_string(),
+                            "{name}: {answer}"
+                        );
+                        assert_eq!(answer["scope"], "openid profile", "{name}");
+                    }
+                    Some(error) => {
+                        assert_eq!(
+                            (status, answer["error"].as_str()),
+                            (400, Some(error)),
+                            "{name}: {answer}"
+                        );
+                        assert!(answer.get("access_token").is_none(), "{name}: {answer}");
+                    }
+                }
+            }
+            Outcome::DeviceWrongCode => {
+                assert!(at_client.is_empty(), "{name}: {at_client:?}");
+                let wrong = &seen["wrong_code"];
+                assert_eq!(wrong["status"], 400, "{name}: {seen:#}");
+                let alert = wrong["alert"].as_str().unwrap_or_default();
+                assert!(alert.contains("not valid"), "{name}: {alert}");
+                let (status, answer) = poll_device(&server, &tv_id, &device_codes[name]).await;
+                assert_eq!(
+                    (status, answer["error"].as_str()),
+                    (400, Some("authorization_pending")),
+                    "{name}: a wrong code, then an undecided confirmation, decide nothing: {answer}"
+                );
+            }
         }
         let mut headings: Vec<&str> = seen["headings"]
             .as_array()
@@ -473,6 +629,7 @@ async fn pages_work_in_headless_chromium_with_keyboard_and_without_javascript() 
             assert_eq!(audit["h1"], 1, "{name}: {audit}");
             assert_eq!(audit["unlabelled"], serde_json::json!([]), "{name}: {audit}");
             assert_eq!(audit["unnamed_buttons"], serde_json::json!([]), "{name}: {audit}");
+            assert_eq!(audit["undescribed"], serde_json::json!([]), "{name}: {audit}");
             assert!(
                 audit["title"].as_str().is_some_and(|t| t.ends_with("meshgate")),
                 "{name}: {audit}"

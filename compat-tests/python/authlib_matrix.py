@@ -156,7 +156,9 @@ def device(given):
         if "error" in approval:
             raise RuntimeError("approving on the device page: %s" % approval["error"])
         try:
-            token = session.fetch_token(found["token_endpoint"], grant_type=DEVICE_CODE, device_code=started["device_code"])
+            token = session.fetch_token(
+                found["token_endpoint"], grant_type=DEVICE_CODE, device_code=started["device_code"]
+            )
         except OAuthError as error:
             if error.error == "authorization_pending":
                 continue

@@ -10,7 +10,8 @@
 // Libraries: openid-client 6 (`openid-client:*`) and the MCP SDK's client auth
 // (`mcp-sdk:*`, @modelcontextprotocol/sdk/client/auth.js). Grants: client_credentials,
 // authorization_code (with PKCE S256, the login and consent pages posted by `browse`), refresh,
-// token_exchange (RFC 8693), and — once the device flow is merged — device (RFC 8628).
+// token_exchange (RFC 8693), and device (RFC 8628: initiateDeviceAuthorization, the `/device` pages
+// approved by `browse` while pollDeviceAuthorizationGrant polls).
 
 import * as client from 'openid-client'
 import * as jose from 'jose'
@@ -29,8 +30,8 @@ function discover (issuer, clientId, auth, algorithm = 'oidc') {
 
 // A cookie-keeping "browser" without JavaScript: follows redirects by hand and submits each page's
 // form — the login page (username, password), the consent page (decision=allow) and, for the
-// device flow, the `/device` page (user_code) — until it reaches `redirectUri` (returned as a URL)
-// or a page with no form (returned as { done: html }).
+// device flow, the `/device` pages (the sign-in, the user_code form, then decision=approve) — until
+// it reaches `redirectUri` (returned as a URL) or a page with no form (returned as { done: html }).
 async function browse (start, { redirectUri, username, password, userCode }) {
   const cookies = new Map()
   const steps = []
@@ -56,15 +57,20 @@ async function browse (start, { redirectUri, username, password, userCode }) {
     const action = html.match(/<form[^>]*action="([^"]*)"/)
     if (!action) return { done: html, steps }
     const form = new URLSearchParams()
-    for (const name of ['csrf_token', 'request', 'request_id', 'client_id', 'return_to', 'scope', 'state']) {
+    for (const name of ['csrf_token', 'request', 'request_id', 'client_id', 'return_to', 'scope', 'state', 'user_code']) {
       const value = hidden(html, name)
       if (value !== undefined) form.set(name, value)
     }
     if (/type="password"/.test(html)) {
       form.set('username', username)
       form.set('password', password)
-    } else if (/name="user_code"/.test(html) && userCode !== undefined && !form.has('user_code')) {
-      form.set('user_code', userCode)
+    } else if (/name="decision" value="approve"/.test(html)) {
+      form.set('decision', 'approve')
+    } else if (/name="user_code"/.test(html)) {
+      if (!form.get('user_code')) {
+        if (userCode === undefined) throw new Error(`${url.pathname} asks for a user code and none was given`)
+        form.set('user_code', userCode)
+      }
     } else {
       form.set('decision', 'allow')
     }
@@ -130,10 +136,28 @@ const commands = {
     return { tokens }
   },
 
-  // The device grant goes here once it is merged: client.initiateDeviceAuthorization(config,
-  // { scope }), then browse(verification_uri_complete ?? verification_uri, { userCode, username,
-  // password }) approves it on the /device page (browse fills `user_code`), then
-  // client.pollDeviceAuthorizationGrant(config, response) returns { tokens }.
+  // The device grant (RFC 8628): initiateDeviceAuthorization, then pollDeviceAuthorizationGrant
+  // while `browse` approves the code on the verification page (the user's side); the ID token
+  // validated by openid-client.
+  async 'openid-client:device' ({ issuer, client_id, username, password, scope }) {
+    const config = await discover(issuer, client_id, client.None())
+    const started = await client.initiateDeviceAuthorization(config, { scope })
+    const polling = client.pollDeviceAuthorizationGrant(config, started).then(
+      (tokens) => ({ tokens }),
+      (error) => ({ error })
+    )
+    const { done, steps } = await browse(started.verification_uri_complete ?? started.verification_uri, {
+      userCode: started.user_code,
+      username,
+      password
+    })
+    if (!done?.includes('You approved the request')) {
+      throw new Error(`the device page did not approve: ${JSON.stringify(steps)} ${done?.slice(0, 300)}`)
+    }
+    const { tokens, error } = await polling
+    if (error) throw error
+    return { tokens, id_token_claims: tokens.claims() }
+  },
 
   // The MCP SDK's client_credentials provider through auth(): the node itself is the server URL
   // (no protected-resource metadata there, so the SDK falls back to it as the authorization server).

@@ -13,11 +13,22 @@
 //!   the cells run; the state fails unless both nodes' circuit breakers opened).
 //! - **Placements**: `same` — minted and validated on node 1; `cross` — minted on node 1 and
 //!   validated on node 2 of a 2-node mesh (for refresh: the refresh token minted on node 1 is
-//!   redeemed on node 2 and the new access token validated there).
+//!   redeemed on node 2 and the new access token validated there; for device: device codes are
+//!   node-local, so the device is approved on and polls node 1 and the token is validated on
+//!   node 2).
+//!
+//! The device cells (RFC 8628): the library starts the device authorization at node 1 and polls
+//! `/token` while the cell approves the code on node 1's `/device` page over plain HTTP (sign in,
+//! the code, Approve — each form with the session's CSRF token). The nodes tell devices a 1 s
+//! polling interval (`bridge.device_poll_interval`), so a device cell takes seconds. Authlib has
+//! no device-flow client (its `rfc8628` module is server-side only): its runner makes the device
+//! authorization request with the `OAuth2Session` and polls with
+//! `fetch_token(grant_type=urn:ietf:params:oauth:grant-type:device_code)`, handling
+//! `authorization_pending` / `slow_down` itself.
 //!
 //! "Validated" = introspection on the validating node answers `active: true` and jose verifies the
 //! JWT (`typ` at+jwt, the minting node's issuer) against the validating node's `/jwks.json`.
-//! Expected answers: the local grants (client_credentials, code, refresh) never depend on the
+//! Expected answers: the local grants (client_credentials, code, refresh, device) never depend on the
 //! upstream — a normal token in every state; token exchange follows the exchange client's
 //! `issue_local` policy (`degraded_ttl: 30s`): up → a normal token; down and frozen → a token with
 //! `degraded: true` and `expires_in` ≤ 30 (the policy's documented answer, as `upstream.rs` checks);
@@ -150,12 +161,7 @@ impl Placement {
 /// Whether `lib` can do `grant` at all; the reason when it cannot. Every other cell runs.
 fn applies(lib: Lib, grant: Grant) -> Result<(), &'static str> {
     match (lib, grant) {
-        // THE DEVICE COLUMN. The device grant (RFC 8628: /device_authorization, the /device page)
-        // is being merged separately. Once it is: replace this arm with the MCP SDK's line below,
-        // and add the runners in matrix_runners.rs (`run`): the oauth2 and openidconnect crates
-        // (exchange_device_code), openid-client (the prepared slot in js/matrix.mjs), Authlib.
-        (_, Grant::Device) => Err("device flow not merged"),
-        // (Lib::McpSdk, Grant::Device) => Err("the MCP SDK's client has no device grant"),
+        (Lib::McpSdk, Grant::Device) => Err("the MCP SDK's client has no device grant"),
         (Lib::Oauth2, Grant::TokenExchange) => Err("the oauth2 crate has no RFC 8693 request"),
         (Lib::OpenIdConnect, Grant::TokenExchange) => Err("the openidconnect crate has no RFC 8693 request"),
         (Lib::McpSdk, Grant::TokenExchange) => Err("the MCP SDK's client has no RFC 8693 token exchange"),
@@ -427,7 +433,8 @@ impl Fixture {
         );
         add_user(&data, USER, PASSWORD);
         let public_client = add_public_client(&data, LOGIN_SCOPE);
-        let nodes = vec![mesh.start(1), mesh.start(2)];
+        let device_client = add_device_client(&data);
+        let nodes: Vec<Meshgate> = (1..=2).map(|i| mesh.start_with_env(i, DEVICE_POLL_INTERVAL)).collect();
         for node in &nodes {
             wait_for_status(node, "fetched", |corp| {
                 corp["available"] == true && corp["jwks"]["keys"].as_u64() == Some(1)
@@ -476,6 +483,7 @@ impl Fixture {
             introspector,
             exchange,
             public_client,
+            device_client,
             redirect_uri: REDIRECT.to_owned(),
             username: USER.to_owned(),
             password: PASSWORD.to_owned(),
@@ -515,6 +523,36 @@ impl Fixture {
         self.upstream.kill();
         problems
     }
+}
+
+/// The polling interval the nodes tell devices: 1 s (the minimum) keeps the device cells short.
+const DEVICE_POLL_INTERVAL: &[(&str, &str)] = &[("MESHGATE_BRIDGE__DEVICE_POLL_INTERVAL", "1s")];
+
+/// Registers the public device client (`--grant device_code --public`, scope [`LOGIN_SCOPE`]:
+/// refresh and ID tokens included); its client id.
+fn add_device_client(data: &std::path::Path) -> String {
+    let out = compat_tests::cli(
+        data,
+        &[
+            "client",
+            "add",
+            "--name",
+            "matrix device",
+            "--grant",
+            "device_code",
+            "--public",
+            "--scope",
+            LOGIN_SCOPE,
+            "--json",
+        ],
+    );
+    let answer: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|error| panic!("`meshgate client add --grant device_code` printed no JSON ({error}): {out}"));
+    assert_eq!(answer["token_endpoint_auth_method"], "none", "{out}");
+    answer["client_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no client_id in {out}"))
+        .to_owned()
 }
 
 /// How long each flapping freeze lasts: longer than the JWKS refresh interval (1 s) plus the

@@ -11,10 +11,14 @@ use adapters::http::{HttpClient, HttpConfig};
 use compat_tests::Registered;
 use oauth2::basic::BasicClient;
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken, Scope,
-    TokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl, PkceCodeChallenge,
+    RedirectUrl, RefreshToken, Scope, StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
 };
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreProviderMetadata, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
 use openidconnect::{IssuerUrl, Nonce};
 use serde_json::{Value, json};
 
@@ -43,6 +47,8 @@ pub(super) struct Env {
     pub exchange: Registered,
     /// The public client of the code flow (redirect URI `redirect_uri`, scope [`LOGIN_SCOPE`]).
     pub public_client: String,
+    /// The public device client (`device_code` grant, scope [`LOGIN_SCOPE`]).
+    pub device_client: String,
     pub redirect_uri: String,
     pub username: String,
     pub password: String,
@@ -113,7 +119,14 @@ pub(super) async fn run(lib: Lib, grant: Grant, placement: Placement, env: &Env)
             "subject_token_type": ACCESS_TOKEN,
             "scope": "read",
         }),
-        Grant::Device => return Err("no device runner yet (see `applies` in matrix.rs)".into()),
+        // Device codes are node-local: the device starts at, is approved on and polls node 1.
+        Grant::Device => json!({
+            "issuer": issuing.issuer,
+            "client_id": env.device_client,
+            "username": env.username,
+            "password": env.password,
+            "scope": LOGIN_SCOPE,
+        }),
     };
     // A refresh token minted on node 1 reaches node 2 by replication: an unknown refresh token is
     // refused without side effects, so a cross-node refresh is retried (bounded) until it arrives.
@@ -246,7 +259,29 @@ async fn oauth2_crate(grant: Grant, input: &Value) -> Result<Value, String> {
             .request_async(&http)
             .await
             .map_err(|e| failed(&e))?,
-        Grant::Device | Grant::TokenExchange => return Err(format!("no oauth2-crate runner for {}", grant.name())),
+        Grant::Device => {
+            let client = client.set_device_authorization_url(
+                DeviceAuthorizationUrl::new(text(&metadata, "device_authorization_endpoint"))
+                    .map_err(|e| e.to_string())?,
+            );
+            let details: StandardDeviceAuthorizationResponse = client
+                .exchange_device_code()
+                .add_scopes(scopes(input))
+                .request_async(&http)
+                .await
+                .map_err(|e| failed(&e))?;
+            let polling = async {
+                client
+                    .exchange_device_access_token(&details)
+                    .request_async(&http, tokio::time::sleep, Some(DEVICE_POLLING))
+                    .await
+                    .map_err(|e| failed(&e))
+            };
+            let page = verification_page(&details);
+            let (token, ()) = tokio::try_join!(polling, approve_device(&page, input))?;
+            token
+        }
+        Grant::TokenExchange => return Err(format!("no oauth2-crate runner for {}", grant.name())),
     };
     Ok(json!({
         "access_token": token.access_token().secret(),
@@ -321,7 +356,47 @@ async fn openidconnect_crate(grant: Grant, input: &Value) -> Result<Value, Strin
                 .map_err(|e| failed(&e))?;
             (token, None)
         }
-        Grant::Device | Grant::TokenExchange => {
+        Grant::Device => {
+            // `CoreProviderMetadata` has no `device_authorization_endpoint`: discovery again with
+            // the crate's extension point for extra metadata (as its Okta device example does).
+            let issuer = IssuerUrl::new(text(input, "issuer")).map_err(|e| e.to_string())?;
+            let metadata = DeviceProviderMetadata::discover_async(issuer, &http)
+                .await
+                .map_err(|e| format!("openidconnect discovery: {e:?}"))?;
+            let endpoint = metadata.additional_metadata().device_authorization_endpoint.clone();
+            let client = CoreClient::from_provider_metadata(
+                metadata,
+                openidconnect::ClientId::new(text(input, "client_id")),
+                None,
+            )
+            .set_device_authorization_url(endpoint);
+            // The client adds `openid` itself.
+            let mut request = client.exchange_device_code();
+            for scope in text(input, "scope").split_whitespace().filter(|s| *s != "openid") {
+                request = request.add_scope(openidconnect::Scope::new(scope.to_owned()));
+            }
+            let details: CoreDeviceAuthorizationResponse =
+                request.request_async(&http).await.map_err(|e| failed(&e))?;
+            let polling = async {
+                client
+                    .exchange_device_access_token(&details)
+                    .map_err(|e| failed(&e))?
+                    .request_async(&http, tokio::time::sleep, Some(DEVICE_POLLING))
+                    .await
+                    .map_err(|e| failed(&e))
+            };
+            let page = verification_page(&details);
+            let (token, ()) = tokio::try_join!(polling, approve_device(&page, input))?;
+            // The ID token verified by the crate (no nonce in the device flow).
+            let id_token = openidconnect::TokenResponse::id_token(&token)
+                .ok_or_else(|| "openidconnect crate: no ID token in the device response".to_owned())?;
+            let claims = id_token
+                .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
+                .map_err(|e| format!("openidconnect crate rejects the ID token: {e:?}"))?;
+            let subject = claims.subject().to_string();
+            (token, Some(subject))
+        }
+        Grant::TokenExchange => {
             return Err(format!("no openidconnect-crate runner for {}", grant.name()));
         }
     };
@@ -336,18 +411,98 @@ async fn openidconnect_crate(grant: Grant, input: &Value) -> Result<Value, Strin
 /// Drives the login and consent pages from `authorize_url` to the redirect URI over raw HTTP (a
 /// browser without JavaScript, keeping cookies) and returns the code after checking `state`.
 async fn code_from(authorize_url: &str, state: &str, input: &Value) -> Result<String, String> {
-    let http = support::http();
     let redirect_uri = text(input, "redirect_uri");
+    let url = match walk(authorize_url, Some(&redirect_uri), input).await? {
+        Walked::Redirected(url) => url,
+        Walked::Done(html) => {
+            return Err(format!(
+                "the pages never led back to {redirect_uri}: {}",
+                &html[..html.len().min(300)]
+            ));
+        }
+    };
+    let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    if param("state").as_deref() != Some(state) {
+        return Err(format!("state mismatch in {url}"));
+    }
+    param("code").ok_or_else(|| format!("no code in {url}"))
+}
+
+/// How long a Rust device runner polls before giving up (the cell bound is longer).
+const DEVICE_POLLING: Duration = Duration::from_secs(90);
+
+/// The device flow's extra discovery field, for the `openidconnect` crate.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+struct DeviceEndpointProviderMetadata {
+    device_authorization_endpoint: DeviceAuthorizationUrl,
+}
+
+impl openidconnect::AdditionalProviderMetadata for DeviceEndpointProviderMetadata {}
+
+/// OpenID provider metadata with the device authorization endpoint.
+type DeviceProviderMetadata = openidconnect::ProviderMetadata<
+    DeviceEndpointProviderMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The page the user opens: `verification_uri_complete` (the code prefilled) when given, else
+/// `verification_uri` with the code as its query, as a user typing it would get.
+fn verification_page<EF: oauth2::ExtraDeviceAuthorizationFields>(
+    details: &oauth2::DeviceAuthorizationResponse<EF>,
+) -> String {
+    match details.verification_uri_complete() {
+        Some(complete) => complete.secret().clone(),
+        None => format!(
+            "{}?user_code={}",
+            details.verification_uri().as_str(),
+            details.user_code().secret()
+        ),
+    }
+}
+
+/// Approves a device on the verification page `page` over raw HTTP: signs in, confirms the
+/// prefilled code, approves; the last page must say the request was approved.
+async fn approve_device(page: &str, input: &Value) -> Result<(), String> {
+    match walk(page, None, input).await? {
+        Walked::Done(html) if html.contains("You approved the request") => Ok(()),
+        Walked::Done(html) => Err(format!(
+            "the device page did not approve: {}",
+            &html[..html.len().min(400)]
+        )),
+        Walked::Redirected(url) => Err(format!("the device page redirected to {url}")),
+    }
+}
+
+/// Where [`walk`] ended.
+enum Walked {
+    /// At the redirect URI.
+    Redirected(reqwest::Url),
+    /// At a page without a form.
+    Done(String),
+}
+
+/// A browser without JavaScript, keeping cookies: from `start`, follows redirects and submits each
+/// page's form — the login pages (username, password), the consent page (`decision=allow`), the
+/// device pages (the prefilled `user_code`, then `decision=approve`) — until `redirect_uri` (when
+/// given) or a page without a form.
+async fn walk(start: &str, redirect_uri: Option<&str>, input: &Value) -> Result<Walked, String> {
+    let http = support::http();
     let mut cookies: BTreeMap<String, String> = BTreeMap::new();
-    let mut url = reqwest::Url::parse(authorize_url).map_err(|e| e.to_string())?;
+    let mut url = reqwest::Url::parse(start).map_err(|e| e.to_string())?;
     let mut post: Option<String> = None;
     for _ in 0..20 {
-        if url.as_str().starts_with(&redirect_uri) {
-            let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
-            if param("state").as_deref() != Some(state) {
-                return Err(format!("state mismatch in {url}"));
-            }
-            return param("code").ok_or_else(|| format!("no code in {url}"));
+        if redirect_uri.is_some_and(|r| url.as_str().starts_with(r)) {
+            return Ok(Walked::Redirected(url));
         }
         let request = match post.take() {
             None => http.get(url.clone()),
@@ -390,9 +545,11 @@ async fn code_from(authorize_url: &str, state: &str, input: &Value) -> Result<St
                 &html[..html.len().min(300)]
             ));
         }
-        let action = between(&html, "action=\"", "\"").ok_or_else(|| format!("no form on {}", url.path()))?;
+        let Some(action) = between(&html, "action=\"", "\"") else {
+            return Ok(Walked::Done(html));
+        };
         let mut fields = Vec::new();
-        for name in ["csrf_token", "request"] {
+        for name in ["csrf_token", "request", "user_code"] {
             if let Some(value) = between(&html, &format!("name=\"{name}\" value=\""), "\"") {
                 fields.push((name, value.replace("&amp;", "&")));
             }
@@ -400,14 +557,16 @@ async fn code_from(authorize_url: &str, state: &str, input: &Value) -> Result<St
         if html.contains("type=\"password\"") {
             fields.push(("username", text(input, "username")));
             fields.push(("password", text(input, "password")));
-        } else {
+        } else if html.contains("name=\"decision\" value=\"approve\"") {
+            fields.push(("decision", "approve".to_owned()));
+        } else if !html.contains("name=\"user_code\"") {
             fields.push(("decision", "allow".to_owned()));
         }
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         post = Some(support::form(&pairs));
         url = url.join(&action.replace("&amp;", "&")).map_err(|e| e.to_string())?;
     }
-    Err(format!("too many hops from {authorize_url}"))
+    Err(format!("too many hops from {start}"))
 }
 
 fn between(text: &str, start: &str, end: &str) -> Option<String> {

@@ -105,6 +105,11 @@ impl Mesh {
     pub(super) fn start(&self, i: usize) -> Meshgate {
         Meshgate::spawn_with_config(&self.data(i), &self.config_path(i), &[])
     }
+
+    /// [`Mesh::start`] with extra environment variables (e.g. `MESHGATE_BRIDGE__…` overrides).
+    pub(super) fn start_with_env(&self, i: usize, env: &[(&str, &str)]) -> Meshgate {
+        Meshgate::spawn_with_config(&self.data(i), &self.config_path(i), env)
+    }
 }
 
 /// Polls `probe` every 200 ms until it returns true or [`CONVERGE`] passes.

@@ -103,6 +103,7 @@ struct Shared {
     authz: authorize::Authz,
     plugins: std::sync::OnceLock<Arc<crate::plugin_host::PluginHost>>,
     data_dir: std::path::PathBuf,
+    commits: crate::commit::GroupCommit,
 }
 
 impl AppState {
@@ -153,6 +154,7 @@ impl AppState {
             authz: authorize::Authz::default(),
             plugins: std::sync::OnceLock::new(),
             data_dir,
+            commits: crate::commit::GroupCommit::default(),
         }))
     }
 
@@ -286,6 +288,16 @@ impl AppState {
             }
         }
         Ok(answer)
+    }
+
+    /// Applies `changes` (durably, view included) together with other writes arriving at the same
+    /// time: one document change and one log sync for the lot (see [`crate::commit`]).
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), Arc<str>> {
+        self.0.commits.commit(self, changes).await
+    }
+
+    pub(crate) fn group_commit(&self) -> &crate::commit::GroupCommit {
+        &self.0.commits
     }
 
     /// Attaches rate limits and the body read timeout (once; later calls are ignored).

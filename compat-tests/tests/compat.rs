@@ -17,6 +17,7 @@ mod compat {
     mod login;
     mod mcp_sdk;
     mod mesh;
+    mod mesh_epoch;
     mod oauth2_crate;
     mod openid_client;
     mod operations;

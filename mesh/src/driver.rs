@@ -45,6 +45,12 @@ pub trait Replica: Send + Sync + 'static {
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         did.public_key()
     }
+    /// Whether `event`, carried by a peer's `Hello`, is the next rotation of its DID after the
+    /// events known here (`State::extends_chain`); the default accepts none.
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        let _ = event;
+        false
+    }
     /// Members other than this node with the sync address they announced.
     fn peer_addresses(&self) -> Vec<(DidKey, String)>;
     /// The next sync message for `peer`, if any.
@@ -708,6 +714,10 @@ impl session::Document for ReplicaDocument<'_> {
 
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         self.0.current_key(did)
+    }
+
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        self.0.extends_chain(event)
     }
 
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {

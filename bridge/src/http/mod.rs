@@ -364,6 +364,10 @@ impl mesh::driver::Replica for MeshReplica {
         self.0.view().current_key(did)
     }
 
+    fn extends_chain(&self, event: &mesh::kel::KeyEvent) -> bool {
+        self.0.with_node_read(|node| node.state().extends_chain(event))
+    }
+
     fn peer_addresses(&self) -> Vec<(mesh::did::DidKey, String)> {
         self.0.0.node.lock().unwrap_or_else(|e| e.into_inner()).peer_addresses()
     }

@@ -67,6 +67,14 @@ impl Document for Replica {
         self.members.contains(did)
     }
 
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.docs.current().state().current_key(did)
+    }
+
+    fn extends_chain(&self, event: &mesh::kel::KeyEvent) -> bool {
+        self.docs.current().state().extends_chain(event)
+    }
+
     fn generate(&mut self, _peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
         let seed = Epoch::genesis().seed;
         self.docs.generate(&seed, sync)

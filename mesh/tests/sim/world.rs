@@ -427,7 +427,7 @@ impl<'a> World<'a> {
             .current_mut()
             .apply(changes, now)
             .expect("a local change applies");
-        replica.refresh();
+        replica.changed(changes);
         self.heads_moved |= std::mem::take(&mut replica.heads_moved);
         self.mark_changed(node);
         self.notify();

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod cimd;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -22,6 +22,7 @@ mod compat {
     mod matrix_runners;
     mod mcp_sdk;
     mod mesh;
+    mod mesh_epoch;
     mod oauth2_crate;
     mod openid_client;
     mod operations;

@@ -45,6 +45,12 @@ pub trait Replica: Send + Sync + 'static {
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         did.public_key()
     }
+    /// Whether `event`, carried by a peer's `Hello`, is the next rotation of its DID after the
+    /// events known here (`State::extends_chain`); the default accepts none.
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        let _ = event;
+        false
+    }
     /// Members other than this node with the sync address they announced.
     fn peer_addresses(&self) -> Vec<(DidKey, String)>;
     /// The next sync message for `peer`, if any.
@@ -94,6 +100,11 @@ pub struct DriverConfig {
     pub down_backoff: Duration,
     /// Discover members on the local network with mDNS ([`crate::discovery`]); off by default.
     pub mdns: bool,
+    /// How long a session gathers local changes before it sends them: the first change after a
+    /// send starts the wait, and every change within it goes out in the same sync message. Each
+    /// sync message costs its receiver work that grows with the document, so under a stream of
+    /// writes this bounds the messages per peer to one per interval. Default 10 ms.
+    pub coalesce: Duration,
 }
 
 impl Default for DriverConfig {
@@ -107,6 +118,7 @@ impl Default for DriverConfig {
             membership: Some(MembershipConfig::default()),
             down_backoff: Duration::from_secs(30),
             mdns: false,
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -498,14 +510,22 @@ impl Driver {
         let mut changed = self.0.changed.subscribe();
         let mut shutdown = self.0.shutdown.clone();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut event = Event::Connected {
+        // When gathered local changes are due to be sent (see `DriverConfig::coalesce`).
+        let mut local_due: Option<Instant> = None;
+        let mut next = Some(Event::Connected {
             initiator: link.initiator,
             nonce,
-        };
+        });
         loop {
-            let outputs = self.handle(session, event);
-            if let ControlFlow::Break(result) = self.carry_out(outputs, link, writer).await {
-                return result;
+            if let Some(event) = next.take() {
+                if matches!(event, Event::LocalChange) {
+                    // Whatever was gathered goes out now.
+                    local_due = None;
+                }
+                let outputs = self.handle(session, event);
+                if let ControlFlow::Break(result) = self.carry_out(outputs, link, writer).await {
+                    return result;
+                }
             }
             let deadline = session
                 .next_timeout()
@@ -517,23 +537,29 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            event = tokio::select! {
-                _ = flipped(&mut shutdown) => Event::Shutdown,
+            next = tokio::select! {
+                _ = flipped(&mut shutdown) => Some(Event::Shutdown),
                 _ = close => return Ok(()), // replaced by a preferred session
                 result = changed.changed(), if registered => {
                     if result.is_err() {
                         return Ok(());
                     }
-                    Event::LocalChange
+                    if self.0.config.coalesce.is_zero() {
+                        Some(Event::LocalChange)
+                    } else {
+                        local_due.get_or_insert_with(|| Instant::now() + self.0.config.coalesce);
+                        None
+                    }
                 }
-                _ = tokio::time::sleep_until(deadline) => Event::Tick,
+                _ = sleep_until_some(local_due) => Some(Event::LocalChange),
+                _ = tokio::time::sleep_until(deadline) => Some(Event::Tick),
                 read = reader.read(&mut buf) => {
                     let n = read.map_err(|e| e.to_string())?;
                     if let Some((peer, id, _)) = &link.registered {
                         self.touch(*peer, *id, false);
                         self.0.traffic.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    if n == 0 { Event::Eof } else { Event::Bytes(&buf[..n]) }
+                    Some(if n == 0 { Event::Eof } else { Event::Bytes(&buf[..n]) })
                 }
             };
         }
@@ -690,6 +716,10 @@ impl session::Document for ReplicaDocument<'_> {
         self.0.current_key(did)
     }
 
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        self.0.extends_chain(event)
+    }
+
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
         self.0.generate(peer, sync)
     }
@@ -746,6 +776,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Resolves once the flag is true (or its sender is gone), holding no borrow across awaits.
+/// Sleeps until `due`; never resolves for `None`.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn flipped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }

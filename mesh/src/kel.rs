@@ -116,6 +116,22 @@ pub fn chain<'a>(did: &DidKey, event: impl Fn(u64) -> Option<&'a KeyEvent>) -> V
     keys
 }
 
+/// Whether `event` is the next event of its DID's chain as `known` resolves it: its seq is the
+/// first one `known` lacks, and with it the chain grows by its key (it reveals the key the last
+/// known event committed to and is signed by its own key). What a node accepts from a peer's
+/// `Hello` (a rotation the peer made while this node could not hear of it).
+pub fn extends<'a>(event: &'a KeyEvent, known: impl Fn(u64) -> Option<&'a KeyEvent>) -> bool {
+    if known(event.seq).is_some() {
+        return false;
+    }
+    let keys = chain(
+        &event.did,
+        |seq| if seq == event.seq { Some(event) } else { known(seq) },
+    );
+    // The chain holds the DID's key plus one key per rotation: seq n adds the (n+1)-th key.
+    event.seq >= 1 && keys.len() as u64 == event.seq + 1 && keys.last() == Some(&event.key)
+}
+
 /// Resolves the keys each DID has signed with, for verifying records "by a DID".
 pub trait KeyChains {
     /// The keys of `did`, inception first, current last (never empty: at least the DID's key).
@@ -194,6 +210,24 @@ mod tests {
         assert_eq!(resolve(&did, &[]), [public(1)]);
         let json = serde_json::to_string(&events[1]).unwrap();
         assert_eq!(serde_json::from_str::<KeyEvent>(&json).unwrap(), events[1]);
+    }
+
+    #[test]
+    fn only_the_next_valid_event_extends_a_known_chain() {
+        let (did, events) = log();
+        let known = |n: usize| {
+            let map: BTreeMap<u64, &KeyEvent> = events[..n].iter().map(|e| (e.seq, e)).collect();
+            move |seq: u64| map.get(&seq).copied()
+        };
+        assert!(extends(&events[1], known(1)));
+        assert!(extends(&events[2], known(2)));
+        // Not the next one: already known, or one is missing in between.
+        assert!(!extends(&events[1], known(2)));
+        assert!(!extends(&events[2], known(1)));
+        // An inception never extends (its key is the DID's own).
+        assert!(!extends(&events[0], known(0)));
+        // Forged: signed by a key event 0 did not commit to.
+        assert!(!extends(&KeyEvent::sign(did, 1, &key(9), &public(3)), known(1)));
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub trait Document {
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         did.public_key()
     }
+    /// Whether `event`, carried by a peer's `Hello`, is the next rotation of its DID after the
+    /// events known here (`State::extends_chain`); the default accepts none.
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        let _ = event;
+        false
+    }
     /// The next sync message for `peer`, if any.
     fn generate(&mut self, peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>>;
     /// Applies (and persists) a sync message from `peer`; an error closes the session.
@@ -85,6 +91,10 @@ impl Peers for DocumentPeers<'_> {
 
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         self.0.current_key(did)
+    }
+
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        self.0.extends_chain(event)
     }
 }
 

@@ -157,6 +157,12 @@ impl State {
     pub fn current_key(&self, did: &DidKey) -> [u8; 32] {
         self.keys_of(did).last().copied().unwrap_or(did.public_key())
     }
+
+    /// Whether `event` is the next rotation of its DID after the events held here
+    /// ([`kel::extends`]).
+    pub fn extends_chain(&self, event: &kel::KeyEvent) -> bool {
+        kel::extends(event, |seq| self.key_events.get(&kel::event_key(&event.did, seq)))
+    }
 }
 
 impl KeyChains for State {

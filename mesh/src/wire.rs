@@ -34,6 +34,13 @@ pub trait Peers {
     fn current_key(&self, did: &DidKey) -> [u8; 32] {
         did.public_key()
     }
+    /// Whether `event`, carried by a peer's `Hello`, is the next rotation of its DID after what is
+    /// known here (`State::extends_chain`): the handshake then accepts an `Auth` signed with its
+    /// key. The default accepts none.
+    fn extends_chain(&self, event: &crate::kel::KeyEvent) -> bool {
+        let _ = event;
+        false
+    }
 }
 
 impl<F: Fn(&DidKey) -> bool + ?Sized> Peers for F {

@@ -352,3 +352,44 @@ fn a_churn_of_expiring_revocations_stays_under_the_bound_across_epochs() {
         stats.max_document, stats.epochs_started
     );
 }
+
+#[test]
+fn a_node_that_rotated_its_identity_while_partitioned_is_accepted_when_it_returns() {
+    run(
+        SEED,
+        Topology::Full,
+        &[
+            AddNode,
+            AddNode,
+            AddNode,
+            Wait(secs(1)),
+            // A rotation while connected reaches everyone over the open sessions.
+            Rotate(2),
+            Wait(secs(1)),
+            AssertConverged,
+            // Cut off, node 2 rotates again and writes; the others write too.
+            Isolate(2),
+            Wait(secs(10)),
+            Rotate(2),
+            AddClient(2, "made-after-offline-rotation"),
+            Revoke(0, "jti-while-2-away"),
+            // Back: its new key is unknown to the others, but its Hello shows the event, which
+            // extends the chain they hold, so they accept it and sync.
+            HealAll,
+            Wait(secs(15)),
+            AssertConverged,
+            AssertHas(&[0, 1], Item::Client("made-after-offline-rotation")),
+            AssertHas(&[2], Item::Revocation("jti-while-2-away")),
+            // And after a crash and restart in between, too.
+            Isolate(1),
+            Rotate(1),
+            Crash(1),
+            HealAll,
+            Restart(1),
+            AddClient(1, "after-restart"),
+            Wait(secs(15)),
+            AssertConverged,
+            AssertHas(&[0, 2], Item::Client("after-restart")),
+        ],
+    );
+}

@@ -85,6 +85,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 minor,
                 did: DidKey::from_public_key(key),
                 nonce,
+                rotation: None,
             }
         }),
         prop::collection::vec(any::<u8>(), 64).prop_map(|bytes| Frame::Auth {

@@ -91,14 +91,8 @@ pub(super) async fn revoke(
         jti: claims.jti,
         exp: claims.exp,
     };
-    let writer = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        writer.with_node(|node| node.apply(std::slice::from_ref(&change)).map(|()| ((), vec![change])))
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => Ok(no_store(().into_response())),
-        Ok(Err(e)) => Ok(server_error(e)),
+    match state.commit(vec![change]).await {
+        Ok(()) => Ok(no_store(().into_response())),
         Err(e) => Ok(server_error(e)),
     }
 }

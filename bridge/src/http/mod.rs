@@ -111,6 +111,7 @@ struct Shared {
     devices: device::Devices,
     recovering: std::sync::atomic::AtomicBool,
     ready: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
+    commits: crate::commit::GroupCommit,
 }
 
 impl AppState {
@@ -165,6 +166,7 @@ impl AppState {
             devices: device::Devices::default(),
             recovering,
             ready: std::sync::OnceLock::new(),
+            commits: crate::commit::GroupCommit::default(),
         }))
     }
 
@@ -300,6 +302,16 @@ impl AppState {
         Ok(answer)
     }
 
+    /// Applies `changes` (durably, view included) together with other writes arriving at the same
+    /// time: one document change and one log sync for the lot (see [`crate::commit`]).
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), Arc<str>> {
+        self.0.commits.commit(self, changes).await
+    }
+
+    pub(crate) fn group_commit(&self) -> &crate::commit::GroupCommit {
+        &self.0.commits
+    }
+
     /// Attaches rate limits and the body read timeout (once; later calls are ignored).
     pub fn set_hardening(&self, hardening: crate::ratelimit::Hardening) {
         let _ = self.0.hardening.set(hardening);
@@ -367,6 +379,10 @@ impl mesh::driver::Replica for MeshReplica {
 
     fn current_key(&self, did: &mesh::did::DidKey) -> [u8; 32] {
         self.0.view().current_key(did)
+    }
+
+    fn extends_chain(&self, event: &mesh::kel::KeyEvent) -> bool {
+        self.0.with_node_read(|node| node.state().extends_chain(event))
     }
 
     fn peer_addresses(&self) -> Vec<(mesh::did::DidKey, String)> {

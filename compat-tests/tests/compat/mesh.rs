@@ -77,7 +77,7 @@ impl Mesh {
         self.dir.path().join(format!("node{i}"))
     }
 
-    fn config_path(&self, i: usize) -> PathBuf {
+    pub(super) fn config_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}.yaml"))
     }
 

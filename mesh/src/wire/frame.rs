@@ -42,6 +42,10 @@ pub enum Frame {
         did: DidKey,
         /// 32 fresh random bytes, new for every connection.
         nonce: [u8; 32],
+        /// The sender's latest key event, when its identity has rotated (an optional trailer
+        /// after the 68 frozen bytes, which older builds ignore): lets a peer that has not heard
+        /// of the rotation yet accept the new key (see `Peers::extends_chain`).
+        rotation: Option<Box<crate::kel::KeyEvent>>,
     },
     /// Proves the Hello: the sender's ed25519 signature over the handshake transcript.
     Auth {
@@ -87,11 +91,15 @@ impl Frame {
                 minor,
                 did,
                 nonce,
+                rotation,
             } => {
                 out.extend_from_slice(&major.to_be_bytes());
                 out.extend_from_slice(&minor.to_be_bytes());
                 out.extend_from_slice(&did.public_key());
                 out.extend_from_slice(nonce);
+                if let Some(trailer) = rotation.as_deref().and_then(rotation_trailer) {
+                    out.extend_from_slice(&trailer);
+                }
             }
             Frame::Auth { signature } => out.extend_from_slice(signature),
             Frame::Sync(message) => out.extend_from_slice(message),
@@ -128,7 +136,9 @@ impl Frame {
 
     fn payload_len(&self) -> usize {
         match self {
-            Frame::Hello { .. } => HELLO_LEN,
+            Frame::Hello { rotation, .. } => {
+                HELLO_LEN + rotation.as_deref().and_then(rotation_trailer).map_or(0, |t| t.len())
+            }
             Frame::Auth { .. } => 64,
             Frame::Sync(message) => message.len(),
             Frame::Ping(_) | Frame::Pong(_) => 8,
@@ -147,11 +157,13 @@ impl Frame {
                 if payload.len() < HELLO_LEN {
                     return Err(Error::MalformedFrame("Hello is shorter than 68 bytes"));
                 }
+                let did = DidKey::from_public_key(array(&payload[4..36]));
                 Frame::Hello {
                     major: u16::from_be_bytes([payload[0], payload[1]]),
                     minor: u16::from_be_bytes([payload[2], payload[3]]),
-                    did: DidKey::from_public_key(array(&payload[4..36])),
+                    did,
                     nonce: array(&payload[36..68]),
+                    rotation: parse_rotation(did, &payload[HELLO_LEN..]).map(Box::new),
                 }
             }
             KIND_AUTH => Frame::Auth {
@@ -191,6 +203,44 @@ impl Frame {
     }
 }
 
+/// The type byte of the `Hello` trailer carrying a key event.
+const TRAILER_ROTATION: u8 = 1;
+/// Its length: type ‖ seq u64 ‖ key [32] ‖ next [32] ‖ signature [64].
+const ROTATION_TRAILER_LEN: usize = 1 + 8 + 32 + 32 + 64;
+
+/// The `Hello` trailer for `event` (`None` if its signature is not 64 bytes of base64url).
+fn rotation_trailer(event: &crate::kel::KeyEvent) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&event.signature)
+        .ok()
+        .filter(|s| s.len() == 64)?;
+    let mut out = Vec::with_capacity(ROTATION_TRAILER_LEN);
+    out.push(TRAILER_ROTATION);
+    out.extend_from_slice(&event.seq.to_be_bytes());
+    out.extend_from_slice(&event.key);
+    out.extend_from_slice(&event.next);
+    out.extend_from_slice(&signature);
+    Some(out)
+}
+
+/// The key event of `did` at the start of a `Hello` trailer. Anything else (a later minor's field, a
+/// trailer of another type or length) is ignored, as an older build ignores the whole trailer; the
+/// event is only a claim until the handshake checks that it extends the chain it knows.
+fn parse_rotation(did: DidKey, trailer: &[u8]) -> Option<crate::kel::KeyEvent> {
+    use base64::Engine;
+    if trailer.len() < ROTATION_TRAILER_LEN || trailer[0] != TRAILER_ROTATION {
+        return None;
+    }
+    Some(crate::kel::KeyEvent {
+        did,
+        seq: u64::from_be_bytes(array(&trailer[1..9])),
+        key: array(&trailer[9..41]),
+        next: array(&trailer[41..73]),
+        signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&trailer[73..ROTATION_TRAILER_LEN]),
+    })
+}
+
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -199,12 +249,14 @@ impl fmt::Debug for Frame {
                 minor,
                 did,
                 nonce,
+                rotation,
             } => f
                 .debug_struct("Hello")
                 .field("major", major)
                 .field("minor", minor)
                 .field("did", did)
                 .field("nonce", &Hex(nonce))
+                .field("rotation_seq", &rotation.as_ref().map(|e| e.seq))
                 .finish(),
             Frame::Auth { signature } => f.debug_struct("Auth").field("signature", &Hex(signature)).finish(),
             Frame::Sync(message) => write!(f, "Sync(<{} bytes>)", message.len()),
@@ -370,6 +422,7 @@ mod tests {
             minor: 7,
             did: DidKey::from_public_key([3; 32]),
             nonce: [4; 32],
+            rotation: None,
         };
         let mut bytes = hello.encode();
         bytes.extend_from_slice(b"future");

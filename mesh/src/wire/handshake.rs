@@ -79,6 +79,8 @@ impl<'a> Handshake<'a> {
             minor,
             did: identity.did(),
             nonce,
+            // A rotated identity shows its latest event, for peers that have not heard of it.
+            rotation: (identity.seq() >= 1).then(|| Box::new(identity.event())),
         };
         let send = match role {
             Role::Initiator => vec![ours.frame()],
@@ -123,6 +125,7 @@ impl<'a> Handshake<'a> {
                     minor,
                     did,
                     nonce,
+                    rotation,
                 },
             ) => {
                 let peer = Hello {
@@ -130,18 +133,27 @@ impl<'a> Handshake<'a> {
                     minor,
                     did,
                     nonce,
+                    rotation,
                 };
                 self.accept_hello(&peer, peers)?;
-                self.state = State::AwaitAuth { peer };
-                Ok(Step::Send(match self.role {
+                let send = match self.role {
                     Role::Initiator => Vec::new(),
                     Role::Responder => vec![self.ours.frame(), self.auth(&peer)],
-                }))
+                };
+                self.state = State::AwaitAuth { peer };
+                Ok(Step::Send(send))
             }
             (State::AwaitAuth { peer }, Frame::Auth { signature }) => {
                 let transcript = self.transcript(self.role.other(), &peer);
+                // The key the peer signs with as known here, or the one its `Hello` showed if that
+                // event is the next rotation of the chain known here (made while this node could
+                // not hear of it: the peer was offline or partitioned away).
+                let key = match peer.rotation.as_deref() {
+                    Some(event) if event.did == peer.did && peers.extends_chain(event) => event.key,
+                    _ => peers.current_key(&peer.did),
+                };
                 identity::verify_with(
-                    &[peers.current_key(&peer.did)],
+                    &[key],
                     &transcript,
                     &signature,
                     &format!("handshake Auth from {}", peer.did),
@@ -226,12 +238,15 @@ impl State {
 }
 
 /// The fields of one side's `Hello`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Hello {
     major: u16,
     minor: u16,
     did: DidKey,
     nonce: [u8; 32],
+    /// Not part of the transcript: the event is self-certifying (signed by its key, committed to
+    /// by the previous event), and the `Auth` proves the peer holds its key.
+    rotation: Option<Box<crate::kel::KeyEvent>>,
 }
 
 impl Hello {
@@ -241,6 +256,7 @@ impl Hello {
             minor: self.minor,
             did: self.did,
             nonce: self.nonce,
+            rotation: self.rotation.clone(),
         }
     }
 
@@ -287,6 +303,7 @@ mod tests {
             minor: MINOR,
             did: bob.did(),
             nonce: [4; 32],
+            rotation: None,
         };
         let Step::Send(reply) = responder.handle(bob_hello.frame(), &admit_all).unwrap() else {
             panic!()
@@ -297,6 +314,7 @@ mod tests {
             minor: MINOR,
             did: alice.did(),
             nonce,
+            rotation: None,
         };
         let wrong_role = bob.sign(&transcript(Role::Responder, &bob_hello, &alice_hello));
         let error = responder
@@ -319,12 +337,14 @@ mod tests {
             minor: 0,
             did: DidKey::from_public_key([0xaa; 32]),
             nonce: [0xbb; 32],
+            rotation: None,
         };
         let r = Hello {
             major: 1,
             minor: 2,
             did: DidKey::from_public_key([0xcc; 32]),
             nonce: [0xdd; 32],
+            rotation: None,
         };
         let t = transcript(Role::Responder, &i, &r);
         assert_eq!(t.len(), 16 + 2 + 68 + 68);

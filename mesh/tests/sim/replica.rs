@@ -16,6 +16,8 @@ pub(super) struct Replica {
     pub(super) me: DidKey,
     pub(super) trusted: Vec<DidKey>,
     pub(super) members: BTreeSet<DidKey>,
+    /// The document's key events (a state holding nothing else), for handshakes.
+    key_events: mesh::state::State,
     pub(super) heads: Vec<String>,
     pub(super) heads_moved: bool,
     /// Unix seconds now, stamped on changes carried forward from the previous epoch.
@@ -24,13 +26,16 @@ pub(super) struct Replica {
 
 impl Replica {
     pub(super) fn new(docs: Replicas, me: DidKey, trusted: Vec<DidKey>) -> Self {
-        let members = docs.current().state().members(&me, &trusted);
+        let state = docs.current().state();
+        let members = state.members(&me, &trusted);
+        let key_events = key_events(&state);
         let heads = docs.current().heads();
         Self {
             docs,
             me,
             trusted,
             members,
+            key_events,
             heads,
             heads_moved: false,
             unix_now: 0,
@@ -51,12 +56,15 @@ impl Replica {
         }
     }
 
-    fn changed(&mut self, changes: &[Change]) {
+    pub(super) fn changed(&mut self, changes: &[Change]) {
         if changes
             .iter()
             .any(|c| matches!(c, Change::Admit(_) | Change::RemoveNode(_)))
         {
             self.members = self.docs.current().state().members(&self.me, &self.trusted);
+        }
+        if changes.iter().any(|c| matches!(c, Change::PutKeyEvent(_))) {
+            self.key_events = key_events(&self.docs.current().state());
         }
         self.refresh();
     }
@@ -65,6 +73,14 @@ impl Replica {
 impl Document for Replica {
     fn is_member(&self, did: &DidKey) -> bool {
         self.members.contains(did)
+    }
+
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.key_events.current_key(did)
+    }
+
+    fn extends_chain(&self, event: &mesh::kel::KeyEvent) -> bool {
+        self.key_events.extends_chain(event)
     }
 
     fn generate(&mut self, _peer: &DidKey, sync: &mut PeerSync) -> Option<Vec<u8>> {
@@ -112,6 +128,14 @@ impl Document for Replica {
             Ok(_) => {}
             Err(e) => panic!("moving to a peer's epoch failed: {e}"),
         }
+    }
+}
+
+/// A state holding only the key events of `state`.
+fn key_events(state: &mesh::state::State) -> mesh::state::State {
+    mesh::state::State {
+        key_events: state.key_events.clone(),
+        ..Default::default()
     }
 }
 

@@ -56,6 +56,8 @@ pub enum Step {
     AddClient(NodeId, &'static str),
     /// A node revokes a token.
     Revoke(NodeId, &'static str),
+    /// A node rotates its identity key (publishing its inception event first if it has none yet).
+    Rotate(NodeId),
     /// Lets virtual time pass.
     Wait(Duration),
     /// Every live admitted node has the same state and the same heads.
@@ -161,6 +163,12 @@ pub fn run_with(seed: u64, topology: Topology, config: Config, steps: &[Step]) -
                     exp: 4_000_000_000,
                 },
             ),
+            Step::Rotate(node) => {
+                let identity = world.identity(*node);
+                let inception = (identity.seq() == 0).then(|| Change::PutKeyEvent(identity.event()));
+                let rotation = Change::PutKeyEvent(identity.rotate_with_seed(rng.bytes32()));
+                world.changes(*node, &inception.into_iter().chain([rotation]).collect::<Vec<_>>());
+            }
             Step::Wait(duration) => world.run_for(*duration),
             Step::AssertConverged => {
                 let live: Vec<NodeId> = (0..world.len())

@@ -407,7 +407,12 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Applies a local change on `node` and tells its sessions.
+    /// The identity of `node`.
+    pub fn identity(&self, node: NodeId) -> &'a NodeIdentity {
+        self.nodes[node].identity
+    }
+
+    /// Applies one local change on `node` and tells its sessions.
     pub fn change(&mut self, node: NodeId, change: Change) {
         self.changes(node, &[change]);
     }
@@ -422,7 +427,7 @@ impl<'a> World<'a> {
             .current_mut()
             .apply(changes, now)
             .expect("a local change applies");
-        replica.refresh();
+        replica.changed(changes);
         self.heads_moved |= std::mem::take(&mut replica.heads_moved);
         self.mark_changed(node);
         self.notify();

@@ -58,6 +58,7 @@ fn decoder_fed_byte_by_byte() {
             minor: MINOR,
             did: alice().did(),
             nonce: [9; 32],
+            rotation: None,
         },
         Frame::Auth { signature: [7; 64] },
         Frame::Sync(b"automerge sync message".to_vec()),
@@ -155,6 +156,7 @@ fn truncated_frames_wait_for_more_bytes() {
         minor: 0,
         did: bob().did(),
         nonce: [3; 32],
+        rotation: None,
     }
     .encode();
     for end in 0..bytes.len() {

@@ -76,7 +76,7 @@ fn two_nodes_authenticate_each_other() {
     let (responder, nothing) = Handshake::responder(&bob, [11; 32]);
     assert_eq!(initiator.role(), Role::Initiator);
     assert!(
-        matches!(&hello[..], [Frame::Hello { major: MAJOR, minor: MINOR, did, nonce: [10, ..] }] if *did == alice.did())
+        matches!(&hello[..], [Frame::Hello { major: MAJOR, minor: MINOR, did, nonce: [10, ..], rotation: None }] if *did == alice.did())
     );
     assert!(nothing.is_empty(), "the responder speaks second");
     let only = |did: DidKey| move |d: &DidKey| *d == did;
@@ -155,6 +155,7 @@ fn another_major_version_is_refused_naming_both_versions() {
         minor: 3,
         did: alice.did(),
         nonce: [1; 32],
+        rotation: None,
     };
     let (mut responder, _) = Handshake::responder(&bob, [2; 32]);
     let error = responder.handle(hello.clone(), &admit_all).unwrap_err();
@@ -180,6 +181,7 @@ fn another_major_version_is_refused_naming_both_versions() {
         minor: 9,
         did: alice.did(),
         nonce: [1; 32],
+        rotation: None,
     };
     assert!(matches!(
         initiator.handle(old, &admit_all),
@@ -252,6 +254,7 @@ fn a_tampered_signature_is_refused() {
             minor,
             did,
             nonce: [0; 32],
+            rotation: None,
         },
         &admit_all,
     ) else {
@@ -392,4 +395,92 @@ fn a_rotated_node_authenticates_with_its_current_key_once_the_peer_knows_the_eve
         &aware,
     );
     assert!(matches!(i.unwrap(), Err(Error::BadSignature { .. })));
+}
+
+/// Peers that also accept a rotation shown in a `Hello` if it extends the chain `.0` holds.
+struct Learns(State);
+
+impl Peers for Learns {
+    fn is_admitted(&self, _: &DidKey) -> bool {
+        true
+    }
+
+    fn current_key(&self, did: &DidKey) -> [u8; 32] {
+        self.0.current_key(did)
+    }
+
+    fn extends_chain(&self, event: &mesh::kel::KeyEvent) -> bool {
+        self.0.extends_chain(event)
+    }
+}
+
+#[test]
+fn a_node_that_rotated_while_offline_is_accepted_through_the_event_in_its_hello() {
+    let ((alice, unaware, _), bob) = (rotated_alice(), bob());
+    let unaware = Learns(unaware.0);
+    // Bob only knows alice's inception event; her Hello carries the rotation, which extends it.
+    for alice_initiates in [true, false] {
+        let (i, r) = if alice_initiates {
+            connect(
+                Handshake::initiator(&alice, [1; 32]),
+                Handshake::responder(&bob, [2; 32]),
+                &unaware,
+                &unaware,
+            )
+        } else {
+            connect(
+                Handshake::initiator(&bob, [1; 32]),
+                Handshake::responder(&alice, [2; 32]),
+                &unaware,
+                &unaware,
+            )
+        };
+        let (i, r) = (i.unwrap().unwrap().0, r.unwrap().unwrap().0);
+        assert_eq!(if alice_initiates { (i, r) } else { (r, i) }, (bob.did(), alice.did()));
+    }
+    // Alice's inception identity shows no rotation: bob still expects that key and accepts it.
+    let (_, r) = connect(
+        Handshake::initiator(&NodeIdentity::from_seed([1; 32]), [1; 32]),
+        Handshake::responder(&bob, [2; 32]),
+        &unaware,
+        &unaware,
+    );
+    assert!(
+        r.unwrap().is_ok(),
+        "without a rotation in its Hello the inception key is what bob expects"
+    );
+    // Two rotations while offline: the Hello shows only the last, which does not extend bob's
+    // chain (the one between is missing), so bob refuses.
+    alice.rotate_with_seed([8; 32]);
+    let (_, r) = connect(
+        Handshake::initiator(&alice, [1; 32]),
+        Handshake::responder(&bob, [2; 32]),
+        &unaware,
+        &unaware,
+    );
+    assert!(matches!(r.unwrap(), Err(Error::BadSignature { .. })));
+}
+
+#[test]
+fn the_rotation_in_a_hello_survives_the_wire_and_older_trailers_are_ignored() {
+    let (alice, _, _) = rotated_alice();
+    let (_, sent) = Handshake::initiator(&alice, [1; 32]);
+    let bytes = encode_all(&sent);
+    let frames = decode_all(&bytes);
+    let [
+        Frame::Hello {
+            rotation: Some(event), ..
+        },
+    ] = &frames[..]
+    else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(**event, alice.event());
+    // A trailer of an unknown type (a later minor's) is ignored: the Hello still decodes.
+    let mut unknown = bytes.clone();
+    unknown[5 + 68] = 0xee;
+    assert!(matches!(
+        &decode_all(&unknown)[..],
+        [Frame::Hello { rotation: None, .. }]
+    ));
 }

@@ -205,12 +205,25 @@ pub fn start_upstream(work: &Path) -> Result<(Process, String), String> {
     Ok((process, issuer))
 }
 
-/// A port free on 127.0.0.1 now; the nodes use it on 127.0.0.1, .2 and .3.
+/// A port free now on 127.0.0.1, .2 and .3 for TCP and UDP (the nodes use it on each), taken below
+/// the kernel's ephemeral range (32768+) so no outgoing connection can be handed it before a node
+/// binds it.
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 9_000) as u16;
+    for _ in 0..20_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 12_000 + (seed.wrapping_add(step.wrapping_mul(7)) % 20_000);
+        let free = (1..=3).all(|n| {
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, n);
+            std::net::TcpListener::bind((ip, port)).is_ok() && std::net::UdpSocket::bind((ip, port)).is_ok()
+        });
+        if free {
+            return Ok(port);
+        }
+    }
+    Err("cannot find a port free on 127.0.0.1-3 between 12000 and 32000".into())
 }
 
 /// The ports every node uses on its own loopback address.

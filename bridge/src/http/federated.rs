@@ -197,7 +197,8 @@ impl Request<'_> {
         // A JWT must verify against the upstream's keys (and carry its issuer and meshgate's
         // audience); an opaque token is taken at the token endpoint's word.
         let (sub, upstream_scopes, upstream_exp) = if looks_like_jwt(access_token) {
-            match self.upstream.oidc().verify(access_token, at).await {
+            let verified = self.upstream.oidc().verify(access_token, at).await;
+            match verified {
                 Ok(claims) => {
                     let scopes: Vec<String> = if claims.claim("scope").is_some() {
                         claims.scopes().into_iter().map(str::to_owned).collect()
@@ -209,6 +210,18 @@ impl Request<'_> {
                         scopes,
                         Some(claims.expires_at),
                     )
+                }
+                // The upstream answered but its keys cannot be had (it died right after
+                // answering, or its JWKS is unreachable): the token cannot be judged, which is an
+                // outage like any other — the client's degradation policy decides.
+                Err(error) if !error.is_invalid_token() => {
+                    tracing::info!(
+                        client_id = self.client_id,
+                        upstream = self.upstream.name(),
+                        %error,
+                        "federated client: the upstream's keys are unavailable, authenticating locally"
+                    );
+                    return self.offline(requested).await;
                 }
                 Err(error) => {
                     tracing::warn!(

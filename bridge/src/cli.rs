@@ -474,7 +474,7 @@ fn execute(cli: Cli) -> Result<(), Error> {
         );
     }
     if let Command::Protect(args) = cli.command {
-        return crate::protect::run(args, cli.json);
+        return crate::protect::run(args, cli.data_dir, cli.config, cli.json);
     }
     let overrides = match &cli.command {
         Command::Serve(args) => Overrides {

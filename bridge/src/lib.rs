@@ -45,6 +45,7 @@ pub mod password;
 pub mod plugin_cli;
 pub mod plugin_host;
 pub mod protect;
+pub mod protect_mesh;
 pub mod ratelimit;
 pub mod reference;
 pub mod registration;

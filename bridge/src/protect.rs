@@ -12,6 +12,11 @@
 //!   `--client-id` and `MESHGATE_PROTECT_CLIENT_SECRET`), the answer remembered per token for
 //!   `--revocation-check-interval` (default 5 s): a revoked token stops working within that long.
 //!   `--danger-skip-revocation-check` turns the check off.
+//! - Mesh-member mode (`--data-dir DIR`, see [`crate::protect_mesh`]): the gateway joins the mesh
+//!   with its own node identity and validates tokens against the replicated state instead — the
+//!   attested keys of current members (a removed node's tokens are refused), the replicated
+//!   revocation list (a revocation on any node reaches it by sync, no introspection call, no
+//!   client credentials).
 //! - Forwards to the upstream with the `Authorization` header and every incoming `X-Meshgate-*`
 //!   header removed, and `X-Meshgate-Subject`, `X-Meshgate-Client`, `X-Meshgate-Scope` set from
 //!   the verified token. Bodies above `--max-body-bytes` are refused `413`; an upstream that does
@@ -88,6 +93,18 @@ pub struct ProtectArgs {
     /// Longest wait for the upstream's response headers, and between two chunks of its body.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+    /// Mesh-member mode (with `--data-dir`): a mesh peer to dial at start (`host:port`; repeatable;
+    /// added to `node.sync.gossip_peers` of `--config`).
+    #[arg(long = "gossip-peer", value_name = "HOST:PORT")]
+    pub gossip_peers: Vec<String>,
+    /// Mesh-member mode: a member's DID trusted without `mesh admit` (repeatable; added to
+    /// `node.sync.trusted_peers`).
+    #[arg(long = "trusted-peer", value_name = "DID")]
+    pub trusted_peers: Vec<mesh::did::DidKey>,
+    /// Mesh-member mode: the address of the gateway's mesh sync listener (default
+    /// `node.sync.listen` of `--config`, else `127.0.0.1:0`).
+    #[arg(long, value_name = "ADDR")]
+    pub sync_listen: Option<SocketAddr>,
 }
 
 /// The running proxy's shared state.
@@ -104,6 +121,8 @@ struct Inner {
     issuer_metadata: tokio::sync::OnceCell<IssuerMetadata>,
     jwks: tokio::sync::Mutex<Jwks>,
     introspected: Mutex<HashMap<String, (u64, bool)>>,
+    /// Mesh-member mode: the replicated state tokens are checked against.
+    member: Option<crate::protect_mesh::Member>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +163,24 @@ enum Refusal {
 impl Protect {
     /// The proxy for `args`, reading time from `clock`.
     pub fn new(args: ProtectArgs, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+        Self::build(args, clock, None)
+    }
+
+    /// The proxy for `args` as a mesh member: tokens are validated against `member`'s replicated
+    /// state (keys, revocations, members), never through introspection.
+    pub fn with_member(
+        args: ProtectArgs,
+        clock: Arc<dyn Clock>,
+        member: crate::protect_mesh::Member,
+    ) -> Result<Self, Error> {
+        Self::build(args, clock, Some(member))
+    }
+
+    fn build(
+        args: ProtectArgs,
+        clock: Arc<dyn Clock>,
+        member: Option<crate::protect_mesh::Member>,
+    ) -> Result<Self, Error> {
         let config = |e: String| Error::Config(vec![e]);
         if !matches!(args.upstream.scheme(), "http" | "https") {
             return Err(config("--upstream must be an http(s) URL".into()));
@@ -152,7 +189,10 @@ impl Protect {
             return Err(config("--resource must be an http(s) URL without a fragment".into()));
         }
         crate::config::Issuer::parse(&args.issuer).map_err(|e| config(format!("--issuer: {e}")))?;
-        if !args.danger_skip_revocation_check && (args.client_id.is_none() || args.client_secret.is_none()) {
+        if member.is_none()
+            && !args.danger_skip_revocation_check
+            && (args.client_id.is_none() || args.client_secret.is_none())
+        {
             return Err(config(
                 "revocation checks need --client-id and MESHGATE_PROTECT_CLIENT_SECRET (a client of the issuer); \
                  or pass --danger-skip-revocation-check"
@@ -190,6 +230,7 @@ impl Protect {
             issuer_metadata: tokio::sync::OnceCell::new(),
             jwks: tokio::sync::Mutex::new(Jwks::default()),
             introspected: Mutex::new(HashMap::new()),
+            member,
             args,
         })))
     }
@@ -277,6 +318,9 @@ impl Protect {
         if token.len() > 16 * 1024 {
             return Err(Refusal::InvalidToken("token too long"));
         }
+        if let Some(member) = &self.0.member {
+            return self.verify_in_mesh(member, token);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::InvalidToken("malformed token"))?;
         if !matches!(header.typ.as_deref(), Some("at+jwt") | Some("application/at+jwt")) {
             return Err(Refusal::InvalidToken("not an access token"));
@@ -317,6 +361,33 @@ impl Protect {
             return Err(Refusal::InvalidToken("token revoked"));
         }
         Ok(claims)
+    }
+
+    /// Validates `token` against the replicated state (mesh-member mode).
+    fn verify_in_mesh(&self, member: &crate::protect_mesh::Member, token: &str) -> Result<Claims, Refusal> {
+        if member.recovering() {
+            return Err(Refusal::Unavailable(
+                "the replicated state is being recovered from peers".into(),
+            ));
+        }
+        let claims = member
+            .validate(token, self.0.clock.now())
+            .map_err(|inactive| Refusal::InvalidToken(crate::protect_mesh::describe(inactive)))?;
+        if !claims.aud.contains(self.0.args.resource.as_str()) {
+            return Err(Refusal::InvalidToken("token is for another audience"));
+        }
+        let granted: Vec<&str> = claims.scope.split(' ').collect();
+        if !self.0.scopes.iter().all(|s| granted.contains(&s.as_str())) {
+            return Err(Refusal::InsufficientScope);
+        }
+        Ok(Claims {
+            sub: claims.sub,
+            client_id: claims.client_id,
+            scope: claims.scope,
+            exp: claims.exp,
+            nbf: claims.nbf,
+            jti: claims.jti,
+        })
     }
 
     /// Whether the issuer still calls the token active (remembered per `jti` for the interval).
@@ -608,8 +679,51 @@ fn gateway_error(status: StatusCode, error: &str, description: &str) -> Response
         .into_response()
 }
 
-/// Runs `meshgate protect` until SIGINT/SIGTERM.
-pub fn run(args: ProtectArgs, json_output: bool) -> Result<(), Error> {
+/// The configuration of mesh-member mode: `config_file`'s `node.sync` (and bridge token settings),
+/// with the flags' peers added; without a file and `--sync-listen`, the sync listener takes a free
+/// port on 127.0.0.1.
+pub fn member_config(
+    args: &ProtectArgs,
+    data_dir: &std::path::Path,
+    config_file: Option<&std::path::Path>,
+) -> Result<crate::config::Config, Error> {
+    let overrides = crate::config::Overrides {
+        data_dir: Some(data_dir.to_path_buf()),
+        sync_listen: args.sync_listen.map(|a| a.to_string()),
+        ..Default::default()
+    };
+    let mut config = crate::config::load(config_file, &crate::config::ProcessEnvironment, &overrides)?;
+    if config_file.is_none() && args.sync_listen.is_none() {
+        config.node.sync.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    let sync = &mut config.node.sync;
+    sync.gossip_peers.extend(args.gossip_peers.iter().cloned());
+    for did in &args.trusted_peers {
+        if !sync.trusted_peers.contains(did) {
+            sync.trusted_peers.push(*did);
+        }
+    }
+    Ok(config)
+}
+
+/// Runs `meshgate protect` until SIGINT/SIGTERM; with `data_dir`, as a mesh member (configured by
+/// `config_file`'s `node.sync` and the flags), else pointed at the issuer.
+pub fn run(
+    args: ProtectArgs,
+    data_dir: Option<std::path::PathBuf>,
+    config_file: Option<std::path::PathBuf>,
+    json_output: bool,
+) -> Result<(), Error> {
+    if data_dir.is_none()
+        && (config_file.is_some()
+            || !args.gossip_peers.is_empty()
+            || !args.trusted_peers.is_empty()
+            || args.sync_listen.is_some())
+    {
+        return Err(Error::Config(vec![
+            "--config, --gossip-peer, --trusted-peer and --sync-listen are for the mesh-member mode: add --data-dir DIR".into(),
+        ]));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -619,7 +733,17 @@ pub fn run(args: ProtectArgs, json_output: bool) -> Result<(), Error> {
         })?;
     runtime.block_on(async move {
         let listen = args.listen;
-        let protect = Protect::new(args, Arc::new(mesh::clock::SystemClock))?;
+        let clock: Arc<dyn Clock> = Arc::new(mesh::clock::SystemClock);
+        let protect = match data_dir {
+            None => Protect::new(args, clock)?,
+            Some(dir) => {
+                crate::config::Issuer::parse(&args.issuer)
+                    .map_err(|e| Error::Config(vec![format!("--issuer: {e}")]))?;
+                let config = member_config(&args, &dir, config_file.as_deref())?;
+                let member = crate::protect_mesh::Member::start(&config, &dir, &args.issuer, clock.clone()).await?;
+                Protect::with_member(args, clock, member)?
+            }
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| Error::Bind {
@@ -630,12 +754,16 @@ pub fn run(args: ProtectArgs, json_output: bool) -> Result<(), Error> {
             addr: listen.to_string(),
             source,
         })?;
-        let describe = json!({
+        let mut describe = json!({
             "listen": bound.to_string(),
             "resource": protect.0.args.resource.as_str(),
             "resource_metadata": protect.metadata_url(),
             "upstream": protect.0.args.upstream.as_str(),
         });
+        if let Some(member) = &protect.0.member {
+            describe["did"] = json!(member.did);
+            describe["sync_listen"] = json!(member.sync_listen.to_string());
+        }
         if json_output {
             println!("{describe}");
         } else {
@@ -648,12 +776,16 @@ pub fn run(args: ProtectArgs, json_output: bool) -> Result<(), Error> {
         }
         tracing::info!(%bound, resource = protect.0.args.resource.as_str(), "protecting");
         let app = protect.router();
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(crate::serve::signal())
             .await
             .map_err(|source| Error::Io {
                 action: "serve".into(),
                 source,
-            })
+            });
+        if let Some(member) = &protect.0.member {
+            member.shutdown().await;
+        }
+        served
     })
 }

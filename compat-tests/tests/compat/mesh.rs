@@ -73,6 +73,16 @@ impl Mesh {
         mesh
     }
 
+    /// Node `i`'s mesh sync address.
+    pub(super) fn sync_addr(&self, i: usize) -> String {
+        format!("127.0.0.{i}:{}", self.sync_port)
+    }
+
+    /// Node `i`'s DID.
+    pub(super) fn did(&self, i: usize) -> &str {
+        &self.dids[i - 1]
+    }
+
     pub(super) fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}"))
     }

@@ -347,3 +347,116 @@ async fn protect_refuses_to_start_without_revocation_checks() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--danger-skip-revocation-check"), "{stderr}");
 }
+
+/// Whether `token` passes the proxy now.
+async fn passes(protect: &Protected, token: &str) -> bool {
+    call(&protect.url("/mcp"), Some(token), &[]).await.status() == 200
+}
+
+/// Whether the proxy answers `token` 401 with an `error_description` containing `why`.
+async fn refused(protect: &Protected, token: &str, why: &str) -> bool {
+    let response = call(&protect.url("/mcp"), Some(token), &[]).await;
+    response.status() == 401 && challenge(&response).contains(why)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protect_as_a_mesh_member_follows_replicated_revocations_and_removals() {
+    use super::mesh::{Mesh, eventually};
+    let mesh = Mesh::new(2);
+    let a = mesh.start(1);
+    let b = mesh.start(2);
+    // The gateway's own identity, admitted on A by the operator; it trusts A and dials both.
+    let dir = support::temp_dir();
+    let data = dir.path().join("protect");
+    let out = compat_tests::cli(&data, &["id", "--json"]);
+    let did = serde_json::from_str::<Value>(&out).unwrap()["did"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    compat_tests::cli(&mesh.data(1), &["mesh", "admit", &did, "--json"]);
+    let config = dir.path().join("protect.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "node:\n  sync:\n    listen: \"127.0.0.1:0\"\n    gossip_peers: [\"{}\", \"{}\"]\n    trusted_peers: [\"{}\"]\n",
+            mesh.sync_addr(1),
+            mesh.sync_addr(2),
+            mesh.did(1)
+        ),
+    )
+    .unwrap();
+    let (upstream, _upstream_task) = echo_service().await;
+    // No --client-id and no secret: the member never calls introspection.
+    let protect = Protected::spawn(
+        "/mcp",
+        &upstream,
+        a.issuer(),
+        "mcp:tools",
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    let audience = ClientOptions {
+        audiences: vec![protect.resource.clone()],
+        ..Default::default()
+    };
+    let agent = a.client_add_with("agent", "mcp:tools", &audience);
+    let token = support::access_token(&a, &agent, &[]).await;
+    eventually("A's token passes the member gateway", || passes(&protect, &token)).await;
+    let response = call(&protect.url("/mcp"), Some(&token), &[]).await;
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-meshgate-client"], agent.client_id.as_str(), "{echo}");
+    assert_eq!(echo["headers"]["x-meshgate-scope"], "mcp:tools", "{echo}");
+    // Without a token, or with a token for another audience: refused as before.
+    assert_eq!(call(&protect.url("/mcp"), None, &[]).await.status(), 401);
+    let elsewhere = a.client_add("elsewhere", "mcp:tools");
+    let other = support::access_token(&a, &elsewhere, &[]).await;
+    eventually("the other client reaches the gateway", || {
+        refused(&protect, &other, "another audience")
+    })
+    .await;
+
+    // Revoked on B: the revocation replicates to the gateway, which refuses the token.
+    eventually("B knows A's client and token", || async {
+        let answer = post_form(
+            &b.url("/introspect"),
+            Some(&basic(&agent.client_id, &agent.client_secret)),
+            form(&[("token", &token)]),
+        )
+        .await;
+        answer.status == 200 && answer.json()["active"] == true
+    })
+    .await;
+    let revoked = post_form(
+        &b.url("/revoke"),
+        Some(&basic(&agent.client_id, &agent.client_secret)),
+        form(&[("token", &token)]),
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    eventually("the gateway refuses the token revoked on B", || {
+        refused(&protect, &token, "token revoked")
+    })
+    .await;
+
+    // A token of B passes until B is removed from the mesh, then is refused.
+    let b_token = support::access_token(&b, &agent, &[]).await;
+    eventually("B's token passes the gateway", || passes(&protect, &b_token)).await;
+    compat_tests::cli(&mesh.data(1), &["mesh", "remove", mesh.did(2), "--json"]);
+    eventually("the gateway refuses the removed node's token", || {
+        refused(&protect, &b_token, "unknown signing key")
+    })
+    .await;
+    // A's fresh tokens still pass.
+    let fresh = support::access_token(&a, &agent, &[]).await;
+    assert!(passes(&protect, &fresh).await, "{}", protect.stderr());
+
+    let logs = protect.stderr();
+    assert!(!logs.contains(&token) && !logs.contains(&fresh), "a token was logged");
+    drop((a, b));
+}

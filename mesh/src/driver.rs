@@ -100,14 +100,6 @@ pub struct DriverConfig {
     pub down_backoff: Duration,
     /// Discover members on the local network with mDNS ([`crate::discovery`]); off by default.
     pub mdns: bool,
-    /// How long a session gathers local changes before it sends them: the first change after a
-    /// send starts the wait, and every change within it goes out in the same sync message. Each
-    /// sync message costs its receiver work that grows with the document, so under a stream of
-    /// writes this bounds the messages per peer to one per interval. Default 0 (off): with 10 ms, a
-    /// change written just before its node was frozen (SIGSTOP) and resumed was not delivered
-    /// (`compat mesh refresh_token_reuse_on_both_sides_of_a_partition_is_detected_when_it_heals`);
-    /// until that is understood, coalescing stays off.
-    pub coalesce: Duration,
 }
 
 impl Default for DriverConfig {
@@ -121,7 +113,6 @@ impl Default for DriverConfig {
             membership: Some(MembershipConfig::default()),
             down_backoff: Duration::from_secs(30),
             mdns: false,
-            coalesce: Duration::ZERO,
         }
     }
 }
@@ -513,22 +504,14 @@ impl Driver {
         let mut changed = self.0.changed.subscribe();
         let mut shutdown = self.0.shutdown.clone();
         let mut buf = vec![0u8; 64 * 1024];
-        // When gathered local changes are due to be sent (see `DriverConfig::coalesce`).
-        let mut local_due: Option<Instant> = None;
-        let mut next = Some(Event::Connected {
+        let mut event = Event::Connected {
             initiator: link.initiator,
             nonce,
-        });
+        };
         loop {
-            if let Some(event) = next.take() {
-                if matches!(event, Event::LocalChange) {
-                    // Whatever was gathered goes out now.
-                    local_due = None;
-                }
-                let outputs = self.handle(session, event);
-                if let ControlFlow::Break(result) = self.carry_out(outputs, link, writer).await {
-                    return result;
-                }
+            let outputs = self.handle(session, event);
+            if let ControlFlow::Break(result) = self.carry_out(outputs, link, writer).await {
+                return result;
             }
             let deadline = session
                 .next_timeout()
@@ -540,29 +523,23 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            next = tokio::select! {
-                _ = flipped(&mut shutdown) => Some(Event::Shutdown),
+            event = tokio::select! {
+                _ = flipped(&mut shutdown) => Event::Shutdown,
                 _ = close => return Ok(()), // replaced by a preferred session
                 result = changed.changed(), if registered => {
                     if result.is_err() {
                         return Ok(());
                     }
-                    if self.0.config.coalesce.is_zero() {
-                        Some(Event::LocalChange)
-                    } else {
-                        local_due.get_or_insert_with(|| Instant::now() + self.0.config.coalesce);
-                        None
-                    }
+                    Event::LocalChange
                 }
-                _ = sleep_until_some(local_due) => Some(Event::LocalChange),
-                _ = tokio::time::sleep_until(deadline) => Some(Event::Tick),
+                _ = tokio::time::sleep_until(deadline) => Event::Tick,
                 read = reader.read(&mut buf) => {
                     let n = read.map_err(|e| e.to_string())?;
                     if let Some((peer, id, _)) = &link.registered {
                         self.touch(*peer, *id, false);
                         self.0.traffic.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Some(if n == 0 { Event::Eof } else { Event::Bytes(&buf[..n]) })
+                    if n == 0 { Event::Eof } else { Event::Bytes(&buf[..n]) }
                 }
             };
         }
@@ -779,14 +756,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Resolves once the flag is true (or its sender is gone), holding no borrow across awaits.
-/// Sleeps until `due`; never resolves for `None`.
-async fn sleep_until_some(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn flipped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
 }

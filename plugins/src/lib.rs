@@ -11,6 +11,7 @@
 //!
 //! The replicated records (manifests, trust, installations) are in [`mesh::plugin`]; the node glue
 //! (fetching modules from peers, the token path) is in the `bridge` crate.
+#![forbid(unsafe_code)]
 
 pub mod hooks;
 pub mod sandbox;

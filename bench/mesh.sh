@@ -3,7 +3,10 @@
 # many clients and revocations, on an N-node mesh on loopback. See bench/README.md ("Mesh").
 #
 #   bench/mesh.sh [--nodes N] [--samples N] [--clients N] [--revocations N] [--budget SECS]
-#                 [--keep] [--quick]
+#                 [--writers N] [--keep] [--quick]
+#
+# --writers: concurrent issue-and-revoke loops per node while populating (default 16; each node
+# commits the revocations that arrive together as one change).
 #
 # Exits 0 whatever the figures (it is a measurement); non-zero only when it cannot run (build or
 # start failure, a mesh that does not form, a server answering errors).
@@ -20,6 +23,7 @@ REVOCATIONS=100000
 BUDGET=300
 BATCH=100
 IDLE=6
+WRITERS=16
 KEEP=0
 QUICK=0
 
@@ -37,13 +41,15 @@ while [ $# -gt 0 ]; do
     --revocations=*) REVOCATIONS="${1#*=}"; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --budget=*) BUDGET="${1#*=}"; shift ;;
+    --writers) WRITERS="$2"; shift 2 ;;
+    --writers=*) WRITERS="${1#*=}"; shift ;;
     --keep) KEEP=1; shift ;;
     --quick) QUICK=1; NODES=3; SAMPLES=20; CLIENTS=1000; REVOCATIONS=5000; BUDGET=15; BATCH=50; IDLE=3; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "mesh.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in NODES SAMPLES CLIENTS REVOCATIONS BUDGET; do
+for v in NODES SAMPLES CLIENTS REVOCATIONS BUDGET WRITERS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "mesh.sh: $v must be a whole number" >&2; exit 2; }
 done
 [ "$NODES" -ge 2 ] && [ "$NODES" -le 200 ] || { echo "mesh.sh: --nodes must be 2..200" >&2; exit 2; }
@@ -202,7 +208,7 @@ log "  $(cat "$WORK/alive.out") (since spawn: $(python3 -c "import sys,time; pri
 
 # ------------------------------------------------------------------ measure
 RUN_ARGS=(--bin "$MESHGATE" --samples "$SAMPLES" --clients "$CLIENTS" --revocations "$REVOCATIONS"
-  --budget "$BUDGET" --batch "$BATCH" --idle "$IDLE")
+  --budget "$BUDGET" --batch "$BATCH" --idle "$IDLE" --writers "$WRITERS")
 [ "$QUICK" = 1 ] && RUN_ARGS+=(--quick --settle 2)
 run_waited python3 "$LIB" run "$WORK/nodes.json" "$WORK/results.json" "${RUN_ARGS[@]}" \
   || { [ -s "$WORK/results.json" ] && python3 "$LIB" report "$WORK/results.json"; die "the measurement failed"; }

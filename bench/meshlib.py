@@ -650,13 +650,13 @@ def _disk_bytes(data_dir):
     return total
 
 
-def phase_memory(mesh, hs, auth, clients, revocations, budget_s, settle_s, res):
+def phase_memory(mesh, hs, auth, clients, revocations, budget_s, settle_s, res, writers=16):
     res["memory_targets"] = {"clients": clients, "revocations": revocations, "budget_s": budget_s}
     res["rss_before_kb"] = [rss_kb(nd["pid"]) for nd in mesh.nodes]
     log(f"populating {clients:,} clients (budget {budget_s} s)")
     populate_clients(mesh, clients, budget_s, res)
     log(f"populating {revocations:,} revocations (issue + revoke over HTTP, budget {budget_s} s)")
-    populate_revocations(mesh, auth, revocations, budget_s, 2, res)
+    populate_revocations(mesh, auth, revocations, budget_s, writers, res)
     # Convergence: same heads everywhere and every node's document size unchanged for settle_s.
     log("waiting for the mesh to converge")
     t0 = time.monotonic()
@@ -800,7 +800,7 @@ def cmd_run(a):
         log(f"bytes on the wire: batch of {a.batch} revocations")
         phase_bytes(mesh, hs, auth, a.batch, a.idle, res, rng)
         save()
-        phase_memory(mesh, hs, auth, a.clients, a.revocations, a.budget, a.settle, res)
+        phase_memory(mesh, hs, auth, a.clients, a.revocations, a.budget, a.settle, res, a.writers)
         save()
         log(f"restarting node {len(nodes)} on its data directory")
         phase_restart(mesh, hs, auth, res)
@@ -991,6 +991,7 @@ def main():
     p.add_argument("--clients", type=int, default=10000)
     p.add_argument("--revocations", type=int, default=100000)
     p.add_argument("--budget", type=float, default=300, help="seconds for each population step")
+    p.add_argument("--writers", type=int, default=16, help="issue-and-revoke loops per node while populating")
     p.add_argument("--settle", type=float, default=3.0, help="seconds the document size must stay put")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quick", action="store_true")

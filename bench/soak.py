@@ -354,6 +354,24 @@ def main():
         for i in range(2):
             if first[i] and last[i]:
                 print(f"node {i + 1} RSS: {first[i] / 1024:.1f} MB at the first interval, {last[i] / 1024:.1f} MB at the last")
+        # Flat means the second half of the run climbs no higher than the first half did: a leak or
+        # retained garbage keeps raising the peak, a steady state only wobbles around it.
+        half = len(rows) // 2
+        if half >= 2:
+            for i in range(2):
+                early = [r["rss_kb"][i] for r in rows[:half] if r["rss_kb"][i]]
+                late = [r["rss_kb"][i] for r in rows[half:] if r["rss_kb"][i]]
+                if early and late:
+                    growth = (max(late) - max(early)) / max(early)
+                    verdict = "flat" if growth <= 0.10 else "GROWING"
+                    print(
+                        f"node {i + 1} RSS peak: first half {max(early) / 1024:.1f} MB, second half {max(late) / 1024:.1f} MB "
+                        f"({growth * 100:+.1f}%; second half {min(late) / 1024:.1f}-{max(late) / 1024:.1f} MB): {verdict}"
+                    )
+                    summary.setdefault("rss_peak_growth", []).append(round(growth, 4))
+            if a.out:
+                with open(a.out, "w") as f:
+                    json.dump(summary, f, indent=1)
         for sample in stats.error_samples:
             print(f"  error: {sample}")
         if total["errors"] or failed_restart:

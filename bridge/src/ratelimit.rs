@@ -420,6 +420,59 @@ fn client_hint(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
     claims.get("sub")?.as_str().map(str::to_owned)
 }
 
+/// A refused body up to this size is read and discarded before the `413` is sent.
+///
+/// The connection is closed after a refused body; if unread bytes of it are still arriving then,
+/// the kernel answers them with a reset, which can destroy the `413` before the client has read it
+/// (a client then sees "connection reset" instead of the error). Larger bodies are not worth the
+/// bandwidth: they get the `413` at once.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// How long a refused body is drained at most when no body read timeout is configured.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The `413` for a body above `max` bytes, on a connection that will be closed.
+fn too_large(max: usize) -> Response {
+    let mut response = OAuthError::payload_too_large(max).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
+}
+
+/// Reads `body` whole if it holds at most `max` bytes. `Err(Some(rest))`: it is larger, and `rest`
+/// is what was not read yet; `Err(None)`: it failed to arrive (the client went away).
+async fn read_body(mut body: Body, max: usize) -> Result<axum::body::Bytes, Option<Body>> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(None) };
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > max {
+                return Err(Some(body));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.into())
+}
+
+/// Reads and discards what is left of a refused body: at most [`DRAIN_LIMIT`] bytes, within
+/// `timeout` (or [`DRAIN_TIME`]).
+async fn drain(mut body: Body, timeout: Option<Duration>) {
+    use http_body_util::BodyExt;
+    let discard = async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout.unwrap_or(DRAIN_TIME), discard).await;
+}
+
 /// The middleware: reads the body within the body read timeout and size limit, charges the
 /// request to its source and client, and charges a failed client authentication (a 401) to both.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -438,10 +491,13 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return OAuthError::payload_too_large(max).into_response();
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(body, body_timeout).await;
+        }
+        return too_large(max);
     }
     let bytes = if has_body {
-        let read = axum::body::to_bytes(body, max);
+        let read = read_body(body, max);
         let result = match body_timeout {
             Some(timeout) => match tokio::time::timeout(timeout, read).await {
                 Ok(result) => result,
@@ -451,7 +507,11 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         };
         match result {
             Ok(bytes) => bytes,
-            Err(_) => return OAuthError::payload_too_large(max).into_response(),
+            Err(Some(rest)) => {
+                drain(rest, body_timeout).await;
+                return too_large(max);
+            }
+            Err(None) => return OAuthError::invalid_request("the request body could not be read").into_response(),
         }
     } else {
         axum::body::Bytes::new()

@@ -184,6 +184,13 @@ async fn token_endpoint_errors() {
         )),
         Err(error) => deviations.push(format!("2 MiB body: no HTTP answer ({error})")),
     }
+    // The same without a Content-Length (chunked): refused once the limit is passed, and the 413
+    // must reach the client whole, not be lost to a reset of the connection it closes.
+    match chunked_post(&server, "/token", &good, 2 * 1024 * 1024).await {
+        Ok(head) if head.starts_with("HTTP/1.1 413") => {}
+        Ok(head) => deviations.push(format!("2 MiB chunked body: want 413, got {head:?}")),
+        Err(error) => deviations.push(format!("2 MiB chunked body: no HTTP answer ({error})")),
+    }
 
     assert!(
         deviations.is_empty(),
@@ -387,4 +394,58 @@ async fn expired_token_is_inactive() {
         }
     }
     panic!("a 4 s token still introspects {last} after 90 s");
+}
+
+/// POSTs a chunked form body of `size` bytes to `path` over a raw connection (writing while the
+/// server may already answer) and returns the head of the answer.
+async fn chunked_post(server: &Meshgate, path: &str, authorization: &str, size: usize) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.info().listen.clone();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let (mut read, mut write) = stream.split();
+    let send = async {
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(b"grant_type=client_credentials&scope=").await.ok();
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            // The server may stop reading once it has refused: later writes failing is fine.
+            let frame = [
+                format!("{:x}\r\n", chunk.len()).into_bytes(),
+                chunk.clone(),
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            if write.write_all(&frame).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let _ = write.write_all(b"0\r\n\r\n").await;
+        Ok::<(), std::io::Error>(())
+    };
+    let receive = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = read.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        Ok::<String, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let (sent, answer) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(send, receive) })
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 60 s"))?;
+    sent?;
+    answer
 }

@@ -117,3 +117,22 @@ async fn removed_client_loses_access_and_its_tokens() {
         "a removed client's token at introspection"
     );
 }
+
+/// `meshgate serve` tunes glibc's allocator for a long run (docs/operations.md, "Memory"): its
+/// `malloc-trim` thread, which hands freed memory back to the kernel, is running.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_serving_node_runs_the_malloc_trim_thread() {
+    let dir = support::temp_dir();
+    let server = Meshgate::spawn(dir.path());
+    let pid = server.pid().expect("a spawned server has a pid");
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's /proc task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "malloc-trim"),
+        "no malloc-trim thread in meshgate serve; threads: {names:?}"
+    );
+}

@@ -184,15 +184,6 @@ impl Replay {
             .map(|r| ((r.start - FRAME_HEADER) as u64, &self.bytes[r.clone()]))
     }
 
-    /// The intact payloads concatenated (Automerge reads a sequence of change chunks as one).
-    pub(super) fn concatenated(&self) -> Vec<u8> {
-        let mut all = Vec::with_capacity(self.chunks.iter().map(|r| r.len()).sum());
-        for range in &self.chunks {
-            all.extend_from_slice(&self.bytes[range.clone()]);
-        }
-        all
-    }
-
     /// How many intact frames the log holds.
     pub(super) fn frames(&self) -> usize {
         self.chunks.len()
@@ -262,7 +253,6 @@ mod tests {
         let len = bytes.len() as u64;
         let replay = Replay::parse(bytes).unwrap();
         assert_eq!(payloads(&replay), [b"one".to_vec(), vec![], b"three".to_vec()]);
-        assert_eq!(replay.concatenated(), b"onethree");
         assert_eq!(replay.damage, None);
         assert_eq!(replay.len(), len);
     }

@@ -409,7 +409,9 @@ async fn chunked_post(server: &Meshgate, path: &str, authorization: &str, size: 
     let (mut read, mut write) = stream.split();
     let send = async {
         write.write_all(head.as_bytes()).await?;
-        write.write_all(b"grant_type=client_credentials&scope=").await.ok();
+        write
+            .write_all(b"24\r\ngrant_type=client_credentials&scope=\r\n")
+            .await?;
         let chunk = vec![b'a'; 64 * 1024];
         let mut sent = 0;
         while sent < size {

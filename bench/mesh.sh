@@ -209,7 +209,7 @@ log "  $(cat "$WORK/alive.out") (since spawn: $(python3 -c "import sys,time; pri
 # ------------------------------------------------------------------ measure
 RUN_ARGS=(--bin "$MESHGATE" --samples "$SAMPLES" --clients "$CLIENTS" --revocations "$REVOCATIONS"
   --budget "$BUDGET" --batch "$BATCH" --idle "$IDLE" --writers "$WRITERS")
-[ "$QUICK" = 1 ] && RUN_ARGS+=(--quick --settle 2)
+[ "$QUICK" = 1 ] && RUN_ARGS+=(--quick --settle 2 --rest 1)
 run_waited python3 "$LIB" run "$WORK/nodes.json" "$WORK/results.json" "${RUN_ARGS[@]}" \
   || { [ -s "$WORK/results.json" ] && python3 "$LIB" report "$WORK/results.json"; die "the measurement failed"; }
 python3 "$LIB" report "$WORK/results.json"

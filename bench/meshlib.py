@@ -650,7 +650,7 @@ def _disk_bytes(data_dir):
     return total
 
 
-def phase_memory(mesh, hs, auth, clients, revocations, budget_s, settle_s, res, writers=16):
+def phase_memory(mesh, hs, auth, clients, revocations, budget_s, settle_s, res, writers=16, rest_s=0.0):
     res["memory_targets"] = {"clients": clients, "revocations": revocations, "budget_s": budget_s}
     res["rss_before_kb"] = [rss_kb(nd["pid"]) for nd in mesh.nodes]
     log(f"populating {clients:,} clients (budget {budget_s} s)")
@@ -703,6 +703,12 @@ def phase_memory(mesh, hs, auth, clients, revocations, budget_s, settle_s, res, 
         "clients_metric": [m[k].get("meshgate_clients", 0) for k in range(mesh.n)],
         "disk_bytes": [_disk_bytes(nd["data_dir"]) for nd in mesh.nodes],
     }
+    if rest_s > 0:
+        # At rest: after the nodes' allocator has had a trim cycle (20 s), what holding the data
+        # costs rather than what the population left freed but not yet returned.
+        time.sleep(rest_s)
+        res["memory"]["rest_s"] = rest_s
+        res["memory"]["rss_rest_kb"] = [rss_kb(nd["pid"]) for nd in mesh.nodes]
 
 
 def _alive(pid):
@@ -716,7 +722,7 @@ def _alive(pid):
     return False
 
 
-def phase_restart(mesh, hs, auth, res):
+def phase_restart(mesh, hs, auth, res, rest_s=0.0):
     """Restarts the last node on its (now large) data directory: time to its JSON line, time until
     it has caught up, and its VmRSS then, which is what holding the data costs without whatever
     the population left behind in the allocator."""
@@ -761,6 +767,9 @@ def phase_restart(mesh, hs, auth, res):
         "rss_kb": rss_kb(p.pid),
         "rss_before_kb": res["memory"]["rss_kb"][k],
     }
+    if rest_s > 0:
+        time.sleep(rest_s)
+        res["restart"]["rss_rest_kb"] = rss_kb(p.pid)
 
 
 def cmd_run(a):
@@ -800,10 +809,10 @@ def cmd_run(a):
         log(f"bytes on the wire: batch of {a.batch} revocations")
         phase_bytes(mesh, hs, auth, a.batch, a.idle, res, rng)
         save()
-        phase_memory(mesh, hs, auth, a.clients, a.revocations, a.budget, a.settle, res, a.writers)
+        phase_memory(mesh, hs, auth, a.clients, a.revocations, a.budget, a.settle, res, a.writers, a.rest)
         save()
         log(f"restarting node {len(nodes)} on its data directory")
-        phase_restart(mesh, hs, auth, res)
+        phase_restart(mesh, hs, auth, res, a.rest)
         res["seconds"] = time.monotonic() - t_all
         save()
         dead = [nd["i"] for nd in nodes if not _alive(nd["pid"])]
@@ -931,12 +940,17 @@ def cmd_report(a):
           + ("" if m["converge_s"] is not None else f" -- NOT within {m['converge_limit_s']:.0f} s"))
         fr = m.get("fresh_propagation_ms")
         w(f"  fresh revocation then: {'not propagated within 60 s' if fr is None else f'{fr:.0f} ms to every other node'}")
-        w(f"  {'node':<8}{'VmRSS':>10}{'VmHWM':>10}{'document':>12}{'clients':>10}")
+        rest = m.get("rss_rest_kb")
+        rest_head = f"{'at rest':>10}" if rest else ""
+        w(f"  {'node':<8}{'VmRSS':>10}{'VmHWM':>10}{'document':>12}{'clients':>10}{rest_head}")
         for k in range(n):
             w(
                 f"  {k + 1:<8}{_mb(m['rss_kb'][k]):>10}{_mb(m['hwm_kb'][k]):>10}"
                 f"{_bytes(m['doc_bytes'][k]):>12}{m['clients_metric'][k]:>10,.0f}"
+                + (f"{_mb(rest[k]):>10}" if rest else "")
             )
+        if rest:
+            w(f"  (at rest: VmRSS {m['rest_s']:.0f} s later, with no traffic)")
         before = r.get("rss_before_kb") or []
         if before and all(before):
             w(f"  (VmRSS before population: {', '.join(_mb(x) for x in before)})")
@@ -946,6 +960,7 @@ def cmd_report(a):
             w(f"  node {rs['node']} restarted on its data dir: SIGTERM -> exit {rs['sigterm_exit_s']:.1f} s, "
               f"spawn -> JSON line {rs['json_line_s']:.1f} s, caught up {cu};")
             w(f"  its VmRSS then {_mb(rs['rss_kb'])} (before the restart {_mb(rs['rss_before_kb'])})"
+              + (f", {_mb(rs['rss_rest_kb'])} at rest" if rs.get("rss_rest_kb") else "")
               + ("" if rs["fresh_revocation_ok"] else "; a fresh revocation did NOT reach it"))
     w("")
     busy = []
@@ -992,6 +1007,7 @@ def main():
     p.add_argument("--revocations", type=int, default=100000)
     p.add_argument("--budget", type=float, default=300, help="seconds for each population step")
     p.add_argument("--writers", type=int, default=16, help="issue-and-revoke loops per node while populating")
+    p.add_argument("--rest", type=float, default=30.0, help="seconds at rest before VmRSS is read again")
     p.add_argument("--settle", type=float, default=3.0, help="seconds the document size must stay put")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quick", action="store_true")

@@ -212,9 +212,9 @@ impl Doc {
     /// Rebuilds the in-memory document from `saved`, the bytes [`Doc::save`] just returned.
     ///
     /// Automerge 0.12 keeps a large part of what it builds while applying many changes at once
-    /// (loading a log, a peer's catch-up) after they are in: replaying a 0.5 MiB log of 432 frames
-    /// into a document of 100,000 revocations left 750 MB resident; the same document loaded
-    /// from its own save holds about 36 MB. Loading the save sheds that. The document must not
+    /// after they are in: replaying a 0.5 MiB log of 432 frames into a document of 100,000
+    /// revocations left 750 MB resident; the same document loaded from its own save holds about
+    /// 36 MB. Loading the save sheds that (the store does it after replaying its log at start). The document must not
     /// have changed since `saved` was made; if the loaded copy does not hold the same heads, the
     /// document is kept as it is and the mismatch logged.
     pub fn reload(&mut self, saved: &[u8]) {

@@ -442,8 +442,6 @@ impl Store {
         write_atomically(&self.dir, STATE_FILE, &bytes)?;
         self.saved = point;
         self.snapshot_size = bytes.len() as u64;
-        // What a restart would load: sheds what Automerge kept from applying changes in batches.
-        self.replicas.current_mut().reload(&bytes);
         Ok(())
     }
 

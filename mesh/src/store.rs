@@ -692,12 +692,13 @@ fn load_previous(path: &Path, current: &Epoch, actor: [u8; 16]) -> Option<Doc> {
 
 /// Loads the intact frames of the log at `path` into `doc`, up to the first damaged one or the
 /// first Automerge refuses, and returns whether (and why) anything was dropped, having logged it.
-/// Log frames applied together when a log is replayed. One at a time costs a pass over the whole
-/// document each (7 s for 432 frames into 100,000 revocations); all at once made Automerge 0.12
-/// hold 750 MB for a document that needs 36 MB (16 at once: 770 MB, 8: 324 MB, 4: 130 MB, 2:
-/// 114 MB, measured with the state of `bench/mesh.sh`); groups of 4 took 2.0 s, and the document
-/// is reloaded from its own save afterwards ([`Doc::reload`]).
-const REPLAY_GROUP: usize = 4;
+/// Log frames applied together when a log is replayed: one. Each costs a pass over the whole
+/// document (12 s for 791 frames into 100,000 revocations), but Automerge 0.12 applying more than
+/// one frame's changes at once can hold most of a gigabyte: with the state `bench/mesh.sh` leaves,
+/// all 432 frames at once left 750 MB resident, and on a second run's state two frames at a time
+/// peaked at 914 MB (three: 920 MB, four: 943 MB) against 176 MB one at a time. The document is
+/// reloaded from its own save afterwards ([`Doc::reload`]).
+const REPLAY_GROUP: usize = 1;
 
 fn replay_log(doc: &mut Doc, replay: &Replay, path: &Path) -> Option<log::Damage> {
     let mut damage = replay.damage.clone();

@@ -122,6 +122,34 @@ impl Mesh {
     }
 }
 
+/// [`eventually`], and on timeout the panic carries the last log lines of `nodes`, so that a
+/// stall seen once under load can be diagnosed from the test output alone.
+async fn eventually_or_show<F, Fut>(what: &str, nodes: &[(&str, &Meshgate)], mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut logs = String::new();
+    for (name, node) in nodes {
+        let stderr = node.stderr();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(80)..];
+        logs.push_str(&format!(
+            "\n--- node {name}: last {} log lines ---\n{}",
+            tail.len(),
+            tail.join("\n")
+        ));
+    }
+    panic!("not within {CONVERGE:?}: {what}{logs}");
+}
+
 /// Polls `probe` every 200 ms until it returns true or [`CONVERGE`] passes.
 pub(super) async fn eventually<F, Fut>(what: &str, mut probe: F)
 where
@@ -736,7 +764,8 @@ async fn refresh_token_reuse_on_both_sides_of_a_partition_is_detected_when_it_he
     }
     for (name, server) in [("A", &a), ("B", &b)] {
         for token in &access {
-            eventually(&format!("both sides' access tokens are revoked on {name}"), || async {
+            let what = format!("both sides' access tokens are revoked on {name}");
+            eventually_or_show(&what, &[("A", &a), ("B", &b)], || async {
                 !active(server, &introspector, token).await
             })
             .await;

@@ -363,7 +363,12 @@ def main():
                 late = [r["rss_kb"][i] for r in rows[half:] if r["rss_kb"][i]]
                 if early and late:
                     growth = (max(late) - max(early)) / max(early)
-                    verdict = "flat" if growth <= 0.10 else "GROWING"
+                    if a.duration < 240:
+                        # The first minutes fill the document up to its epoch bound: a shorter run
+                        # is all warm-up and its halves say nothing about a steady state.
+                        verdict = "too short to tell (warm-up; run 240 s or more)"
+                    else:
+                        verdict = "flat" if growth <= 0.10 else "GROWING"
                     print(
                         f"node {i + 1} RSS peak: first half {max(early) / 1024:.1f} MB, second half {max(late) / 1024:.1f} MB "
                         f"({growth * 100:+.1f}%; second half {min(late) / 1024:.1f}-{max(late) / 1024:.1f} MB): {verdict}"

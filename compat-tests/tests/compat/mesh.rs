@@ -124,17 +124,13 @@ impl Mesh {
 
 /// [`eventually`], and on timeout the panic carries the last log lines of `nodes`, so that a
 /// stall seen once under load can be diagnosed from the test output alone.
-async fn eventually_or_show<F, Fut>(what: &str, nodes: &[(&str, &Meshgate)], mut probe: F)
+async fn eventually_or_show<F, Fut>(what: &str, nodes: &[(&str, &Meshgate)], probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    while tokio::time::Instant::now() < deadline {
-        if probe().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if poll(probe).await {
+        return;
     }
     let mut logs = String::new();
     for (name, node) in nodes {
@@ -151,7 +147,18 @@ where
 }
 
 /// Polls `probe` every 200 ms until it returns true or [`CONVERGE`] passes.
-pub(super) async fn eventually<F, Fut>(what: &str, mut probe: F)
+pub(super) async fn eventually<F, Fut>(what: &str, probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !poll(probe).await {
+        panic!("not within {CONVERGE:?}: {what}");
+    }
+}
+
+/// Polls `probe` every 200 ms; whether it returned true before [`CONVERGE`] passed.
+async fn poll<F, Fut>(mut probe: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -159,11 +166,11 @@ where
     let deadline = tokio::time::Instant::now() + CONVERGE;
     while tokio::time::Instant::now() < deadline {
         if probe().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("not within {CONVERGE:?}: {what}");
+    false
 }
 
 async fn token_status(server: &Meshgate, client: &Registered) -> StatusCode {

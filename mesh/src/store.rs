@@ -180,7 +180,7 @@ impl Store {
             Some(replay) => replay_log(&mut doc, replay, &log_path),
             None => None,
         };
-        if replay.as_ref().is_some_and(|r| r.frames() > REPLAY_GROUP) {
+        if replay.as_ref().is_some_and(|r| r.frames() > 1) {
             let saved = doc.save();
             doc.reload(&saved);
         }
@@ -692,35 +692,26 @@ fn load_previous(path: &Path, current: &Epoch, actor: [u8; 16]) -> Option<Doc> {
 
 /// Loads the intact frames of the log at `path` into `doc`, up to the first damaged one or the
 /// first Automerge refuses, and returns whether (and why) anything was dropped, having logged it.
-/// Log frames applied together when a log is replayed: one. Each costs a pass over the whole
-/// document (12 s for 791 frames into 100,000 revocations), but Automerge 0.12 applying more than
-/// one frame's changes at once can hold most of a gigabyte: with the state `bench/mesh.sh` leaves,
-/// all 432 frames at once left 750 MB resident, and on a second run's state two frames at a time
-/// peaked at 914 MB (three: 920 MB, four: 943 MB) against 176 MB one at a time. The document is
-/// reloaded from its own save afterwards ([`Doc::reload`]).
-const REPLAY_GROUP: usize = 1;
-
+///
+/// One frame at a time: each costs a pass over the whole document (12 s for 791 frames into
+/// 100,000 revocations), but Automerge 0.12 applying more than one frame's changes at once can hold
+/// most of a gigabyte: with the state `bench/mesh.sh` leaves, all 432 frames at once left 750 MB
+/// resident, and on a second run's state two frames at a time peaked at 914 MB (three: 920 MB,
+/// four: 943 MB) against 176 MB one at a time. [`Store::open_with`] then reloads the document from
+/// its own save ([`Doc::reload`]).
 fn replay_log(doc: &mut Doc, replay: &Replay, path: &Path) -> Option<log::Damage> {
     let mut damage = replay.damage.clone();
     let mut kept = replay.frames();
-    let frames: Vec<&[u8]> = replay.chunks().map(|(_, chunk)| chunk).collect();
-    let loaded = frames
-        .chunks(REPLAY_GROUP)
-        .try_for_each(|group| doc.load_incremental(&group.concat()));
-    if let Err(e) = loaded {
-        // Find the frame Automerge refuses; reloading the frames before it is harmless.
-        tracing::warn!(error = %e, "the state log does not load as a whole; loading it frame by frame");
-        for (frame, (offset, chunk)) in replay.chunks().enumerate() {
-            if let Err(e) = doc.load_incremental(chunk) {
-                let end = replay.damage.as_ref().map_or(replay.len(), |d| d.offset + d.dropped);
-                kept = frame;
-                damage = Some(log::Damage {
-                    offset,
-                    dropped: end - offset,
-                    reason: format!("frame {frame}: {e}"),
-                });
-                break;
-            }
+    for (frame, (offset, chunk)) in replay.chunks().enumerate() {
+        if let Err(e) = doc.load_incremental(chunk) {
+            let end = replay.damage.as_ref().map_or(replay.len(), |d| d.offset + d.dropped);
+            kept = frame;
+            damage = Some(log::Damage {
+                offset,
+                dropped: end - offset,
+                reason: format!("frame {frame}: {e}"),
+            });
+            break;
         }
     }
     if let Some(damage) = &damage {
